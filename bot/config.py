@@ -1,0 +1,224 @@
+"""Typed settings from the `SIPAS_*` environment (CONTRACT.md section 2).
+
+One `Settings` object is built in `__main__` and passed down; nothing reads the environment
+anywhere else. A bad value stops start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import time, timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "SIPAS_"
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class SettingsError(Exception):
+    """A configuration value is wrong; the message names the variable."""
+
+
+def parse_duration(value: object) -> timedelta:
+    """`30s`, `10m`, `8h`, `2d` (a bare number is seconds)."""
+    if isinstance(value, timedelta):
+        return value
+    text = str(value).strip().lower()
+    if text.isdigit():
+        return timedelta(seconds=int(text))
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"{value!r} is not a duration; write it like 30s, 10m, 8h or 2d")
+    return timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+
+
+def _optional_duration(value: object) -> timedelta | None:
+    if value is None or str(value).strip().lower() in {"none", "off", ""}:
+        return None
+    return parse_duration(value)
+
+
+def _parse_clock(text: str) -> time:
+    match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*", text)
+    if not match or int(match[1]) > 23 or int(match[2]) > 59:
+        raise ValueError(f"{text!r} is not a time of day; write it like 07:30")
+    return time(int(match[1]), int(match[2]))
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    """A local-time window in which no invitation or reminder is sent; may wrap midnight."""
+
+    start: time
+    end: time
+
+    def contains(self, moment: time) -> bool:
+        if self.start <= self.end:
+            return self.start <= moment < self.end
+        return moment >= self.start or moment < self.end
+
+
+def _parse_quiet_hours(value: object) -> QuietHours | None:
+    if value is None or isinstance(value, QuietHours):
+        return value
+    text = str(value).strip().lower()
+    if text in {"none", "off", ""}:
+        return None
+    parts = text.split("-")
+    if len(parts) != 2:
+        raise ValueError(f"{value!r} is not a window; write it like 21:00-07:00, or none")
+    start, end = (_parse_clock(part) for part in parts)
+    if start == end:
+        raise ValueError("quiet hours must not start and end at the same time")
+    return QuietHours(start, end)
+
+
+@dataclass(frozen=True)
+class WeeklySchedule:
+    """A weekday and a local time of day, e.g. `mon 07:30`."""
+
+    weekday: int  # 0 = Monday, as datetime.weekday()
+    at: time
+
+    @property
+    def day_name(self) -> str:
+        return _WEEKDAYS[self.weekday]
+
+
+def _parse_schedule(value: object) -> WeeklySchedule:
+    if isinstance(value, WeeklySchedule):
+        return value
+    parts = str(value).strip().lower().split()
+    if len(parts) != 2 or parts[0][:3] not in _WEEKDAYS:
+        raise ValueError(f"{value!r} is not a weekly time; write it like 'mon 07:30'")
+    return WeeklySchedule(_WEEKDAYS.index(parts[0][:3]), _parse_clock(parts[1]))
+
+
+def _parse_tokens(value: object) -> list[SecretStr]:
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else str(value).split(",")
+    tokens = [
+        item if isinstance(item, SecretStr) else SecretStr(str(item).strip()) for item in items
+    ]
+    return [token for token in tokens if token.get_secret_value()]
+
+
+def _parse_timezone(value: object) -> ZoneInfo:
+    if isinstance(value, ZoneInfo):
+        return value
+    try:
+        return ZoneInfo(str(value))
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"{value!r} is not an IANA time zone, e.g. Asia/Ho_Chi_Minh") from exc
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+OptionalDuration = Annotated[timedelta | None, BeforeValidator(_optional_duration)]
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; see CONTRACT.md section 2 for the meaning of each."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, arbitrary_types_allowed=True
+    )
+
+    database_url: str = "sqlite+aiosqlite:///./sipas.db"
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str = "http://127.0.0.1:8080"
+    api_tokens: Annotated[list[SecretStr], NoDecode, BeforeValidator(_parse_tokens)] = []
+    timezone: Annotated[ZoneInfo, BeforeValidator(_parse_timezone)] = ZoneInfo("Asia/Ho_Chi_Minh")
+    locale: Literal["vi", "en"] = "vi"
+    units_file: Path | None = None
+
+    telegram_token: SecretStr | None = None
+    telegram_api_url: str = "https://api.telegram.org/bot"
+    telegram_mode: Literal["polling", "webhook"] = "polling"
+    telegram_webhook_secret: SecretStr | None = None
+    # Known from getMe once the bot is up; setting it avoids a call at start-up.
+    telegram_bot_username: str | None = None
+
+    zalo_token: SecretStr | None = None
+    zalo_api_url: str = "https://bot-api.zapps.me/bot"
+    zalo_mode: Literal["polling", "webhook"] = "polling"
+    zalo_webhook_secret: SecretStr | None = None
+
+    survey_delay: Duration = timedelta(0)
+    quiet_hours: Annotated[QuietHours | None, BeforeValidator(_parse_quiet_hours)] = QuietHours(
+        time(21, 0), time(7, 0)
+    )
+    reminder_after: OptionalDuration = timedelta(hours=24)
+    survey_expires_after: Duration = timedelta(days=7)
+    questionnaire: str = "sipas-short"
+
+    escalation_ack_sla: Duration = timedelta(hours=8)
+    escalation_resolve_sla: Duration = timedelta(days=10)
+    working_calendar: Literal["vn", "always"] = "vn"
+
+    digest_schedule: Annotated[WeeklySchedule, BeforeValidator(_parse_schedule)] = WeeklySchedule(
+        0, time(7, 30)
+    )
+    digest_min_responses: int = Field(default=5, ge=1)
+
+    # Dispatcher limits (DESIGN.md: the limit is configuration).
+    send_rate_global: float = Field(default=30.0, gt=0)
+    send_rate_per_chat: float = Field(default=1.0, gt=0)
+    link_token_ttl: Duration = timedelta(days=90)
+    log_level: str = "INFO"
+
+    @field_validator("public_url", "telegram_api_url", "zalo_api_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        if value.startswith("postgresql://") or value.startswith("postgres://"):
+            return "postgresql+asyncpg://" + value.split("://", 1)[1]
+        if value.startswith("sqlite:///"):
+            return "sqlite+aiosqlite:///" + value.split(":///", 1)[1]
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("use sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER@HOST/DB")
+        return value
+
+    def check_webhooks(self) -> None:
+        """Webhook mode without its secret would accept forged updates from anyone."""
+        telegram_webhook = self.telegram_token and self.telegram_mode == "webhook"
+        if telegram_webhook and not self.telegram_webhook_secret:
+            raise SettingsError(
+                "SIPAS_TELEGRAM_WEBHOOK_SECRET is required when SIPAS_TELEGRAM_MODE=webhook"
+            )
+        if self.zalo_token and self.zalo_mode == "webhook" and not self.zalo_webhook_secret:
+            raise SettingsError(
+                "SIPAS_ZALO_WEBHOOK_SECRET is required when SIPAS_ZALO_MODE=webhook"
+            )
+
+    def api_token_values(self) -> frozenset[str]:
+        return frozenset(token.get_secret_value() for token in self.api_tokens)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment; errors name the `SIPAS_*` variable."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            lines.append(f"{ENV_PREFIX}{field.upper()}: {message}")
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    settings.check_webhooks()
+    return settings

@@ -1,0 +1,58 @@
+"""Engine and session factory; SQLite gets WAL and foreign keys, PostgreSQL gets asyncpg."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+SessionFactory = async_sessionmaker[AsyncSession]
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def create_engine(database_url: str | URL, *, schema: str | None = None) -> AsyncEngine:
+    """An engine for the URL; `schema` pins PostgreSQL's search_path (tests isolate by schema)."""
+    url = make_url(database_url)
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.get_backend_name() == "postgresql":
+        settings = {"application_name": "sipas-bot"}
+        if schema:
+            settings["search_path"] = schema
+        # A short connect timeout turns "database unreachable" into a quick 503.
+        kwargs["connect_args"] = {"server_settings": settings, "timeout": 5}
+        kwargs["pool_size"] = 10
+    elif url.get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"timeout": 5}
+    engine = create_async_engine(url, **kwargs)
+    if url.get_backend_name() == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def create_session_factory(engine: AsyncEngine) -> SessionFactory:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def is_postgresql(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """Raises when the database cannot be reached; used at start-up and by /healthz."""
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))

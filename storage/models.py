@@ -1,0 +1,426 @@
+"""SQLAlchemy models: every piece of state the service keeps (DESIGN.md: state lives here).
+
+All datetimes are aware and stored as UTC. Platform addresses (Telegram chat ids, Zalo user
+ids) are strings, so one column serves every channel.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from storage.types import UTCDateTime, utcnow
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; BigInteger there would not.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+Address = String(64)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+    }
+
+
+class CaseStatus(StrEnum):
+    RECEIVED = "received"
+    DELAYED = "delayed"
+    RESOLVED = "resolved"
+    REJECTED = "rejected"
+    WITHDRAWN = "withdrawn"
+
+
+class SurveyStatus(StrEnum):
+    NOT_DUE = "not_due"
+    SCHEDULED = "scheduled"
+    INVITED = "invited"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    OPTED_OUT = "opted_out"
+    UNREACHABLE = "unreachable"
+
+
+class Channel(StrEnum):
+    TELEGRAM = "telegram"
+    ZALO = "zalo"
+    WEB = "web"
+
+
+class ContactStatus(StrEnum):
+    ACTIVE = "active"
+    UNREACHABLE = "unreachable"
+
+
+class EscalationStatus(StrEnum):
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+
+class OutboxStatus(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"  # gave up: the recipient is unreachable or the message is invalid
+    CANCELLED = "cancelled"
+
+
+class Priority:
+    """Lower goes first: a person answering never waits behind a broadcast."""
+
+    REPLY = 0
+    NOTICE = 5
+    INVITATION = 9
+
+
+class Unit(Base):
+    __tablename__ = "units"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("units.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    parent: Mapped[Unit | None] = relationship(remote_side=[id], lazy="raise")
+    head: Mapped[UnitHead | None] = relationship(back_populates="unit", lazy="raise")
+
+
+class UnitHead(Base):
+    """The person answerable for a unit; escalations about the unit reach them in chat."""
+
+    __tablename__ = "unit_heads"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
+    officer_code: Mapped[str | None] = mapped_column(String(64))
+    telegram_chat_id: Mapped[str | None] = mapped_column(Address, index=True)
+    zalo_user_id: Mapped[str | None] = mapped_column(Address, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    unit: Mapped[Unit] = relationship(back_populates="head", lazy="raise")
+
+
+class HeadInvite(Base):
+    """A one-time deep link a unit head opens to be linked to their unit."""
+
+    __tablename__ = "head_invites"
+
+    token: Mapped[str] = mapped_column(String(64), primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    used_by: Mapped[str | None] = mapped_column(String(80))
+
+
+class DigestRecipient(Base):
+    __tablename__ = "digest_recipients"
+    __table_args__ = (UniqueConstraint("name", "scope_unit_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    scope_unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"))
+    telegram_chat_id: Mapped[str | None] = mapped_column(Address)
+    zalo_user_id: Mapped[str | None] = mapped_column(Address)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Officer(Base):
+    __tablename__ = "officers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    unit_id: Mapped[int | None] = mapped_column(ForeignKey("units.id"))
+
+
+class Procedure(Base):
+    __tablename__ = "procedures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(500))
+    field: Mapped[str | None] = mapped_column(String(255))
+
+
+class Citizen(Base):
+    """A person or an organisation's representative; personal fields are erased on request."""
+
+    __tablename__ = "citizens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    phone: Mapped[str | None] = mapped_column(String(32), index=True)
+    locale: Mapped[str] = mapped_column(String(8), default="vi")
+    opted_out_at: Mapped[datetime | None]
+    erased_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    contacts: Mapped[list[CitizenContact]] = relationship(
+        back_populates="citizen", lazy="raise", cascade="all, delete-orphan"
+    )
+
+
+class CitizenContact(Base):
+    """A chat address at which a citizen agreed to be reached."""
+
+    __tablename__ = "citizen_contacts"
+    __table_args__ = (UniqueConstraint("channel", "address"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    citizen_id: Mapped[int] = mapped_column(
+        ForeignKey("citizens.id", ondelete="CASCADE"), index=True
+    )
+    channel: Mapped[str] = mapped_column(String(16))
+    address: Mapped[str] = mapped_column(Address)
+    status: Mapped[str] = mapped_column(String(16), default=ContactStatus.ACTIVE)
+    # "chat" when the person consented in chat, "intake" when the one-stop desk sent it.
+    source: Mapped[str] = mapped_column(String(16), default="chat")
+    consented_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    citizen: Mapped[Citizen] = relationship(back_populates="contacts", lazy="raise")
+
+
+class Case(Base):
+    """One administrative case (hồ sơ TTHC) as the one-stop system reported it last."""
+
+    __tablename__ = "cases"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_code: Mapped[str] = mapped_column(String(100), unique=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"), index=True)
+    procedure_id: Mapped[int] = mapped_column(ForeignKey("procedures.id"))
+    officer_id: Mapped[int | None] = mapped_column(ForeignKey("officers.id"))
+    citizen_id: Mapped[int | None] = mapped_column(
+        ForeignKey("citizens.id", ondelete="SET NULL"), index=True
+    )
+    status: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[datetime]
+    due_at: Mapped[datetime]
+    resolved_at: Mapped[datetime | None]
+    delay_new_due_at: Mapped[datetime | None]
+    delay_reason: Mapped[str | None] = mapped_column(Text)
+    # Fingerprint of the last accepted body: a replay with the same one changes nothing.
+    body_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    unit: Mapped[Unit] = relationship(lazy="raise")
+    procedure: Mapped[Procedure] = relationship(lazy="raise")
+    officer: Mapped[Officer | None] = relationship(lazy="raise")
+    citizen: Mapped[Citizen | None] = relationship(lazy="raise")
+
+
+class CaseEvent(Base):
+    """Status history of a case."""
+
+    __tablename__ = "case_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class LinkToken(Base):
+    """The opaque token in a citizen's deep link and web link; never the case code."""
+
+    __tablename__ = "link_tokens"
+
+    token: Mapped[str] = mapped_column(String(64), primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    used_by: Mapped[str | None] = mapped_column(String(80))
+
+
+class Survey(Base):
+    """One survey per case, ever; its progress lives here, not in memory."""
+
+    __tablename__ = "surveys"
+    __table_args__ = (Index("ix_surveys_status_due_at", "status", "due_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Short random reference carried by buttons; checked with the pressing chat.
+    ref: Mapped[str] = mapped_column(String(16), unique=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), unique=True)
+    questionnaire: Mapped[str] = mapped_column(String(32))
+    locale: Mapped[str] = mapped_column(String(8), default="vi")
+    status: Mapped[str] = mapped_column(String(16), default=SurveyStatus.SCHEDULED)
+    channel: Mapped[str | None] = mapped_column(String(16))
+    address: Mapped[str | None] = mapped_column(Address)
+    position: Mapped[int] = mapped_column(default=0)  # index of the open question
+    due_at: Mapped[datetime]  # not before this instant is the invitation sent
+    invited_at: Mapped[datetime | None]
+    reminded_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None] = mapped_column(index=True)
+    expires_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    case: Mapped[Case] = relationship(lazy="raise")
+    answers: Mapped[list[Answer]] = relationship(
+        back_populates="survey", lazy="raise", cascade="all, delete-orphan"
+    )
+
+
+class Answer(Base):
+    __tablename__ = "answers"
+    __table_args__ = (UniqueConstraint("survey_id", "question_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    survey_id: Mapped[int] = mapped_column(ForeignKey("surveys.id", ondelete="CASCADE"))
+    question_id: Mapped[str] = mapped_column(String(32))
+    factor: Mapped[str | None] = mapped_column(String(32))
+    value_int: Mapped[int | None]
+    value_text: Mapped[str | None] = mapped_column(Text)
+    skipped: Mapped[bool] = mapped_column(default=False)
+    answered_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    survey: Mapped[Survey] = relationship(back_populates="answers", lazy="raise")
+
+
+class Escalation(Base):
+    """A complaint travelling up the unit hierarchy until a head resolves it."""
+
+    __tablename__ = "escalations"
+    __table_args__ = (
+        UniqueConstraint("case_id", "reason"),
+        Index("ix_escalations_status_ack_due_at", "status", "ack_due_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ref: Mapped[str] = mapped_column(String(16), unique=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"))
+    survey_id: Mapped[int | None] = mapped_column(ForeignKey("surveys.id", ondelete="SET NULL"))
+    reason: Mapped[str] = mapped_column(String(32))
+    severity: Mapped[str] = mapped_column(String(16))
+    level: Mapped[int] = mapped_column(default=1)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"), index=True)  # whose head holds it
+    origin_unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"))
+    status: Mapped[str] = mapped_column(String(16), default=EscalationStatus.OPEN)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    opened_at: Mapped[datetime] = mapped_column(default=utcnow)
+    acknowledged_at: Mapped[datetime | None]
+    resolved_at: Mapped[datetime | None]
+    ack_due_at: Mapped[datetime | None]
+    resolve_due_at: Mapped[datetime | None]
+    resolve_reminded_at: Mapped[datetime | None]
+    resolution_note: Mapped[str | None] = mapped_column(Text)
+    recovery_rating: Mapped[int | None]
+    recovery_at: Mapped[datetime | None]
+    # A head who pressed "resolved" and owes a note; their next text is the note.
+    awaiting_note_from: Mapped[str | None] = mapped_column(String(80))
+
+    case: Mapped[Case] = relationship(lazy="raise")
+
+
+class EscalationEvent(Base):
+    """Audit trail of an escalation: opened, sent, acknowledged, climbed, resolved, reopened."""
+
+    __tablename__ = "escalation_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    escalation_id: Mapped[int] = mapped_column(
+        ForeignKey("escalations.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(32))
+    level: Mapped[int]
+    unit_id: Mapped[int | None] = mapped_column(ForeignKey("units.id"))
+    actor: Mapped[str | None] = mapped_column(String(80))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Apology(Base):
+    """An apology letter sent for a late case (Nghị định 61/2018/NĐ-CP); counted in digests."""
+
+    __tablename__ = "apologies"
+    __table_args__ = (UniqueConstraint("case_id", "kind", "new_due_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "delayed" or "late_resolution"
+    old_due_at: Mapped[datetime]
+    new_due_at: Mapped[datetime]
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class OutboxMessage(Base):
+    """A message to send, written in the same transaction as the change that caused it."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_pending", "status", "priority", "not_before", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    address: Mapped[str] = mapped_column(Address)
+    priority: Mapped[int] = mapped_column(default=Priority.NOTICE)
+    # {"text": ..., "buttons": [[{"label", "data"}]], "edit_message_id": ..., "document": ...}
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default=OutboxStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    not_before: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_until: Mapped[datetime | None]
+    # Set when one event must never send twice (e.g. "invite:<survey id>").
+    dedupe_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id", ondelete="SET NULL"))
+    platform_message_id: Mapped[str | None] = mapped_column(String(64))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+
+
+class ProcessedUpdate(Base):
+    """Incoming platform updates already handled, so a redelivery is processed once."""
+
+    __tablename__ = "processed_updates"
+
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(80))
+    action: Mapped[str] = mapped_column(String(64))
+    entity: Mapped[str] = mapped_column(String(32))
+    entity_id: Mapped[str | None] = mapped_column(String(100))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
