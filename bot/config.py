@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from handlers.policy import QuietHours
+
 ENV_PREFIX = "SIPAS_"
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -50,19 +52,6 @@ def _parse_clock(text: str) -> time:
     if not match or int(match[1]) > 23 or int(match[2]) > 59:
         raise ValueError(f"{text!r} is not a time of day; write it like 07:30")
     return time(int(match[1]), int(match[2]))
-
-
-@dataclass(frozen=True)
-class QuietHours:
-    """A local-time window in which no invitation or reminder is sent; may wrap midnight."""
-
-    start: time
-    end: time
-
-    def contains(self, moment: time) -> bool:
-        if self.start <= self.end:
-            return self.start <= moment < self.end
-        return moment >= self.start or moment < self.end
 
 
 def _parse_quiet_hours(value: object) -> QuietHours | None:

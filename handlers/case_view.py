@@ -1,0 +1,80 @@
+"""The case view of CONTRACT.md section 4: what the API answers about one case."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from handlers.errors import NotFound
+from storage.models import Answer, Case, Escalation, Survey, SurveyStatus
+from storage.repositories import cases as case_repo
+
+# Given the case's link token, the links every configured channel offers (telegram, zalo, web).
+LinkBuilder = Callable[[str], Mapping[str, str]]
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def answer_value(answer: Answer) -> object:
+    if answer.value_int is not None:
+        return answer.value_int
+    return answer.value_text
+
+
+def survey_view(survey: Survey | None, answers: Sequence[Answer]) -> dict[str, Any]:
+    if survey is None:
+        return {
+            "status": SurveyStatus.NOT_DUE.value,
+            "channel": None,
+            "completed_at": None,
+            "answers": {},
+        }
+    return {
+        "status": survey.status,
+        "channel": survey.channel,
+        "completed_at": _iso(survey.completed_at),
+        "answers": {a.question_id: answer_value(a) for a in answers if not a.skipped},
+    }
+
+
+def escalation_view(escalation: Escalation, unit_code: str) -> dict[str, Any]:
+    return {
+        "id": escalation.id,
+        "status": escalation.status,
+        "level": escalation.level,
+        "unit_code": unit_code,
+        "reason": escalation.reason,
+        "severity": escalation.severity,
+        "opened_at": _iso(escalation.opened_at),
+        "acknowledged_at": _iso(escalation.acknowledged_at),
+        "resolved_at": _iso(escalation.resolved_at),
+    }
+
+
+async def case_view(session: AsyncSession, case: Case, links: LinkBuilder) -> dict[str, Any]:
+    token = await case_repo.link_token_for_case(session, case.id)
+    survey = await case_repo.survey_for_case(session, case.id)
+    answers = await case_repo.answers_of(session, survey.id) if survey else []
+    escalations = await case_repo.escalations_of(session, case.id)
+    return {
+        "case_code": case.case_code,
+        "unit_code": case.unit.code,
+        "status": case.status,
+        "links": dict(links(token.token)) if token else {},
+        "survey": survey_view(survey, answers),
+        "escalations": [escalation_view(e, code) for e, code in escalations],
+    }
+
+
+async def case_view_by_code(
+    session: AsyncSession, case_code: str, links: LinkBuilder
+) -> dict[str, Any]:
+    case = await case_repo.get_case(session, case_code)
+    if case is None:
+        raise NotFound(f"no case {case_code!r}")
+    return await case_view(session, case, links)

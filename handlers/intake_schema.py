@@ -1,0 +1,211 @@
+"""The case intake body of CONTRACT.md section 4, validated field by field.
+
+The same validation serves the HTTP API and the CSV import, so a row and a request are
+judged alike. Every problem is reported under its dotted field path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from handlers.errors import InvalidInput
+from storage.models import CaseStatus
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+LongText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+Code = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[^\s/]+$"),
+]
+CaseCode = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[^\s/]+$"),
+]
+# Telegram chat ids are integers (negative for groups); accept them as numbers or strings.
+ChatId = Annotated[str, StringConstraints(pattern=r"^-?\d{1,20}$")]
+ZaloId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+
+_PHONE_SEPARATORS = re.compile(r"[\s.\-()]")
+
+
+def normalize_phone(raw: str) -> str:
+    """Vietnamese numbers in one form: `0912345678` (from +84 912..., 84912..., 0912 345 678)."""
+    digits = _PHONE_SEPARATORS.sub("", raw)
+    if digits.startswith("+84"):
+        digits = "0" + digits[3:]
+    elif digits.startswith("84") and len(digits) == 11:
+        digits = "0" + digits[2:]
+    if not re.fullmatch(r"0\d{9,10}", digits):
+        raise ValueError("not a Vietnamese phone number (10 digits starting with 0, or +84...)")
+    return digits
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class ProcedureIn(_Strict):
+    code: Code
+    name: LongText
+    field: Text | None = None
+
+
+class OfficerIn(_Strict):
+    code: Code
+    name: Text | None = None
+
+
+class CitizenIn(_Strict):
+    name: Text | None = None
+    phone: str | None = None
+    telegram_chat_id: ChatId | None = None
+    zalo_user_id: ZaloId | None = None
+    locale: Literal["vi", "en"] | None = None
+
+    @field_validator("telegram_chat_id", mode="before")
+    @classmethod
+    def _chat_id_as_text(cls, value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError("must be a number")
+        return str(value) if isinstance(value, int) else value
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str | None) -> str | None:
+        return None if value is None or not value.strip() else normalize_phone(value)
+
+
+_ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+
+
+def _iso_datetime_text(value: object) -> object:
+    """Only ISO 8601 text is a date here; pydantic would read `2026` as seconds since 1970."""
+    if value is None or isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _ISO_DATETIME.match(value.strip()):
+        raise ValueError("must be an ISO 8601 date and time, e.g. 2026-11-20T08:05:00+07:00")
+    return value.strip()
+
+
+class DelayIn(_Strict):
+    new_due_at: datetime
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+
+    @field_validator("new_due_at", mode="before")
+    @classmethod
+    def _iso_text(cls, value: object) -> object:
+        return _iso_datetime_text(value)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError("needs a time zone offset, e.g. 2026-11-20T08:05:00+07:00")
+    return value
+
+
+class CaseIn(_Strict):
+    """One case as the one-stop system reports it."""
+
+    case_code: CaseCode
+    unit_code: Code
+    procedure: ProcedureIn
+    officer: OfficerIn | None = None
+    citizen: CitizenIn = Field(default_factory=CitizenIn)
+    status: CaseStatus
+    received_at: datetime
+    due_at: datetime
+    resolved_at: datetime | None = None
+    delay: DelayIn | None = None
+
+    @field_validator("received_at", "due_at", "resolved_at", mode="before")
+    @classmethod
+    def _iso_text(cls, value: object) -> object:
+        return _iso_datetime_text(value)
+
+    @field_validator("received_at", "due_at", "resolved_at")
+    @classmethod
+    def _has_offset(cls, value: datetime | None) -> datetime | None:
+        return _aware(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CaseIn:
+        problems: dict[str, str] = {}
+        if self.delay is not None and self.delay.new_due_at.tzinfo is None:
+            problems["delay.new_due_at"] = "needs a time zone offset"
+        if self.due_at < self.received_at:
+            problems["due_at"] = "is before received_at"
+        if self.status == CaseStatus.RESOLVED and self.resolved_at is None:
+            problems["resolved_at"] = "is required when status is resolved"
+        if self.resolved_at is not None and self.resolved_at < self.received_at:
+            problems["resolved_at"] = "is before received_at"
+        if self.status == CaseStatus.DELAYED and self.delay is None:
+            problems["delay"] = "is required when status is delayed (new_due_at and reason)"
+        delay = self.delay
+        if (
+            delay is not None
+            and delay.new_due_at.tzinfo is not None
+            and self.status == CaseStatus.DELAYED
+            and delay.new_due_at <= self.due_at
+        ):
+            problems["delay.new_due_at"] = "must be later than due_at"
+        if problems:
+            raise _FieldProblems(problems)
+        return self
+
+    def fingerprint(self) -> str:
+        """A stable hash of the body: the same case posted twice hashes the same."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class _FieldProblems(ValueError):
+    def __init__(self, problems: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in problems.items()))
+        self.problems = problems
+
+
+def _describe(error: Any) -> tuple[str, str]:
+    path = ".".join(str(part) for part in error["loc"]) or "body"
+    kind = error["type"]
+    if kind == "missing":
+        return path, "is required"
+    if kind == "extra_forbidden":
+        return path, "is not a known field"
+    if kind == "enum":
+        allowed = ", ".join(status.value for status in CaseStatus)
+        return path, f"must be one of {allowed}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return path, message
+
+
+def parse_case(data: object) -> CaseIn:
+    """Validates an intake body; raises InvalidInput naming every bad field."""
+    if not isinstance(data, dict):
+        raise InvalidInput({"body": "must be a JSON object"})
+    try:
+        return CaseIn.model_validate(data)
+    except ValidationError as exc:
+        fields: dict[str, str] = {}
+        for error in exc.errors():
+            context = error.get("ctx") or {}
+            cause = context.get("error")
+            if isinstance(cause, _FieldProblems):
+                fields.update(cause.problems)
+                continue
+            path, message = _describe(error)
+            fields.setdefault(path, message)
+        raise InvalidInput(fields) from None

@@ -1,0 +1,52 @@
+"""The rules of timing the bot layer configures and the handlers apply (no platform code)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from handlers.questionnaire import DEFAULT_QUESTIONNAIRE
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    """A local-time window in which no invitation or reminder is sent; may wrap midnight."""
+
+    start: time
+    end: time
+
+    def contains(self, moment: time) -> bool:
+        if self.start <= self.end:
+            return self.start <= moment < self.end
+        return moment >= self.start or moment < self.end
+
+    def next_allowed(self, instant: datetime, tz: ZoneInfo) -> datetime:
+        """`instant` itself when outside the window, else the window's end (local time)."""
+        local = instant.astimezone(tz)
+        if not self.contains(local.time().replace(tzinfo=None)):
+            return instant
+        end = local.replace(hour=self.end.hour, minute=self.end.minute, second=0, microsecond=0)
+        if end <= local:
+            end += timedelta(days=1)
+        # Rebuild through the zone so a DST change (none in Việt Nam, but elsewhere) is honoured.
+        end = datetime.combine(end.date(), self.end, tzinfo=tz)
+        return end.astimezone(instant.tzinfo)
+
+
+@dataclass(frozen=True)
+class SurveyPolicy:
+    delay: timedelta = timedelta(0)
+    quiet_hours: QuietHours | None = QuietHours(time(21, 0), time(7, 0))
+    reminder_after: timedelta | None = timedelta(hours=24)
+    expires_after: timedelta = timedelta(days=7)
+    questionnaire: str = DEFAULT_QUESTIONNAIRE
+    timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("Asia/Ho_Chi_Minh"))
+    default_locale: str = "vi"
+    link_token_ttl: timedelta = timedelta(days=90)
+
+    def sendable_at(self, instant: datetime) -> datetime:
+        """The first moment at or after `instant` outside quiet hours."""
+        if self.quiet_hours is None:
+            return instant
+        return self.quiet_hours.next_allowed(instant, self.timezone)

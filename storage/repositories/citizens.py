@@ -1,0 +1,87 @@
+"""Queries about citizens and the chat contacts they agreed to be reached at."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import Citizen, CitizenContact, ContactStatus
+
+
+async def contact(session: AsyncSession, channel: str, address: str) -> CitizenContact | None:
+    query = select(CitizenContact).where(
+        CitizenContact.channel == channel, CitizenContact.address == address
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def citizen_by_contact(session: AsyncSession, channel: str, address: str) -> Citizen | None:
+    query = (
+        select(Citizen)
+        .join(CitizenContact, CitizenContact.citizen_id == Citizen.id)
+        .where(CitizenContact.channel == channel, CitizenContact.address == address)
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def citizen_by_phone(session: AsyncSession, phone: str) -> Citizen | None:
+    # Oldest first: a phone seen on several records belongs to the person first known by it.
+    query = (
+        select(Citizen)
+        .where(Citizen.phone == phone, Citizen.erased_at.is_(None))
+        .order_by(Citizen.id)
+        .limit(1)
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def contacts_of(session: AsyncSession, citizen_id: int) -> Sequence[CitizenContact]:
+    query = (
+        select(CitizenContact)
+        .where(CitizenContact.citizen_id == citizen_id)
+        .order_by(CitizenContact.id)
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def active_contact(
+    session: AsyncSession, citizen_id: int, channels: Sequence[str]
+) -> CitizenContact | None:
+    """The citizen's best reachable contact: the first channel in `channels` order that has one."""
+    found = {
+        c.channel: c
+        for c in await contacts_of(session, citizen_id)
+        if c.status == ContactStatus.ACTIVE
+    }
+    for channel in channels:
+        if channel in found:
+            return found[channel]
+    return None
+
+
+async def attach_contact(
+    session: AsyncSession,
+    citizen: Citizen,
+    channel: str,
+    address: str,
+    *,
+    source: str,
+    consented_at: datetime | None = None,
+) -> CitizenContact:
+    """Links an address to a citizen; an address already linked elsewhere moves to this one."""
+    existing = await contact(session, channel, address)
+    if existing is None:
+        existing = CitizenContact(
+            citizen_id=citizen.id, channel=channel, address=address, source=source
+        )
+        session.add(existing)
+    else:
+        existing.citizen_id = citizen.id
+        existing.status = ContactStatus.ACTIVE
+    if consented_at is not None:
+        existing.consented_at = consented_at
+    await session.flush()
+    return existing
