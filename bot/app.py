@@ -1,0 +1,98 @@
+"""The composition root: builds every part of the running service from one `Settings`.
+
+Nothing happens at import time. `Services` owns the resources (engine, channels, dispatcher,
+scheduler) and `run_services` starts and stops them in order, so a shutdown leaves no task
+behind and disposes of the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.config import Settings
+from handlers.clock import Clock, SystemClock
+from handlers.policy import SurveyPolicy
+from storage.db import SessionFactory, create_engine, create_session_factory, ping
+from storage.migrate import upgrade
+
+log = logging.getLogger(__name__)
+
+# A part of the service with its own lifetime: started after the database is ready, stopped
+# in reverse order at shutdown.
+Startable = Callable[["Services"], Awaitable[Callable[[], Awaitable[None]]]]
+
+
+@dataclass
+class Services:
+    """Everything a request, an update or a job needs; one per process."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: SessionFactory
+    clock: Clock
+    policy: SurveyPolicy
+    # Each configured channel adds its citizen link here (CONTRACT.md section 4, `links`).
+    link_builders: dict[str, Callable[[str], str]] = field(default_factory=dict)
+    # Called after a commit that queued messages, so they leave without waiting for a poll.
+    wake_dispatcher: Callable[[], None] = lambda: None
+    web_routes: list[web.RouteDef] = field(default_factory=list)
+
+    def links(self, token: str) -> Mapping[str, str]:
+        return {name: build(token) for name, build in self.link_builders.items()}
+
+
+def survey_policy(settings: Settings) -> SurveyPolicy:
+    return SurveyPolicy(
+        delay=settings.survey_delay,
+        quiet_hours=settings.quiet_hours,
+        reminder_after=settings.reminder_after,
+        expires_after=settings.survey_expires_after,
+        questionnaire=settings.questionnaire,
+        timezone=settings.timezone,
+        default_locale=settings.locale,
+        link_token_ttl=settings.link_token_ttl,
+    )
+
+
+def build_services(settings: Settings, *, clock: Clock | None = None) -> Services:
+    engine = create_engine(settings.database_url)
+    return Services(
+        settings=settings,
+        engine=engine,
+        sessions=create_session_factory(engine),
+        clock=clock or SystemClock(),
+        policy=survey_policy(settings),
+    )
+
+
+async def prepare_database(services: Services) -> None:
+    """Fails fast when the database is unreachable, then applies migrations."""
+    await ping(services.engine)
+    await upgrade(services.engine)
+    if services.settings.units_file is not None:
+        from bot.units_cli import load_units_file
+
+        report = await load_units_file(services, services.settings.units_file)
+        log.info("units file loaded: %s", report)
+
+
+async def run_services(
+    services: Services,
+    parts: list[Startable],
+    stop: asyncio.Event,
+) -> None:
+    """Starts each part, waits for `stop`, then stops them in reverse order."""
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(services.engine.dispose)
+        for start in parts:
+            stop_part = await start(services)
+            stack.push_async_callback(stop_part)
+        await stop.wait()
+        log.info("shutting down")
