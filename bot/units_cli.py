@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 async def load_units_file(services: Services, path: Path) -> LoadReport:
     """Reads, checks and loads the file in one transaction; errors name the file and entry."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = await asyncio.to_thread(path.read_text, encoding="utf-8")
     except OSError as exc:
         raise InvalidInput({"file": f"cannot read {path}: {exc.strerror}"}) from None
     parsed = parse_units_file(text)
