@@ -28,6 +28,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def create_engine(database_url: str | URL, *, schema: str | None = None) -> AsyncEngine:
     """An engine for the URL; `schema` pins PostgreSQL's search_path (tests isolate by schema)."""
     url = make_url(database_url)
+    # `?search_path=NAME` in the URL pins the schema too: asyncpg would reject it as an
+    # unknown connect argument, and one database may hold several deployments (or tests).
+    if "search_path" in url.query:
+        schema = schema or str(url.query["search_path"])
+        url = url.difference_update_query(["search_path"])
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.get_backend_name() == "postgresql":
         settings = {"application_name": "sipas-bot"}
