@@ -1,0 +1,199 @@
+"""The `sipas-bot` command line (CONTRACT.md section 3): the parser and one function per command.
+
+Exit codes: 0 done; 1 the input or the environment is wrong (rejected rows, an unreachable
+database), with the reasons printed; 2 a usage or configuration error naming what to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import sys
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+from bot.config import Settings, SettingsError, load_settings
+from bot.logging_setup import setup_logging
+from handlers.errors import DomainError, InvalidInput
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+IMPORT_CHUNK_ROWS = 500
+T = TypeVar("T")
+
+Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+async def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
+    from bot.serve import serve
+
+    await serve(settings)
+    return EXIT_OK
+
+
+async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.demo import run_demo
+
+    await run_demo(settings, serve=not args.no_serve)
+    return EXIT_OK
+
+
+async def cmd_db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
+    from bot.serve import masked_url, open_services
+    from storage.migrate import current_revision
+
+    services = await open_services(settings)  # pings, then migrates
+    try:
+        revision = await current_revision(services.engine)
+    finally:
+        await services.engine.dispose()
+    print(f"database {masked_url(settings.database_url)} is at revision {revision}")
+    return EXIT_OK
+
+
+async def cmd_units_load(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.serve import open_services
+    from bot.units_cli import load_units_file
+
+    services = await open_services(settings)
+    try:
+        report = await load_units_file(services, args.file)
+    finally:
+        await services.engine.dispose()
+    print(f"{args.file}: {report}")
+    return EXIT_OK
+
+
+async def cmd_cases_import(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.serve import open_services
+    from handlers.case_import import ImportReport, decode, read_rows, row_imported
+
+    path: Path = args.file
+    try:
+        data = await asyncio.to_thread(path.read_bytes)
+    except OSError as exc:
+        raise InvalidInput({"file": f"cannot read {path}: {exc.strerror}"}) from None
+    rows = read_rows(decode(data))
+    first = next(rows, None)  # checks the header before the database is touched
+    services = await open_services(settings)
+    report = ImportReport()
+    try:
+        # One transaction per chunk keeps a large file from holding one huge transaction;
+        # each row is still judged alone, in its own savepoint inside it.
+        for chunk in _chunks(itertools.chain([first] if first else [], rows)):
+            async with services.sessions.begin() as session:
+                for row in chunk:
+                    await row_imported(session, row, services.clock.now(), services.policy, report)
+            services.wake_dispatcher()
+    finally:
+        await services.engine.dispose()
+    print(f"{path}: {report.summary()}")
+    for rejection in report.rejected:
+        for line in rejection.lines():
+            print(f"  {line}")
+    return EXIT_FAILED if report.rejected else EXIT_OK
+
+
+def _chunks(rows: Iterable[T], size: int = IMPORT_CHUNK_ROWS) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sipas-bot",
+        description=(
+            "Feedback on resolved administrative cases for Vietnamese one-stop desks: "
+            "SIPAS surveys in chat, escalations to unit heads, apologies, weekly digests. "
+            "Configuration comes from SIPAS_* environment variables (see README.md)."
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP API, the chat channels and the scheduler until SIGINT/SIGTERM",
+        description="Applies database migrations, then runs until SIGINT or SIGTERM.",
+    )
+    serve.set_defaults(run=cmd_serve)
+
+    demo = commands.add_parser(
+        "demo",
+        help="seed a local database with sample units and cases and run the server",
+        description=(
+            "Uses SIPAS_DATABASE_URL if set, else ./sipas-demo/sipas.db (recreated on each "
+            "run); generates an API token when SIPAS_API_TOKENS is unset."
+        ),
+    )
+    demo.add_argument(
+        "--no-serve", action="store_true", help="seed and print the instructions, then exit"
+    )
+    demo.set_defaults(run=cmd_demo)
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
+    upgrade = db_commands.add_parser("upgrade", help="apply database migrations")
+    upgrade.set_defaults(run=cmd_db_upgrade)
+
+    units = commands.add_parser("units", help="units of the administration and their heads")
+    units_commands = units.add_subparsers(dest="units_command", metavar="COMMAND", required=True)
+    load = units_commands.add_parser(
+        "load", help="load or update units and digest recipients from a YAML file"
+    )
+    load.add_argument("file", type=Path, metavar="FILE")
+    load.set_defaults(run=cmd_units_load)
+
+    cases = commands.add_parser("cases", help="cases from the one-stop system")
+    cases_commands = cases.add_subparsers(dest="cases_command", metavar="COMMAND", required=True)
+    import_ = cases_commands.add_parser(
+        "import",
+        help="bulk intake from a CSV file, same validation as the API",
+        description=(
+            "UTF-8 CSV (with or without BOM, ',' or ';' delimited) with a header naming the "
+            "columns. Prints created/updated/unchanged/rejected and, for each rejected row, "
+            "'line N: column: reason'. Exits 1 when any row was rejected."
+        ),
+    )
+    import_.add_argument("file", type=Path, metavar="FILE.csv")
+    import_.set_defaults(run=cmd_cases_import)
+    return parser
+
+
+def _print_error(message: str, stream: TextIO) -> None:
+    print(f"sipas-bot: {message}", file=stream)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parses `argv`, builds the settings, runs the command; returns the exit code."""
+    from bot.serve import StartupError
+
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        setup_logging(settings.log_level)
+        command: Command = args.run
+        return asyncio.run(command(settings, args))
+    except SettingsError as exc:
+        _print_error(str(exc), sys.stderr)
+        return EXIT_USAGE
+    except InvalidInput as exc:
+        _print_error(exc.message, sys.stderr)
+        for name, reason in exc.fields.items():
+            print(f"  {name}: {reason}", file=sys.stderr)
+        return EXIT_FAILED
+    except (DomainError, StartupError) as exc:
+        _print_error(str(exc), sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        # Ctrl+C before the signal handlers are installed (e.g. during migrations).
+        _print_error("interrupted", sys.stderr)
+        return 130
