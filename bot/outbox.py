@@ -1,0 +1,608 @@
+"""The outbox dispatcher: sends every outgoing message from the outbox, within the platform limits.
+
+Handlers never call a platform; they write outbox rows in the transaction of the change that
+caused them (DESIGN.md, "transactional outbox"). The dispatcher claims due rows, paces them
+(a token bucket per channel for the bot-wide limit, spacing per chat), sends them through a
+channel's `Sender`, and settles each row in its own short transaction (DESIGN.md, "the
+dispatcher owns the platform limits"). Replies to a person who is answering go first: rows are
+claimed and sent in (priority, id) order, and a `wake()` after a commit makes the next claim
+immediate.
+
+Delivery is at least once, and exactly once in every case but one: the platform accepted a
+message and the process died (or the database failed) before the row was marked sent. The row
+keeps its claim, and once the lease expires (60 s by default) it is claimed and sent again.
+That window lasts one send plus one short UPDATE. Everything settled as sent is never sent
+again, and everything unsent survives a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from prometheus_client import Counter, Histogram
+from sqlalchemy.exc import SQLAlchemyError
+
+from handlers.clock import Clock
+from storage.db import SessionFactory
+from storage.models import OutboxMessage
+from storage.repositories import outbox as repository
+
+logger = logging.getLogger(__name__)
+
+SENT = Counter("sipas_outbox_sent_total", "Messages the platform accepted.", ["channel"])
+FAILED = Counter("sipas_outbox_failed_total", "Messages given up for good.", ["channel", "reason"])
+RETRIES = Counter(
+    "sipas_outbox_retries_total", "Sends put back to be tried again.", ["channel", "reason"]
+)
+SEND_SECONDS = Histogram(
+    "sipas_outbox_send_seconds",
+    "Time the platform took to accept a message.",
+    ["channel"],
+    buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+
+class SendError(Exception):
+    """A platform refused or failed to take a message; the subclass says what to do next."""
+
+
+class RetryAfter(SendError):
+    """The platform's rate limit (HTTP 429): try this address again after `seconds`."""
+
+    def __init__(self, seconds: float, message: str = "") -> None:
+        super().__init__(message or f"rate limited, retry after {seconds:g}s")
+        self.seconds = max(0.0, float(seconds))
+
+
+class Unreachable(SendError):
+    """The recipient blocked the bot or no longer exists: stop writing to them."""
+
+
+class TransientSendError(SendError):
+    """Network trouble, a timeout or a 5xx: the same message may go through later."""
+
+
+class PermanentSendError(SendError):
+    """The platform rejected this message itself (400): sending it again cannot help."""
+
+
+class Sender(Protocol):
+    """One channel's way to deliver a payload; it raises the `SendError` family, nothing else.
+
+    `clear_buttons_of` is the platform id of an earlier message whose inline keyboard goes
+    away before this one is sent (or, with `payload["edit"]`, the message whose text is
+    replaced). Returns the platform's id of the message it produced.
+    """
+
+    channel: str
+
+    async def send(
+        self, address: str, payload: Mapping[str, Any], *, clear_buttons_of: str | None
+    ) -> str | None: ...
+
+
+_CHANNEL_TAGS = {"telegram": "tg", "zalo": "zl", "web": "web"}
+
+
+def mask_address(channel: str, address: str) -> str:
+    """`tg:…1234`: enough to tell chats apart in logs, not enough to find the person."""
+    tag = _CHANNEL_TAGS.get(channel, channel[:3])
+    tail = address[-4:] if len(address) > 6 else ""
+    return f"{tag}:…{tail}"
+
+
+def _describe(error: BaseException) -> str:
+    """Class and platform description of an error, for `last_error` and logs (no payload)."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}"[:300] if text else type(error).__name__
+
+
+class _TokenBucket:
+    """`rate` tokens a second, at most `burst` saved up; one token is one send."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._updated = time.monotonic()
+
+    def _refill(self, now: float) -> None:
+        self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
+
+    def try_take(self, now: float) -> bool:
+        self._refill(now)
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def wait_time(self, now: float) -> float:
+        self._refill(now)
+        return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self._rate
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """What the dispatcher keeps of a claimed row (plain data, no ORM session attached)."""
+
+    id: int
+    channel: str
+    address: str
+    priority: int
+    payload: Mapping[str, Any]
+    attempts: int
+    claimed_until: datetime
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.channel, self.address)
+
+    @property
+    def masked(self) -> str:
+        return mask_address(self.channel, self.address)
+
+    @classmethod
+    def of(cls, row: OutboxMessage) -> _Claim:
+        assert row.claimed_until is not None  # claim_due sets it
+        return cls(
+            id=row.id,
+            channel=row.channel,
+            address=row.address,
+            priority=row.priority,
+            payload=dict(row.payload),
+            attempts=row.attempts,
+            claimed_until=row.claimed_until,
+        )
+
+
+class Dispatcher:
+    """Sends the outbox: claims due rows, paces them, settles each send.
+
+    `global_rate` is per channel (one bot's limit); `per_chat_rate` spaces two sends to one
+    address by `1 / per_chat_rate` seconds. Pacing uses the monotonic clock; everything about
+    when a row is due (not_before, backoff, leases) uses the injected `clock`.
+    """
+
+    # Rows claimed on a wake() even when the batch is full: a reply must never wait for room.
+    _URGENT_CLAIM = 20
+
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        senders: Mapping[str, Sender],
+        clock: Clock,
+        *,
+        global_rate: float = 30.0,
+        per_chat_rate: float = 1.0,
+        batch_size: int = 200,
+        lease: timedelta = timedelta(seconds=60),
+        max_attempts: int = 8,
+        global_burst: float | None = None,
+        backoff_min: timedelta = timedelta(seconds=2),
+        backoff_max: timedelta = timedelta(minutes=10),
+        idle_interval: float = 1.0,
+        flood_addresses: int = 3,
+        flood_window: float = 1.0,
+        shutdown_grace: float = 10.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if global_rate <= 0 or per_chat_rate <= 0:
+            raise ValueError("rates must be positive")
+        if batch_size < 1 or max_attempts < 1:
+            raise ValueError("batch_size and max_attempts must be at least 1")
+        self._sessions = sessions
+        self._senders = dict(senders)
+        self._clock = clock
+        self._global_rate = global_rate
+        # A small burst keeps the average at the limit without bunching sends in one second.
+        self._burst = global_burst if global_burst is not None else max(1.0, global_rate / 10)
+        self._spacing = 1.0 / per_chat_rate
+        self._batch_size = batch_size
+        self._lease = lease
+        # Stop sending a held row this long before its lease ends: someone may take it then.
+        self._lease_margin = lease / 10
+        self._per_address = max(1, min(batch_size, int(lease.total_seconds() * per_chat_rate / 2)))
+        self._max_attempts = max_attempts
+        self._backoff_min = backoff_min.total_seconds()
+        self._backoff_max = backoff_max.total_seconds()
+        self._idle_interval = idle_interval
+        self._flood_addresses = flood_addresses
+        self._flood_window = flood_window
+        self._shutdown_grace = shutdown_grace
+        self._rng = rng or random.Random()
+
+        self._buckets = {name: _TokenBucket(global_rate, self._burst) for name in self._senders}
+        self._held: dict[int, _Claim] = {}
+        self._inflight: dict[int, asyncio.Task[bool]] = {}
+        self._busy: set[tuple[str, str]] = set()
+        self._next_at: dict[tuple[str, str], float] = {}
+        self._paused_until: dict[str, float] = {}
+        self._rate_limited: dict[str, deque[tuple[float, str]]] = {}
+        # wake() bookkeeping: a claim taken before a wake may have missed the woken rows.
+        self._wake_seq = 0
+        self._claim_seq: dict[tuple[str, str], int] = {}
+        self._capped: set[tuple[str, str]] = set()
+        self._claim_needed = True
+        self._last_claim = float("-inf")
+        self._more_due = False
+        self._sent = 0
+        self._signal = asyncio.Event()
+
+    # ------------------------------------------------------------------ public API
+
+    def wake(self) -> None:
+        """Call after committing a transaction that enqueued messages: claim them now."""
+        self._wake_seq += 1
+        self._claim_needed = True
+        self._signal.set()
+
+    async def run_once(self) -> int:
+        """Claims what is due, sends what the limits allow right now, and waits for those sends.
+
+        Returns how many messages the platform accepted in this pass.
+        """
+        await self._claim()
+        tasks = await self._dispatch()
+        results = await asyncio.gather(*tasks)
+        return sum(results)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sends until `stop` is set, then finishes the sends in flight and releases the rest."""
+
+        async def relay_stop() -> None:
+            await stop.wait()
+            self._signal.set()
+
+        watcher = asyncio.create_task(relay_stop())
+        try:
+            await self._pump(stop.is_set)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await self._shutdown()
+
+    # The name is the brief's public API; asyncio.timeout() would not read better at call sites.
+    async def drain(self, timeout: float) -> int:  # noqa: ASYNC109
+        """Sends until nothing is due (for tests and the demo); returns how many were sent.
+
+        Raises TimeoutError when there is still something to send after `timeout` seconds.
+        """
+        sent_before = self._sent
+
+        async def until_nothing_due() -> None:
+            while True:
+                await self._pump(self._is_idle)
+                # Idle now; a last claim tells whether something became claimable meanwhile.
+                await self._claim()
+                if not self._held and not self._inflight:
+                    return
+
+        try:
+            await asyncio.wait_for(until_nothing_due(), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"outbox not drained within {timeout}s") from None
+        return self._sent - sent_before
+
+    # ------------------------------------------------------------------ the loop
+
+    def _is_idle(self) -> bool:
+        return not self._held and not self._inflight and not self._claim_needed
+
+    async def _pump(self, finished: Callable[[], bool]) -> None:
+        while not finished():
+            self._signal.clear()
+            if self._should_claim():
+                try:
+                    await self._claim()
+                except (SQLAlchemyError, OSError) as exc:
+                    # The database is away: keep what is held going, try again after a pause.
+                    logger.error("outbox claim failed: %s", _describe(exc))
+                    self._claim_needed = False
+            await self._dispatch()
+            if finished():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._signal.wait(), self._next_delay())
+
+    def _should_claim(self) -> bool:
+        if self._claim_needed:
+            return True
+        if len(self._held) + len(self._inflight) >= self._batch_size // 2:
+            return False
+        return self._more_due or time.monotonic() - self._last_claim >= self._idle_interval
+
+    async def _claim(self) -> None:
+        room = self._batch_size - len(self._held) - len(self._inflight)
+        limit = max(room, min(self._URGENT_CLAIM, self._batch_size))
+        seq = self._wake_seq
+        self._claim_needed = False
+        self._last_claim = time.monotonic()
+        async with self._sessions.begin() as session:
+            rows = await repository.claim_due(
+                session,
+                self._clock.now(),
+                limit,
+                self._lease,
+                channels=list(self._senders),
+                per_address=self._per_address,
+            )
+            claims = [_Claim.of(row) for row in rows]
+        self._more_due = len(claims) >= limit
+        per_key: dict[tuple[str, str], int] = {}
+        for claim in claims:
+            if claim.id in self._held or claim.id in self._inflight:
+                continue
+            self._held[claim.id] = claim
+            self._claim_seq[claim.key] = seq
+            per_key[claim.key] = per_key.get(claim.key, 0) + 1
+        self._capped.update(key for key, count in per_key.items() if count >= self._per_address)
+
+    async def _dispatch(self) -> list[asyncio.Task[bool]]:
+        """Starts a send for every held row the limits allow now, most urgent first."""
+        now = self._clock.now()
+        mono = time.monotonic()
+        started: list[asyncio.Task[bool]] = []
+        seen: set[tuple[str, str]] = set()
+        out_of_tokens: set[str] = set()
+        expiring: set[tuple[str, str]] = set()
+        for claim in sorted(self._held.values(), key=lambda c: (c.priority, c.id)):
+            key = claim.key
+            if key in seen:  # a later row of an address never overtakes an earlier one
+                continue
+            seen.add(key)
+            if claim.claimed_until - now <= self._lease_margin:
+                expiring.add(key)
+                continue
+            if (
+                claim.channel in out_of_tokens
+                or key in self._busy
+                or mono < self._paused_until.get(claim.channel, 0.0)
+                or mono < self._next_at.get(key, 0.0)
+            ):
+                continue
+            if not self._buckets[claim.channel].try_take(mono):
+                out_of_tokens.add(claim.channel)
+                continue
+            del self._held[claim.id]
+            self._busy.add(key)
+            self._next_at[key] = mono + self._spacing
+            task = asyncio.create_task(self._deliver(claim), name=f"outbox-{claim.id}")
+            self._inflight[claim.id] = task
+            started.append(task)
+        if expiring:
+            await self._release_keys(expiring)
+        self._forget_old_spacing(mono)
+        return started
+
+    def _next_delay(self) -> float:
+        """Seconds until a held row could go out (a completion or wake() comes sooner)."""
+        mono = time.monotonic()
+        delay = self._idle_interval
+        if self._more_due and len(self._held) + len(self._inflight) < self._batch_size // 2:
+            delay = 0.0
+        for claim in self._held.values():
+            if claim.key in self._busy:
+                continue
+            ready_at = max(
+                self._next_at.get(claim.key, 0.0),
+                self._paused_until.get(claim.channel, 0.0),
+                mono + self._buckets[claim.channel].wait_time(mono),
+            )
+            delay = min(delay, ready_at - mono)
+        return max(delay, 0.001)
+
+    def _forget_old_spacing(self, mono: float) -> None:
+        # Per-address pacing only matters for one spacing; do not keep every chat ever seen.
+        if len(self._next_at) > 4 * self._batch_size:
+            self._next_at = {key: at for key, at in self._next_at.items() if at > mono}
+
+    async def _release_keys(self, keys: set[tuple[str, str]]) -> None:
+        claims = [claim for claim in self._held.values() if claim.key in keys]
+        for claim in claims:
+            del self._held[claim.id]
+        for key in keys:
+            self._claim_seq.pop(key, None)
+            self._capped.discard(key)
+        try:
+            async with self._sessions.begin() as session:
+                await repository.release_claims(session, [claim.id for claim in claims])
+        except (SQLAlchemyError, OSError) as exc:
+            logger.error("outbox release failed (leases will expire): %s", _describe(exc))
+
+    async def _shutdown(self) -> None:
+        if self._inflight:
+            _, pending = await asyncio.wait(
+                list(self._inflight.values()), timeout=self._shutdown_grace
+            )
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        if self._held:
+            await self._release_keys({claim.key for claim in self._held.values()})
+
+    # ------------------------------------------------------------------ one send
+
+    async def _deliver(self, claim: _Claim) -> bool:
+        sender = self._senders[claim.channel]
+        try:
+            try:
+                clear = await self._message_to_clear(claim)
+                started = time.perf_counter()
+                message_id = await sender.send(claim.address, claim.payload, clear_buttons_of=clear)
+            except RetryAfter as exc:
+                await self._rate_limited_by_platform(claim, exc)
+                return False
+            except Unreachable as exc:
+                await self._unreachable(claim, exc)
+                return False
+            except PermanentSendError as exc:
+                await self._give_up(claim, "rejected", exc)
+                return False
+            except TransientSendError as exc:
+                await self._retry_later(claim, "transient", exc)
+                return False
+            except (SQLAlchemyError, OSError):
+                raise
+            except Exception as exc:
+                # A bug in a sender must not lose the message nor stop the dispatcher.
+                logger.exception("outbox %s to %s: unexpected send error", claim.id, claim.masked)
+                await self._retry_later(claim, "unexpected", exc)
+                return False
+            SEND_SECONDS.labels(claim.channel).observe(time.perf_counter() - started)
+            SENT.labels(claim.channel).inc()
+            self._sent += 1
+            # Its own short transaction, right away: the smaller the gap between the platform
+            # accepting and this commit, the smaller the at-least-once window.
+            async with self._sessions.begin() as session:
+                await repository.mark_sent(
+                    session, claim.id, now=self._clock.now(), platform_message_id=message_id
+                )
+            logger.debug("outbox %s sent to %s", claim.id, claim.masked)
+            return True
+        except (SQLAlchemyError, OSError) as exc:
+            logger.error(
+                "outbox %s to %s: could not settle (%s); the row stays claimed and is "
+                "retried when its lease expires",
+                claim.id,
+                claim.masked,
+                _describe(exc),
+            )
+            return False
+        finally:
+            self._busy.discard(claim.key)
+            self._inflight.pop(claim.id, None)
+            self._after(claim.key)
+            self._signal.set()
+
+    def _after(self, key: tuple[str, str]) -> None:
+        """Asks for a claim when rows of this address may have been left behind."""
+        if any(claim.key == key for claim in self._held.values()):
+            return
+        seq = self._claim_seq.pop(key, None)
+        if key in self._capped:
+            self._capped.discard(key)
+            self._claim_needed = True
+        elif seq is not None and seq < self._wake_seq:
+            self._claim_needed = True
+
+    def _drop_held(self, key: tuple[str, str]) -> list[int]:
+        """Forgets the held rows of an address whose head goes back to wait: they must not
+        overtake it, so they return to the queue behind it. Returns their ids to release."""
+        dropped = [claim.id for claim in self._held.values() if claim.key == key]
+        for row_id in dropped:
+            del self._held[row_id]
+        return dropped
+
+    async def _message_to_clear(self, claim: _Claim) -> str | None:
+        reference = claim.payload.get("clear_buttons_of")
+        if reference is None:
+            return None
+        try:
+            row_id = int(reference)
+        except (TypeError, ValueError):
+            logger.warning("outbox %s: clear_buttons_of is not a row id; ignored", claim.id)
+            return None
+        async with self._sessions() as session:
+            return await repository.platform_message_id(
+                session, row_id, channel=claim.channel, address=claim.address
+            )
+
+    async def _rate_limited_by_platform(self, claim: _Claim, error: RetryAfter) -> None:
+        """A 429 delays this address only, and is no fault of the message (no attempt used)."""
+        async with self._sessions.begin() as session:
+            await repository.mark_retry(
+                session,
+                claim.id,
+                not_before=self._clock.now() + timedelta(seconds=error.seconds),
+                error=_describe(error),
+                count_attempt=False,
+            )
+            await repository.release_claims(session, self._drop_held(claim.key))
+        RETRIES.labels(claim.channel, "rate_limited").inc()
+        logger.info(
+            "outbox %s to %s: rate limited for %.1fs", claim.id, claim.masked, error.seconds
+        )
+        # Several chats told to wait within a moment: the limit is the bot's, not the chat's.
+        mono = time.monotonic()
+        recent = self._rate_limited.setdefault(claim.channel, deque())
+        recent.append((mono, claim.address))
+        while recent and recent[0][0] < mono - self._flood_window:
+            recent.popleft()
+        if len({address for _, address in recent}) >= self._flood_addresses:
+            until = mono + error.seconds
+            if until > self._paused_until.get(claim.channel, 0.0):
+                self._paused_until[claim.channel] = until
+                RETRIES.labels(claim.channel, "flood").inc()
+                logger.warning(
+                    "channel %s flood-limited: pausing all sends for %.1fs",
+                    claim.channel,
+                    error.seconds,
+                )
+
+    async def _unreachable(self, claim: _Claim, error: Unreachable) -> None:
+        now = self._clock.now()
+        async with self._sessions.begin() as session:
+            await repository.mark_failed(session, claim.id, error=_describe(error))
+            cancelled = await repository.mark_address_unreachable(
+                session, claim.channel, claim.address, now
+            )
+        FAILED.labels(claim.channel, "unreachable").inc()
+        self._drop_held(claim.key)  # cancelled in the database already
+        logger.info(
+            "outbox %s: %s is unreachable (%s); %d other messages cancelled",
+            claim.id,
+            claim.masked,
+            _describe(error),
+            cancelled,
+        )
+
+    async def _give_up(self, claim: _Claim, reason: str, error: BaseException) -> None:
+        async with self._sessions.begin() as session:
+            await repository.mark_failed(session, claim.id, error=_describe(error))
+        FAILED.labels(claim.channel, reason).inc()
+        logger.warning(
+            "outbox %s to %s failed (%s): %s", claim.id, claim.masked, reason, _describe(error)
+        )
+
+    async def _retry_later(self, claim: _Claim, reason: str, error: BaseException) -> None:
+        attempts = claim.attempts + 1
+        if attempts >= self._max_attempts:
+            await self._give_up(claim, "attempts", error)
+            return
+        delay = self._backoff(attempts)
+        async with self._sessions.begin() as session:
+            await repository.mark_retry(
+                session,
+                claim.id,
+                not_before=self._clock.now() + delay,
+                error=_describe(error),
+            )
+            await repository.release_claims(session, self._drop_held(claim.key))
+        RETRIES.labels(claim.channel, reason).inc()
+        logger.info(
+            "outbox %s to %s: attempt %d failed (%s), retry in %.0fs",
+            claim.id,
+            claim.masked,
+            attempts,
+            _describe(error),
+            delay.total_seconds(),
+        )
+
+    def _backoff(self, attempts: int) -> timedelta:
+        """Exponential with "equal jitter": attempt n waits between 2^n and 2^(n+1) seconds
+        (scaled by backoff_min / 2), never more than backoff_max."""
+        ceiling = min(self._backoff_max, self._backoff_min * 2.0 ** min(attempts, 32))
+        seconds = ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+        return timedelta(seconds=min(self._backoff_max, max(self._backoff_min, seconds)))

@@ -1,0 +1,628 @@
+"""The outbox dispatcher against a scripted in-memory sender, on SQLite and PostgreSQL.
+
+Timing assertions use a small rate (tens of messages a second) and tolerances, and look at
+the monotonic timestamps the fake sender records when a send starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import insert, select
+from sqlalchemy.exc import OperationalError
+
+from bot.outbox import (
+    Dispatcher,
+    PermanentSendError,
+    RetryAfter,
+    TransientSendError,
+    Unreachable,
+    mask_address,
+)
+from handlers.clock import FakeClock
+from storage.db import SessionFactory
+from storage.models import (
+    Case,
+    Citizen,
+    CitizenContact,
+    ContactStatus,
+    OutboxMessage,
+    OutboxStatus,
+    Priority,
+    Procedure,
+    Survey,
+    SurveyStatus,
+    Unit,
+)
+from storage.repositories import outbox
+
+CHANNEL = "telegram"
+
+
+@dataclass
+class Delivery:
+    address: str
+    text: str
+    at: float
+    clear_buttons_of: str | None
+
+
+@dataclass
+class FakeSender:
+    """Records every send with its monotonic start time; raises what a test scripted."""
+
+    channel: str = CHANNEL
+    latency: float = 0.0
+    deliveries: list[Delivery] = field(default_factory=list)
+    attempts: list[Delivery] = field(default_factory=list)
+    script: dict[str, list[BaseException]] = field(default_factory=dict)
+    always: dict[str, BaseException] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def fail(self, address: str, *errors: BaseException) -> None:
+        self.script.setdefault(address, []).extend(errors)
+
+    async def send(
+        self, address: str, payload: Mapping[str, Any], *, clear_buttons_of: str | None
+    ) -> str | None:
+        delivery = Delivery(address, str(payload["text"]), time.monotonic(), clear_buttons_of)
+        self.attempts.append(delivery)
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        if address in self.always:
+            raise self.always[address]
+        queued = self.script.get(address)
+        if queued:
+            raise queued.pop(0)
+        self.deliveries.append(delivery)
+        self.changed.set()
+        return f"m{len(self.deliveries)}"
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Waits for deliveries to satisfy `condition`, woken by each delivery (callers put
+        a deadline around it with `asyncio.timeout`)."""
+        while not condition():
+            self.changed.clear()
+            await self.changed.wait()
+
+    def texts(self, address: str | None = None) -> list[str]:
+        return [d.text for d in self.deliveries if address is None or d.address == address]
+
+
+@pytest.fixture
+def sender() -> FakeSender:
+    return FakeSender()
+
+
+def make_dispatcher(
+    sessions: SessionFactory, sender: FakeSender, clock: FakeClock, **options: Any
+) -> Dispatcher:
+    options.setdefault("global_rate", 200.0)
+    options.setdefault("per_chat_rate", 50.0)
+    options.setdefault("rng", random.Random(7))
+    return Dispatcher(sessions, {CHANNEL: sender}, clock, **options)
+
+
+async def put(
+    sessions: SessionFactory,
+    clock: FakeClock,
+    address: str,
+    text: str,
+    *,
+    priority: int = Priority.NOTICE,
+    **options: Any,
+) -> int:
+    async with sessions.begin() as session:
+        row = await outbox.enqueue(
+            session,
+            channel=CHANNEL,
+            address=address,
+            payload={"text": text, **options.pop("payload", {})},
+            priority=priority,
+            not_before=clock.now(),
+            **options,
+        )
+        assert row is not None
+        return row.id
+
+
+async def row(sessions: SessionFactory, row_id: int) -> OutboxMessage:
+    async with sessions() as session:
+        found = await session.get(OutboxMessage, row_id)
+        assert found is not None
+        return found
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_sends_due_messages_and_records_them(
+    sessions: SessionFactory, sender: FakeSender, clock: FakeClock
+) -> None:
+    first = await put(sessions, clock, "1001", "a")
+    second = await put(sessions, clock, "1002", "b")
+    later = await put(sessions, clock, "1003", "c")
+    async with sessions.begin() as session:
+        stored = await session.get(OutboxMessage, later)
+        assert stored is not None
+        stored.not_before = clock.now() + timedelta(hours=1)
+    sent_before = metric("sipas_outbox_sent_total", channel=CHANNEL)
+
+    dispatcher = make_dispatcher(sessions, sender, clock)
+    assert await dispatcher.drain(2) == 2
+
+    assert sorted(sender.texts()) == ["a", "b"]
+    for row_id in (first, second):
+        sent = await row(sessions, row_id)
+        assert sent.status == OutboxStatus.SENT
+        assert sent.sent_at == clock.now()
+        assert sent.platform_message_id in {"m1", "m2"}
+        assert sent.claimed_until is None
+        assert sent.attempts == 1
+    assert (await row(sessions, later)).status == OutboxStatus.PENDING
+    assert metric("sipas_outbox_sent_total", channel=CHANNEL) == sent_before + 2
+    async with sessions() as session:
+        assert await outbox.pending_count(session) == 1
+
+    clock.advance(timedelta(hours=1))
+    assert await dispatcher.run_once() == 1
+    assert sender.texts()[-1] == "c"
+
+
+async def test_global_rate_is_held(
+    sessions: SessionFactory, sender: FakeSender, clock: FakeClock
+) -> None:
+    for i in range(40):
+        await put(sessions, clock, f"20{i:02d}", f"n{i}")
+    dispatcher = make_dispatcher(sessions, sender, clock, global_rate=50.0, global_burst=5)
+
+    assert await dispatcher.drain(3) == 40
+
+    times = sorted(d.at for d in sender.deliveries)
+    # A token bucket allows at most burst + rate * t sends in any window of t seconds.
+    for i in range(len(times)):
+        for j in range(i + 1, len(times)):
+            assert times[j] - times[i] >= (j - i + 1 - 5) / 50.0 - 0.015, (i, j)
+    assert times[-1] - times[0] >= (40 - 5) / 50.0 - 0.015
+    assert times[-1] - times[0] < (40 - 5) / 50.0 + 0.4  # and it does not dawdle either
+
+
+async def test_per_chat_spacing_and_order(
+    sessions: SessionFactory, sender: FakeSender, clock: FakeClock
+) -> None:
+    await put(sessions, clock, "3001", "notice 1")
+    await put(sessions, clock, "3001", "notice 2")
+    await put(sessions, clock, "3001", "invitation", priority=Priority.INVITATION)
+    await put(sessions, clock, "3001", "reply", priority=Priority.REPLY)
+    await put(sessions, clock, "3001", "notice 3")
+    await put(sessions, clock, "3002", "other chat")
+    dispatcher = make_dispatcher(sessions, sender, clock, global_rate=50.0, per_chat_rate=10.0)
+
+    assert await dispatcher.drain(3) == 6
+
+    assert sender.texts("3001") == ["reply", "notice 1", "notice 2", "notice 3", "invitation"]
+    times = [d.at for d in sender.deliveries if d.address == "3001"]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(gap >= 0.1 - 0.01 for gap in gaps), gaps
+    # The other chat is not held back by the first one's spacing.
+    other = next(d.at for d in sender.deliveries if d.address == "3002")
+    assert other - times[0] < 0.1
+
+
+async def test_one_send_in_flight_per_chat(sessions: SessionFactory, clock: FakeClock) -> None:
+    slow = FakeSender(latency=0.15)
+    for i in range(3):
+        await put(sessions, clock, "3101", f"m{i}")
+    dispatcher = make_dispatcher(sessions, slow, clock, per_chat_rate=100.0)
+
+    assert await dispatcher.drain(3) == 3
+
+    times = [d.at for d in slow.deliveries]
+    assert slow.texts() == ["m0", "m1", "m2"]
+    assert all(b - a >= 0.15 - 0.01 for a, b in itertools.pairwise(times))
+
+
+async def test_reply_overtakes_a_backlog_of_invitations(
+    sessions: SessionFactory, sender: FakeSender, clock: FakeClock
+) -> None:
+    async with sessions.begin() as session:
+        await session.execute(
+            insert(OutboxMessage),
+            [
+                {
+                    "channel": CHANNEL,
+                    "address": str(100_000 + i),
+                    "priority": Priority.INVITATION,
+                    "payload": {"text": f"invitation {i}"},
+                    "status": OutboxStatus.PENDING,
+                    "attempts": 0,
+                    "not_before": clock.now(),
+                }
+                for i in range(10_000)
+            ],
+        )
+    dispatcher = make_dispatcher(sessions, sender, clock, global_rate=50.0, idle_interval=5.0)
+    stop = asyncio.Event()
+    running = asyncio.create_task(dispatcher.run(stop))
+    try:
+        async with asyncio.timeout(2):
+            await sender.wait_until(lambda: len(sender.deliveries) >= 10)
+        await put(sessions, clock, "42", "next question", priority=Priority.REPLY)
+        enqueued_at = time.monotonic()
+        invitations_before = len(sender.deliveries)
+        dispatcher.wake()
+        async with asyncio.timeout(1.0):
+            await sender.wait_until(lambda: "next question" in sender.texts())
+    finally:
+        stop.set()
+        await running
+
+    reply = next(d for d in sender.deliveries if d.text == "next question")
+    # One claim (a query over the backlog) plus at most one token's spacing and the burst.
+    assert reply.at - enqueued_at < 0.3
+    overtaken_by = sender.deliveries.index(reply) - invitations_before
+    assert overtaken_by <= 6  # only what the burst had already let through
+    async with sessions() as session:
+        claimed = await session.scalar(
+            select(OutboxMessage.id).where(OutboxMessage.claimed_until.is_not(None)).limit(1)
+        )
+    assert claimed is None, "a clean stop gives held rows back"
+
+
+async def test_rate_limit_delays_only_that_chat(
+    sessions: SessionFactory, sender: FakeSender, clock: FakeClock
+) -> None:
+    limited = await put(sessions, clock, "4001", "limited")
+    behind = await put(sessions, clock, "4001", "behind it")
+    await put(sessions, clock, "4002", "free")
+    await put(sessions, clock, "4003", "free too")
+    sender.fail("4001", RetryAfter(5))
+    retries_before = metric("sipas_outbox_retries_total", channel=CHANNEL, reason="rate_limited")
+    dispatcher = make_dispatcher(sessions, sender, clock)
+
+    assert await dispatcher.drain(2) == 2
+    assert sorted(sender.texts()) == ["free", "free too"]
+    waiting = await row(sessions, limited)
+    assert waiting.status == OutboxStatus.PENDING
+    assert waiting.not_before == clock.now() + timedelta(seconds=5)
+    assert waiting.attempts == 0  # a rate limit is not the message's fault
+    assert (
+        metric("sipas_outbox_retries_total", channel=CHANNEL, reason="rate_limited")
+        == retries_before + 1
+    )
+
+    clock.advance(timedelta(seconds=4))
+    assert await dispatcher.drain(2) == 0  # the second message does not overtake the first
+    clock.advance(timedelta(seconds=1))
+    assert await dispatcher.drain(2) == 2
+    assert sender.texts("4001") == ["limited", "behind it"]
+    assert (await row(sessions, behind)).status == OutboxStatus.SENT
+
+
+async def test_flood_on_several_chats_pauses_the_channel(
+    sessions: SessionFactory, sender: FakeSender, clock: FakeClock
+) -> None:
+    for address in ("5001", "5002", "5003", "5004"):
+        await put(sessions, clock, address, f"to {address}")
+    for address in ("5001", "5002", "5003"):
+        sender.fail(address, RetryAfter(0.3))
+    dispatcher = make_dispatcher(sessions, sender, clock, global_rate=50.0, global_burst=1)
+
+    assert await dispatcher.drain(3) == 1
+
+    third_refused = sender.attempts[2].at
+    fourth = next(d for d in sender.deliveries if d.address == "5004")
+    assert fourth.at - third_refused >= 0.3 - 0.02
+
+
+async def test_transient_errors_retry_with_backoff(
+    sessions: SessionFactory, sender: FakeSender, clock: FakeClock
+) -> None:
+    message = await put(sessions, clock, "6001", "hello")
+    sender.fail("6001", TransientSendError("502 Bad Gateway"), TransientSendError("timed out"))
+    dispatcher = make_dispatcher(sessions, sender, clock)
+    start = clock.now()
+
+    assert await dispatcher.drain(2) == 0
+    first = await row(sessions, message)
+    assert first.attempts == 1
+    assert first.last_error is not None
+    assert "502" in first.last_error
+    assert start + timedelta(seconds=2) <= first.not_before <= start + timedelta(seconds=4)
+
+    clock.set(first.not_before - timedelta(milliseconds=1))
+    assert await dispatcher.drain(2) == 0
+    assert len(sender.attempts) == 1  # not due yet
+
+    clock.set(first.not_before)
+    assert await dispatcher.drain(2) == 0
+    second = await row(sessions, message)
+    assert second.attempts == 2
+    assert clock.now() + timedelta(seconds=4) <= second.not_before
+    assert second.not_before <= clock.now() + timedelta(seconds=8)
+
+    clock.set(second.not_before)
+    assert await dispatcher.drain(2) == 1
+    assert (await row(sessions, message)).status == OutboxStatus.SENT
+
+
+async def test_gives_up_after_max_attempts(
+    sessions: SessionFactory, sender: FakeSender, clock: FakeClock
+) -> None:
+    message = await put(sessions, clock, "6101", "hello")
+    sender.always["6101"] = TransientSendError("Internal Server Error")
+    failed_before = metric("sipas_outbox_failed_total", channel=CHANNEL, reason="attempts")
+    dispatcher = make_dispatcher(
+        sessions, sender, clock, max_attempts=3, backoff_max=timedelta(seconds=10)
+    )
+
+    for _ in range(5):
+        await dispatcher.drain(2)
+        clock.advance(timedelta(seconds=10))
+
+    gone = await row(sessions, message)
+    assert gone.status == OutboxStatus.FAILED
+    assert gone.attempts == 3
+    assert len(sender.attempts) == 3
+    assert (
+        metric("sipas_outbox_failed_total", channel=CHANNEL, reason="attempts") == failed_before + 1
+    )
+
+
+async def test_bad_request_fails_the_message_only(
+    sessions: SessionFactory, sender: FakeSender, clock: FakeClock
+) -> None:
+    bad = await put(sessions, clock, "7001", "broken")
+    good = await put(sessions, clock, "7001", "fine")
+    sender.fail("7001", PermanentSendError("Bad Request: can't parse entities"))
+    dispatcher = make_dispatcher(sessions, sender, clock)
+
+    assert await dispatcher.drain(2) == 1
+
+    failed = await row(sessions, bad)
+    assert failed.status == OutboxStatus.FAILED
+    assert failed.last_error is not None
+    assert "can't parse entities" in failed.last_error
+    assert (await row(sessions, good)).status == OutboxStatus.SENT
+
+
+async def _citizen_with_surveys(sessions: SessionFactory, clock: FakeClock, address: str) -> int:
+    """A citizen reachable at `address` with an invited and a completed survey."""
+    async with sessions.begin() as session:
+        unit = Unit(code="U1", name="Phường 1")
+        procedure = Procedure(code="P1", name="Cấp giấy")
+        citizen = Citizen()
+        session.add_all([unit, procedure, citizen])
+        await session.flush()
+        session.add(CitizenContact(citizen_id=citizen.id, channel=CHANNEL, address=address))
+        for n, status in enumerate((SurveyStatus.INVITED, SurveyStatus.COMPLETED)):
+            case = Case(
+                case_code=f"C{n}",
+                unit_id=unit.id,
+                procedure_id=procedure.id,
+                status="resolved",
+                received_at=clock.now(),
+                due_at=clock.now(),
+                body_hash="x",
+            )
+            session.add(case)
+            await session.flush()
+            session.add(
+                Survey(
+                    ref=f"r{n}",
+                    case_id=case.id,
+                    questionnaire="sipas-short",
+                    status=status,
+                    channel=CHANNEL,
+                    address=address,
+                    due_at=clock.now(),
+                )
+            )
+        return citizen.id
+
+
+async def test_blocked_bot_marks_contact_and_surveys_unreachable(
+    sessions: SessionFactory, sender: FakeSender, clock: FakeClock
+) -> None:
+    citizen_id = await _citizen_with_surveys(sessions, clock, "8001")
+    blocked = await put(sessions, clock, "8001", "question 1")
+    queued = await put(sessions, clock, "8001", "question 2")
+    other = await put(sessions, clock, "8002", "someone else")
+    sender.fail("8001", Unreachable("Forbidden: bot was blocked by the user"))
+    dispatcher = make_dispatcher(sessions, sender, clock)
+
+    assert await dispatcher.drain(2) == 1
+
+    assert sender.texts() == ["someone else"]
+    assert [a.text for a in sender.attempts if a.address == "8001"] == ["question 1"]
+    assert (await row(sessions, blocked)).status == OutboxStatus.FAILED
+    assert (await row(sessions, queued)).status == OutboxStatus.CANCELLED
+    assert (await row(sessions, other)).status == OutboxStatus.SENT
+    async with sessions() as session:
+        contact = await session.scalar(
+            select(CitizenContact).where(CitizenContact.citizen_id == citizen_id)
+        )
+        assert contact is not None
+        assert contact.status == ContactStatus.UNREACHABLE
+        statuses = {
+            ref: status for ref, status in await session.execute(select(Survey.ref, Survey.status))
+        }
+    assert statuses == {"r0": SurveyStatus.UNREACHABLE, "r1": SurveyStatus.COMPLETED}
+
+    assert await dispatcher.drain(2) == 0
+    assert len([a for a in sender.attempts if a.address == "8001"]) == 1
+
+
+async def test_dedupe_key_replay_enqueues_nothing(
+    sessions: SessionFactory, clock: FakeClock
+) -> None:
+    async with sessions.begin() as session:
+        first = await outbox.enqueue(
+            session, channel=CHANNEL, address="9001", payload={"text": "hi"}, dedupe_key="k1"
+        )
+        replay = await outbox.enqueue(
+            session, channel=CHANNEL, address="9001", payload={"text": "hi"}, dedupe_key="k1"
+        )
+    assert first is not None
+    assert replay is None
+
+    # Two transactions replaying the same event at the same time: one row, no error.
+    async def replay_concurrently() -> OutboxMessage | None:
+        async with sessions.begin() as session:
+            return await outbox.enqueue(
+                session, channel=CHANNEL, address="9001", payload={"text": "x"}, dedupe_key="k2"
+            )
+
+    async with sessions.begin() as session:
+        winner = await outbox.enqueue(
+            session, channel=CHANNEL, address="9001", payload={"text": "x"}, dedupe_key="k2"
+        )
+        loser = asyncio.create_task(replay_concurrently())
+        await asyncio.sleep(0.1)  # the second insert is now waiting for this transaction
+    assert winner is not None
+    assert await loser is None
+    async with sessions() as session:
+        keys = (await session.scalars(select(OutboxMessage.dedupe_key))).all()
+    assert sorted(k for k in keys if k) == ["k1", "k2"]
+
+
+async def test_restart_mid_backlog_sends_each_message_once(
+    sessions: SessionFactory, sender: FakeSender, clock: FakeClock
+) -> None:
+    texts = [f"msg {i}" for i in range(40)]
+    for i, text in enumerate(texts):
+        await put(sessions, clock, str(11_000 + i), text)
+    first = make_dispatcher(sessions, sender, clock, global_rate=50.0)
+    stop = asyncio.Event()
+    running = asyncio.create_task(first.run(stop))
+    async with asyncio.timeout(2):
+        await sender.wait_until(lambda: len(sender.deliveries) >= 10)
+    stop.set()
+    await running
+    sent_by_first = len(sender.deliveries)
+    assert 10 <= sent_by_first < 40
+
+    # A process that claimed rows and died: its claims stand until the lease runs out.
+    async with sessions.begin() as session:
+        orphaned = await outbox.claim_due(session, clock.now(), 5, timedelta(seconds=60))
+    assert len(orphaned) == 5
+
+    second = make_dispatcher(sessions, sender, clock, global_rate=200.0)
+    assert await second.drain(3) == 40 - sent_by_first - 5
+    clock.advance(timedelta(seconds=61))
+    assert await second.drain(3) == 5
+
+    assert sorted(sender.texts()) == sorted(texts)  # every message exactly once
+    async with sessions() as session:
+        assert await outbox.pending_count(session) == 0
+
+
+async def test_crash_after_platform_accepted_resends_after_lease(
+    sessions: SessionFactory,
+    sender: FakeSender,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The documented at-least-once window: accepted, then no `mark_sent` commit."""
+    message = await put(sessions, clock, "12001", "once or twice")
+    real_mark_sent = outbox.mark_sent
+
+    async def database_gone(*args: Any, **kwargs: Any) -> bool:
+        raise OperationalError("UPDATE outbox", {}, Exception("connection lost"))
+
+    monkeypatch.setattr(outbox, "mark_sent", database_gone)
+    dispatcher = make_dispatcher(sessions, sender, clock)
+    await dispatcher.run_once()
+    assert sender.texts() == ["once or twice"]
+    assert (await row(sessions, message)).status == OutboxStatus.PENDING
+
+    monkeypatch.setattr(outbox, "mark_sent", real_mark_sent)
+    restarted = make_dispatcher(sessions, sender, clock)
+    assert await restarted.drain(2) == 0  # still claimed by the "dead" process
+    clock.advance(timedelta(seconds=60))
+    assert await restarted.drain(2) == 1
+    assert sender.texts() == ["once or twice", "once or twice"]
+    assert (await row(sessions, message)).status == OutboxStatus.SENT
+
+
+async def test_clear_buttons_of_refers_to_the_sent_message(
+    sessions: SessionFactory, sender: FakeSender, clock: FakeClock
+) -> None:
+    question = await put(sessions, clock, "13001", "question")
+    dispatcher = make_dispatcher(sessions, sender, clock)
+    await dispatcher.drain(2)
+    unsent = await put(sessions, clock, "13002", "elsewhere")
+    async with sessions.begin() as session:
+        stored = await session.get(OutboxMessage, unsent)
+        assert stored is not None
+        stored.not_before = clock.now() + timedelta(days=1)
+
+    await put(sessions, clock, "13001", "next", payload={"clear_buttons_of": question})
+    await put(sessions, clock, "13001", "not sent yet", payload={"clear_buttons_of": unsent})
+    await put(sessions, clock, "13003", "someone else's", payload={"clear_buttons_of": question})
+    await dispatcher.drain(2)
+
+    cleared = {d.text: d.clear_buttons_of for d in sender.deliveries}
+    assert cleared == {
+        "question": None,
+        "next": "m1",
+        "not sent yet": None,
+        "someone else's": None,
+    }
+
+
+async def test_wake_sends_a_reply_within_milliseconds(
+    sessions: SessionFactory, sender: FakeSender, clock: FakeClock
+) -> None:
+    dispatcher = make_dispatcher(sessions, sender, clock, idle_interval=30.0)
+    stop = asyncio.Event()
+    running = asyncio.create_task(dispatcher.run(stop))
+    try:
+        await asyncio.sleep(0.05)  # idle now, sleeping for up to 30 s
+        await put(sessions, clock, "14001", "answer", priority=Priority.REPLY)
+        woken = time.monotonic()
+        dispatcher.wake()
+        async with asyncio.timeout(0.5):
+            await sender.wait_until(lambda: bool(sender.deliveries))
+    finally:
+        stop.set()
+        await running
+    assert sender.deliveries[0].at - woken < 0.1
+
+
+async def test_logs_mask_addresses_and_never_show_text(
+    sessions: SessionFactory,
+    sender: FakeSender,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await put(sessions, clock, "987654321", "Nguyễn Văn A, 0912345678")
+    await put(sessions, clock, "987650000", "secret too")
+    sender.fail("987654321", TransientSendError("timed out"))
+    sender.fail("987650000", Unreachable("Forbidden: bot was blocked by the user"))
+    caplog.set_level(logging.DEBUG, logger="bot.outbox")
+
+    await make_dispatcher(sessions, sender, clock).drain(2)
+
+    assert "tg:…4321" in caplog.text
+    assert "tg:…0000" in caplog.text
+    for secret in ("987654321", "987650000", "Nguyễn", "0912345678", "secret too"):
+        assert secret not in caplog.text
+    assert mask_address("telegram", "42") == "tg:…"
+
+
+def test_rates_must_be_positive() -> None:
+    clock = FakeClock(datetime(2026, 11, 23, tzinfo=UTC))
+    with pytest.raises(ValueError, match="rates"):
+        Dispatcher(None, {}, clock, global_rate=0)  # type: ignore[arg-type]
