@@ -110,6 +110,13 @@ class DelayIn(_Strict):
     def _iso_text(cls, value: object) -> object:
         return _iso_datetime_text(value)
 
+    @field_validator("new_due_at")
+    @classmethod
+    def _has_offset(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("needs a time zone offset, e.g. 2026-11-28T17:00:00+07:00")
+        return value
+
 
 def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
@@ -144,8 +151,6 @@ class CaseIn(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> CaseIn:
         problems: dict[str, str] = {}
-        if self.delay is not None and self.delay.new_due_at.tzinfo is None:
-            problems["delay.new_due_at"] = "needs a time zone offset"
         if self.due_at < self.received_at:
             problems["due_at"] = "is before received_at"
         if self.status == CaseStatus.RESOLVED and self.resolved_at is None:
@@ -157,7 +162,6 @@ class CaseIn(_Strict):
         delay = self.delay
         if (
             delay is not None
-            and delay.new_due_at.tzinfo is not None
             and self.status == CaseStatus.DELAYED
             and delay.new_due_at <= self.due_at
         ):
