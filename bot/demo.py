@@ -1,0 +1,227 @@
+"""`sipas-bot demo`: the newcomer's path. A local database with sample units and weeks of
+sample cases, an API token, the real server running, and instructions to try it.
+
+Seeding is a list of steps, one per concern (`seed_steps`); later features add theirs
+(surveys answered, escalations, a digest on disk) without touching the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import secrets
+import shlex
+import sys
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+from bot import demo_data
+from bot.app import Services
+from bot.config import Settings, load_settings
+from bot.serve import masked_url, open_services, run_until_stopped
+from handlers.errors import DomainError
+from handlers.intake import case_posted
+from handlers.intake_schema import parse_case
+from handlers.units import UnitsFile, load_units
+
+log = logging.getLogger(__name__)
+
+DEMO_DIR = Path("sipas-demo")
+DEMO_DATABASE = DEMO_DIR / "sipas.db"
+SEED = 2026
+
+
+@dataclass
+class DemoContext:
+    """What the seeding steps share: the services, one seeded random source, one `now`."""
+
+    services: Services
+    rng: random.Random
+    now: datetime
+    # Lines for the summary, one or more per step ("Cases: 360 over 8 weeks ...").
+    summary: list[str] = field(default_factory=list)
+
+
+SeedStep = Callable[[DemoContext], Awaitable[None]]
+
+
+async def seed_units(context: DemoContext) -> None:
+    """UBND thành phố Hà Nội and the units below it, each with a head (fake chat ids)."""
+    parsed = UnitsFile.model_validate(demo_data.units_file())
+    async with context.services.sessions.begin() as session:
+        await load_units(session, parsed)
+    context.summary.append(
+        f"Units:     {len(parsed.units)}, UBND thành phố Hà Nội and below it "
+        f"(quận, huyện, sở, phường, xã), heads with made-up Telegram chat ids"
+    )
+
+
+async def seed_cases(context: DemoContext) -> None:
+    """Sample cases through the real intake, as the one-stop system would have posted them."""
+    services = context.services
+    bodies = demo_data.sample_cases(context.rng, context.now)
+    statuses: Counter[str] = Counter()
+    skipped = 0
+    async with services.sessions.begin() as session:
+        for body in bodies:
+            try:
+                async with session.begin_nested():
+                    await case_posted(session, parse_case(body), context.now, services.policy)
+            except DomainError:
+                # Only when an existing database (SIPAS_DATABASE_URL) already holds that code.
+                skipped += 1
+                continue
+            statuses[str(body["status"])] += 1
+    detail = ", ".join(f"{count} {status}" for status, count in statuses.most_common())
+    context.summary.append(
+        f"Cases:     {sum(statuses.values())} over the last {demo_data.WEEKS} weeks ({detail})"
+        + (f"; {skipped} skipped (already in the database)" if skipped else "")
+    )
+
+
+def seed_steps() -> list[SeedStep]:
+    """Every seeding step, in order; add new concerns here."""
+    return [seed_units, seed_cases]
+
+
+@dataclass(frozen=True)
+class DemoSetup:
+    settings: Settings
+    token: str | None  # generated for this run, so it may be printed
+    fresh_file: Path | None  # the local SQLite file recreated for this run
+
+
+def demo_settings(settings: Settings) -> DemoSetup:
+    """The demo's own database and token, unless the environment chose them."""
+    overrides: dict[str, object] = {}
+    fresh_file = None
+    if "database_url" not in settings.model_fields_set:
+        fresh_file = DEMO_DATABASE.resolve()
+        overrides["database_url"] = f"sqlite+aiosqlite:///{fresh_file}"
+    token = None
+    if not settings.api_tokens:
+        token = secrets.token_urlsafe(24)
+        overrides["api_tokens"] = token
+    if not overrides:
+        return DemoSetup(settings, None, None)
+    return DemoSetup(load_settings(**overrides), token, fresh_file)
+
+
+def recreate(database: Path) -> None:
+    """Removes the previous demo database (and SQLite's side files) so each run starts fresh."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+
+
+async def run_demo(settings: Settings, *, serve: bool, out: TextIO | None = None) -> None:
+    """Seeds, prints how to try it, and (unless `serve` is False) runs the server."""
+    out = out or sys.stdout
+    setup = demo_settings(settings)
+    if setup.fresh_file is not None:
+        recreate(setup.fresh_file)
+    services = await open_services(setup.settings)
+    context = DemoContext(services, random.Random(SEED), services.clock.now())
+    try:
+        for step in seed_steps():
+            await step(context)
+    except BaseException:
+        await services.engine.dispose()
+        raise
+    base_url = f"http://{_browser_host(setup.settings.http_host)}:{setup.settings.http_port}"
+    if not serve:
+        await services.engine.dispose()
+        print(instructions(setup, context, base_url, serving=False), file=out, flush=True)
+        return
+
+    def ready(address: str) -> None:
+        print(instructions(setup, context, address, serving=True), file=out, flush=True)
+
+    await run_until_stopped(services, on_listening=ready)
+
+
+def _browser_host(host: str) -> str:
+    return "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host
+
+
+def instructions(setup: DemoSetup, context: DemoContext, base_url: str, *, serving: bool) -> str:
+    """What a newcomer reads: where everything is and commands ready to paste."""
+    settings = setup.settings
+    if setup.token is not None:
+        auth = shlex.quote(f"Authorization: Bearer {setup.token}")
+        token_line = f"API token: {setup.token}  (generated for this run; set SIPAS_API_TOKENS)"
+    else:
+        # The operator chose the tokens; print a shell expansion, never their value.
+        auth = '"Authorization: Bearer ${SIPAS_API_TOKENS%%,*}"'
+        token_line = "API token: the first of your SIPAS_API_TOKENS"
+    if setup.fresh_file is not None:
+        where = f"{setup.fresh_file}  (SQLite, recreated fresh on every `sipas-bot demo`)"
+    else:
+        where = f"{masked_url(settings.database_url)}  (from SIPAS_DATABASE_URL, not wiped)"
+    case = demo_data.new_case(context.now)
+    code = str(case["case_code"])
+    body = json.dumps(case, ensure_ascii=False)
+    lines = [
+        "",
+        "sipas-bot demo: sample data is ready.",
+        "",
+        f"  Database:  {where}",
+        *(f"  {line}" for line in context.summary),
+        f"  {token_line}",
+        "",
+    ]
+    if serving:
+        lines += [f"The server is running at {base_url}. Try it from another terminal:", ""]
+    else:
+        env = _serve_env(setup)
+        lines += [
+            "The server is not running (--no-serve). Start it on this database with:",
+            f"  {env}sipas-bot serve",
+            "then try it:",
+            "",
+        ]
+    lines += [
+        "Post a case, as the one-stop system (một cửa điện tử) does:",
+        f"  curl -sS -X POST {base_url}/api/v1/cases \\",
+        f"    -H {auth} \\",
+        "    -H 'Content-Type: application/json' \\",
+        f"    -d {shlex.quote(body)}",
+        "",
+        "View it (status, citizen links, survey, escalations):",
+        f"  curl -sS -H {auth} {base_url}/api/v1/cases/{code}",
+        "",
+        "QR code for the citizen's receipt (needs a chat channel, e.g. SIPAS_TELEGRAM_TOKEN):",
+        f"  curl -sS -H {auth} -o receipt-qr.png {base_url}/api/v1/cases/{code}/qr.png",
+        "",
+        f"Health:   {base_url}/healthz",
+        f"Metrics:  {base_url}/metrics",
+        f"API docs: {base_url}/api/v1/openapi.json",
+        "",
+        _channel_line(settings),
+    ]
+    if serving:
+        lines += ["", "Press Ctrl+C to stop."]
+    return "\n".join(lines)
+
+
+def _serve_env(setup: DemoSetup) -> str:
+    parts: list[str] = []
+    if setup.fresh_file is not None:
+        parts.append(f"SIPAS_DATABASE_URL={shlex.quote(setup.settings.database_url)} ")
+    if setup.token is not None:
+        parts.append(f"SIPAS_API_TOKENS={shlex.quote(setup.token)} ")
+    return "".join(parts)
+
+
+def _channel_line(settings: Settings) -> str:
+    if settings.telegram_token is not None:
+        return "Telegram: enabled (SIPAS_TELEGRAM_TOKEN); citizens open the links above."
+    return (
+        "Chat channels: none configured. Set SIPAS_TELEGRAM_TOKEN (from @BotFather) to survey "
+        "citizens on Telegram; the sample citizens have no chat ids, so nobody is messaged."
+    )
