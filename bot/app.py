@@ -17,6 +17,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.config import Settings
+from bot.outbox import Sender
 from handlers.clock import Clock, SystemClock
 from handlers.policy import SurveyPolicy
 from storage.db import SessionFactory, create_engine, create_session_factory, ping
@@ -38,14 +39,24 @@ class Services:
     sessions: SessionFactory
     clock: Clock
     policy: SurveyPolicy
-    # Each configured channel adds its citizen link here (CONTRACT.md section 4, `links`).
-    link_builders: dict[str, Callable[[str], str]] = field(default_factory=dict)
+    # Each configured channel adds its citizen link here (CONTRACT.md section 4, `links`);
+    # a builder answers None while it cannot make its link yet (the bot's name is unknown).
+    link_builders: dict[str, Callable[[str], str | None]] = field(default_factory=dict)
+    # Each configured channel's sender, by channel name, for the outbox dispatcher.
+    senders: dict[str, Sender] = field(default_factory=dict)
     # Called after a commit that queued messages, so they leave without waiting for a poll.
     wake_dispatcher: Callable[[], None] = lambda: None
     web_routes: list[web.RouteDef] = field(default_factory=list)
 
     def links(self, token: str) -> Mapping[str, str]:
-        return {name: build(token) for name, build in self.link_builders.items()}
+        built = {name: build(token) for name, build in self.link_builders.items()}
+        return {name: link for name, link in built.items() if link is not None}
+
+    @property
+    def invitation_channels(self) -> list[str]:
+        """Chat channels that can invite, best first: Zalo is what most Vietnamese use."""
+        preference = ("zalo", "telegram")
+        return [name for name in preference if name in self.senders]
 
 
 def survey_policy(settings: Settings) -> SurveyPolicy:

@@ -123,6 +123,7 @@ async def _citizen_for(
     if citizen is None and given.phone:
         citizen = await citizen_repo.citizen_by_phone(session, given.phone)
     if citizen is None:
+        # The desk's language only seeds a new record: a citizen's own /lang choice wins.
         citizen = Citizen(locale=given.locale or policy.default_locale)
         session.add(citizen)
     if citizen.erased_at is None or case is None:
@@ -131,8 +132,6 @@ async def _citizen_for(
         citizen.erased_at = None
         citizen.name = given.name or citizen.name
         citizen.phone = given.phone or citizen.phone
-        if given.locale:
-            citizen.locale = given.locale
     await session.flush()
     # A chat id from the desk was given by the citizen at the desk: it links directly.
     if given.telegram_chat_id:

@@ -185,7 +185,7 @@ class Citizen(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     contacts: Mapped[list[CitizenContact]] = relationship(
-        back_populates="citizen", lazy="raise", cascade="all, delete-orphan"
+        back_populates="citizen", lazy="raise", cascade="all, delete-orphan", passive_deletes=True
     )
 
 
@@ -291,7 +291,7 @@ class Survey(Base):
 
     case: Mapped[Case] = relationship(lazy="raise")
     answers: Mapped[list[Answer]] = relationship(
-        back_populates="survey", lazy="raise", cascade="all, delete-orphan"
+        back_populates="survey", lazy="raise", cascade="all, delete-orphan", passive_deletes=True
     )
 
 

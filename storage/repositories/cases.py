@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -124,3 +124,13 @@ async def escalations_of(session: AsyncSession, case_id: int) -> Sequence[tuple[
         .order_by(Escalation.id)
     )
     return [(row[0], row[1]) for row in (await session.execute(query)).all()]
+
+
+async def case_ids_of_citizen(session: AsyncSession, citizen_id: int) -> list[int]:
+    query = select(Case.id).where(Case.citizen_id == citizen_id)
+    return list((await session.execute(query)).scalars().all())
+
+
+async def detach_citizen(session: AsyncSession, citizen_id: int) -> None:
+    """The citizen's cases stay (for statistics) but no longer point at a person."""
+    await session.execute(update(Case).where(Case.citizen_id == citizen_id).values(citizen_id=None))

@@ -5,10 +5,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Citizen, CitizenContact, ContactStatus
+from storage.models import (
+    Citizen,
+    CitizenContact,
+    ContactStatus,
+    LinkToken,
+    OutboxMessage,
+    OutboxStatus,
+    Survey,
+)
+
+# What replaces an erased address or text.
+ERASED = "erased"
 
 
 async def contact(session: AsyncSession, channel: str, address: str) -> CitizenContact | None:
@@ -85,3 +96,37 @@ async def attach_contact(
         existing.consented_at = consented_at
     await session.flush()
     return existing
+
+
+async def forget_contacts(session: AsyncSession, citizen_id: int) -> None:
+    """Erases every trace of the citizen's chat addresses: surveys, messages, link tokens.
+
+    Messages already sent lose their text too (an apology letter names the person); messages
+    still waiting are cancelled. The contacts themselves go with the citizen row.
+    """
+    addresses = [(c.channel, c.address) for c in await contacts_of(session, citizen_id)]
+    for channel, address in addresses:
+        await session.execute(
+            update(Survey)
+            .where(Survey.channel == channel, Survey.address == address)
+            .values(address=None)
+        )
+        await session.execute(
+            update(OutboxMessage)
+            .where(
+                OutboxMessage.channel == channel,
+                OutboxMessage.address == address,
+                OutboxMessage.status == OutboxStatus.PENDING,
+            )
+            .values(status=OutboxStatus.CANCELLED)
+        )
+        await session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.channel == channel, OutboxMessage.address == address)
+            .values(address=ERASED, payload={"erased": True})
+        )
+        await session.execute(
+            update(LinkToken)
+            .where(LinkToken.used_by == f"{channel}:{address}")
+            .values(used_by=ERASED)
+        )

@@ -1,0 +1,347 @@
+"""The survey conversation: invitation, reminder, questions, back and skip, the end, expiry.
+
+State lives in the `surveys` row; each answer is one transaction of the caller's: store the
+answer, move the survey on, queue the next message in the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from handlers.policy import SurveyPolicy
+from handlers.questionnaire import Question, load_questionnaire
+from handlers.rendering import (
+    Choice,
+    Payload,
+    invitation_message,
+    match_typed_choice,
+    payload,
+    question_choices,
+    question_message,
+)
+from handlers.texts import t
+from storage.models import Answer, CitizenContact, Priority, Survey, SurveyStatus
+from storage.repositories import cases as case_repo
+from storage.repositories import citizens as citizen_repo
+from storage.repositories import outbox
+from storage.repositories import surveys as survey_repo
+
+log = logging.getLogger(__name__)
+
+OPEN = (SurveyStatus.INVITED, SurveyStatus.IN_PROGRESS)
+PENDING = (SurveyStatus.SCHEDULED, SurveyStatus.INVITED, SurveyStatus.IN_PROGRESS)
+
+
+@dataclass(frozen=True)
+class ChatContext:
+    """Who is talking to us, on which channel, and when."""
+
+    channel: str
+    address: str
+    now: datetime
+    policy: SurveyPolicy
+    language_hint: str | None = None
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """What the channel shows right away for a press: a short notice, and the choice taken.
+
+    `chosen` set: the pressed message gets the chosen label appended and loses its buttons.
+    """
+
+    toast: str | None = None
+    chosen: str | None = None
+
+
+async def say(
+    session: AsyncSession,
+    channel: str,
+    address: str,
+    body: Payload,
+    now: datetime,
+    *,
+    priority: int = Priority.REPLY,
+    dedupe_key: str | None = None,
+    case_id: int | None = None,
+) -> bool:
+    """Queues a message in the caller's transaction; False when a duplicate was dropped."""
+    row = await outbox.enqueue(
+        session,
+        channel=channel,
+        address=address,
+        payload=body,
+        priority=priority,
+        not_before=now,
+        dedupe_key=dedupe_key,
+        case_id=case_id,
+    )
+    return row is not None
+
+
+# --- sweeps -----------------------------------------------------------------------------
+
+
+async def invite(
+    session: AsyncSession,
+    survey: Survey,
+    contact: CitizenContact,
+    now: datetime,
+    policy: SurveyPolicy,
+) -> None:
+    case = await case_repo.get_case_by_id(session, survey.case_id)
+    assert case is not None
+    questionnaire = load_questionnaire(survey.questionnaire)
+    survey.channel = contact.channel
+    survey.address = contact.address
+    survey.status = SurveyStatus.INVITED
+    survey.invited_at = now
+    survey.expires_at = now + policy.expires_after
+    body = invitation_message(survey, case, questionnaire, policy.timezone, reminder=False)
+    await say(
+        session,
+        contact.channel,
+        contact.address,
+        body,
+        now,
+        priority=Priority.INVITATION,
+        dedupe_key=f"invite:{survey.id}",
+        case_id=case.id,
+    )
+
+
+async def invite_due(
+    session: AsyncSession,
+    now: datetime,
+    policy: SurveyPolicy,
+    channels: Sequence[str],
+    *,
+    limit: int = 500,
+) -> int:
+    """Invites every scheduled survey that is due, outside quiet hours, on a reachable channel."""
+    if policy.sendable_at(now) != now:
+        return 0
+    invited = 0
+    for survey in await survey_repo.due_for_invitation(session, now, limit):
+        case = await case_repo.get_case_by_id(session, survey.case_id)
+        citizen = case.citizen if case else None
+        if citizen is None or citizen.erased_at is not None:
+            continue  # nobody to reach yet; expiry settles it
+        if citizen.opted_out_at is not None:
+            survey.status = SurveyStatus.OPTED_OUT
+            continue
+        contact = await citizen_repo.active_contact(session, citizen.id, channels)
+        if contact is None:
+            continue  # the citizen may still link a chat before the survey expires
+        survey.locale = citizen.locale
+        await invite(session, survey, contact, now, policy)
+        invited += 1
+    return invited
+
+
+async def remind_due(
+    session: AsyncSession, now: datetime, policy: SurveyPolicy, *, limit: int = 500
+) -> int:
+    """One reminder for an invitation left unanswered for `reminder_after`."""
+    if policy.reminder_after is None or policy.sendable_at(now) != now:
+        return 0
+    reminded = 0
+    for survey in await survey_repo.due_for_reminder(session, now - policy.reminder_after, limit):
+        case = await case_repo.get_case_by_id(session, survey.case_id)
+        if case is None or survey.channel is None or survey.address is None:
+            continue
+        survey.reminded_at = now
+        questionnaire = load_questionnaire(survey.questionnaire)
+        body = invitation_message(survey, case, questionnaire, policy.timezone, reminder=True)
+        await say(
+            session,
+            survey.channel,
+            survey.address,
+            body,
+            now,
+            priority=Priority.INVITATION,
+            dedupe_key=f"remind:{survey.id}",
+            case_id=case.id,
+        )
+        reminded += 1
+    return reminded
+
+
+async def expire_due(session: AsyncSession, now: datetime, *, limit: int = 1000) -> int:
+    """Surveys not finished by their expiry end as `expired`; nothing is sent about it."""
+    expired = await survey_repo.due_for_expiry(session, now, limit)
+    for survey in expired:
+        survey.status = SurveyStatus.EXPIRED
+    return len(expired)
+
+
+# --- the conversation -------------------------------------------------------------------
+
+
+def _owned_by(survey: Survey, ctx: ChatContext) -> bool:
+    return survey.channel == ctx.channel and survey.address == ctx.address
+
+
+async def _load_for_press(
+    session: AsyncSession, ctx: ChatContext, ref: str
+) -> tuple[Survey | None, Reaction | None]:
+    survey = await survey_repo.by_ref(session, ref, for_update=True)
+    if survey is None or not _owned_by(survey, ctx):
+        log.warning("refused a survey press on %s from a chat that does not own it", ctx.channel)
+        return None, Reaction(toast=t("survey.not_yours", ctx.policy.default_locale))
+    if survey.status == SurveyStatus.COMPLETED:
+        return None, Reaction(toast=t("survey.already_completed", survey.locale))
+    if survey.status not in OPEN:
+        return None, Reaction(toast=t("survey.expired", survey.locale))
+    return survey, None
+
+
+async def survey_pressed(
+    session: AsyncSession, ctx: ChatContext, ref: str, action: str
+) -> Reaction:
+    """`Bắt đầu` or `Để sau` on an invitation."""
+    survey, refusal = await _load_for_press(session, ctx, ref)
+    if survey is None:
+        assert refusal is not None
+        return refusal
+    if action == "later":
+        if survey.status != SurveyStatus.INVITED:
+            return Reaction(toast=t("survey.stale_press", survey.locale))
+        await say(
+            session,
+            ctx.channel,
+            ctx.address,
+            payload(t("survey.later_ack", survey.locale)),
+            ctx.now,
+        )
+        return Reaction(chosen=t("choice.later", survey.locale))
+    if action != "start":
+        return Reaction(toast=t("survey.stale_press", survey.locale))
+    if survey.status == SurveyStatus.IN_PROGRESS:
+        # A second press of Start re-sends the open question rather than starting over.
+        await _ask(session, survey, ctx)
+        return Reaction()
+    survey.status = SurveyStatus.IN_PROGRESS
+    survey.started_at = ctx.now
+    survey.position = 0
+    await _ask(session, survey, ctx)
+    return Reaction(chosen=t("choice.start", survey.locale))
+
+
+async def answer_pressed(
+    session: AsyncSession, ctx: ChatContext, ref: str, position: int, value: str
+) -> Reaction:
+    """A choice pressed on a question; honoured only for the open question of the owner."""
+    survey, refusal = await _load_for_press(session, ctx, ref)
+    if survey is None:
+        assert refusal is not None
+        return refusal
+    if survey.status != SurveyStatus.IN_PROGRESS or position != survey.position:
+        log.info("stale survey press ignored (survey %s)", survey.id)
+        return Reaction(toast=t("survey.stale_press", survey.locale))
+    question = load_questionnaire(survey.questionnaire).questions[position]
+    chosen = next(
+        (c for c in question_choices(survey, question, position) if c.data.endswith(f":{value}")),
+        None,
+    )
+    if chosen is None:
+        log.warning("refused a press with a value the question does not offer")
+        return Reaction(toast=t("survey.stale_press", survey.locale))
+    await _apply(session, survey, question, value, ctx)
+    return Reaction(chosen=chosen.label)
+
+
+async def text_for_survey(session: AsyncSession, ctx: ChatContext, text: str) -> bool:
+    """A typed message, taken as the answer to this chat's open question; False if none is open."""
+    survey = await survey_repo.open_for_address(session, ctx.channel, ctx.address)
+    if survey is None:
+        return False
+    if survey.status == SurveyStatus.INVITED:
+        choices = [
+            Choice(t("choice.start", survey.locale), "start"),
+            Choice(t("choice.later", survey.locale), "later"),
+        ]
+        picked = match_typed_choice(text, choices)
+        if picked is None:
+            await _explain_choices(session, survey, ctx, choices)
+        else:
+            await survey_pressed(session, ctx, survey.ref, picked.data)
+        return True
+    question = load_questionnaire(survey.questionnaire).questions[survey.position]
+    choices = question_choices(survey, question, survey.position)
+    picked = match_typed_choice(text, choices)
+    if picked is not None:
+        await _apply(session, survey, question, picked.data.rsplit(":", 1)[1], ctx)
+    elif question.kind == "text":
+        await _apply(session, survey, question, "text", ctx, text=text.strip())
+    else:
+        await _explain_choices(session, survey, ctx, choices)
+    return True
+
+
+async def _explain_choices(
+    session: AsyncSession, survey: Survey, ctx: ChatContext, choices: list[Choice]
+) -> None:
+    listing = "\n".join(f"{i}. {c.label}" for i, c in enumerate(choices, start=1))
+    await say(
+        session,
+        ctx.channel,
+        ctx.address,
+        payload(t("survey.invalid_reply", survey.locale, choices=listing)),
+        ctx.now,
+    )
+
+
+async def _apply(
+    session: AsyncSession,
+    survey: Survey,
+    question: Question,
+    value: str,
+    ctx: ChatContext,
+    *,
+    text: str | None = None,
+) -> None:
+    """Stores one answer (or goes back) and asks the next question or ends the survey."""
+    if value == "back":
+        survey.position = max(0, survey.position - 1)
+        await _ask(session, survey, ctx)
+        return
+    answer = await survey_repo.answer_for(session, survey.id, question.id)
+    if answer is None:
+        answer = Answer(survey_id=survey.id, question_id=question.id, factor=question.factor)
+        session.add(answer)
+    answer.value_int = None
+    answer.value_text = None
+    answer.skipped = value == "skip"
+    answer.answered_at = ctx.now
+    if question.kind == "rating" and value.isdigit():
+        answer.value_int = int(value)
+    elif question.kind == "yes_no" and value in {"y", "n"}:
+        answer.value_text = "yes" if value == "y" else "no"
+    elif question.kind == "text" and text is not None:
+        answer.value_text = text[:4000]
+    survey.position += 1
+    questionnaire = load_questionnaire(survey.questionnaire)
+    if survey.position < len(questionnaire):
+        await _ask(session, survey, ctx)
+        return
+    survey.status = SurveyStatus.COMPLETED
+    survey.completed_at = ctx.now
+    await session.flush()
+    await say(
+        session, ctx.channel, ctx.address, payload(t("survey.thanks", survey.locale)), ctx.now
+    )
+
+
+async def _ask(session: AsyncSession, survey: Survey, ctx: ChatContext) -> None:
+    case = await case_repo.get_case_by_id(session, survey.case_id)
+    assert case is not None
+    body = question_message(
+        survey, case, load_questionnaire(survey.questionnaire), ctx.policy.timezone
+    )
+    await say(session, ctx.channel, ctx.address, body, ctx.now, case_id=case.id)

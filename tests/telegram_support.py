@@ -1,0 +1,159 @@
+"""A rig for end-to-end chat tests: the real python-telegram-bot Application polling a fake
+Bot API over HTTP, the real outbox dispatcher, the real aiohttp API, an injected clock.
+
+Test modules use the `rig` fixture (import `rig_fixture` from here) or `make_rig` to choose
+settings. Citizens are played through the fake API (`rig.api.push_text`, `rig.api.press`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from bot.api import create_web_app
+from bot.app import Services, build_services, prepare_database
+from bot.channels import channel_parts
+from bot.config import load_settings
+from bot.sweeps import survey_sweep
+from handlers.clock import FakeClock
+from handlers.units import load_units, parse_units_file
+from tests.fakes.telegram_api import FakeTelegramAPI, SentCall
+
+API_TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+UNITS_YAML = """
+units:
+  - code: HN
+    name: UBND thành phố Hà Nội
+    head: {name: Nguyễn Văn An, telegram_chat_id: 900}
+  - code: HN-LB
+    name: UBND quận Long Biên
+    parent: HN
+    head: {name: Lê Thị Bình, telegram_chat_id: 901}
+"""
+
+CASE: dict[str, Any] = {
+    "case_code": "000.00.12.H26-261122-0001",
+    "unit_code": "HN-LB",
+    "procedure": {"code": "1.001193", "name": "Đăng ký khai sinh", "field": "Hộ tịch"},
+    "officer": {"code": "CB-017", "name": "Nguyễn Thị Lan"},
+    "citizen": {"name": "Trần Văn Minh", "phone": "0912345678", "locale": "vi"},
+    "status": "received",
+    "received_at": "2026-11-20T08:05:00+07:00",
+    "due_at": "2026-11-25T17:00:00+07:00",
+}
+
+
+def case_body(**changes: Any) -> dict[str, Any]:
+    body = copy.deepcopy(CASE)
+    body.update(changes)
+    return body
+
+
+class Rig:
+    """One running service around a fake Telegram; stop() leaves nothing behind."""
+
+    def __init__(self, api: FakeTelegramAPI, services: Services, client: TestClient) -> None:
+        self.api = api
+        self.services = services
+        self.client = client
+        self.clock = services.clock
+        assert isinstance(self.clock, FakeClock)
+        self._stops: list[Callable[[], Awaitable[None]]] = []
+
+    async def post_case(self, body: dict[str, Any], expected: int | None = None) -> dict[str, Any]:
+        response = await self.client.post("/api/v1/cases", json=body, headers=AUTH)
+        data: dict[str, Any] = await response.json()
+        if expected is not None:
+            assert response.status == expected, data
+        return data
+
+    async def get_case(self, case_code: str) -> dict[str, Any]:
+        response = await self.client.get(f"/api/v1/cases/{case_code}", headers=AUTH)
+        assert response.status == 200
+        data: dict[str, Any] = await response.json()
+        return data
+
+    async def sweep(self) -> int:
+        return await survey_sweep(self.services)
+
+    async def link(self, chat_id: int, case_code: str = CASE["case_code"]) -> SentCall:
+        """Plays a citizen opening the deep link of the case and agreeing; returns the reply."""
+        view = await self.get_case(case_code)
+        token = view["links"]["telegram"].split("start=", 1)[1]
+        mark = self.api.mark()
+        self.api.push_text(chat_id, f"/start {token}")
+        await self.api.wait_for_message(chat_id, lambda m: _has_button(m, "Đồng ý"), since=mark)
+        mark = self.api.mark()
+        self.api.press(chat_id, "Đồng ý")
+        return await self.api.wait_for_message(chat_id, since=mark)
+
+    async def answer(self, chat_id: int, label_prefix: str) -> SentCall:
+        """Presses a choice on the latest message and waits for the bot's next message."""
+        mark = self.api.mark()
+        self.api.press(chat_id, label_prefix)
+        return await self.api.wait_for_message(chat_id, since=mark)
+
+    async def say(self, chat_id: int, text: str) -> SentCall:
+        mark = self.api.mark()
+        self.api.push_text(chat_id, text)
+        return await self.api.wait_for_message(chat_id, since=mark)
+
+    async def stop(self) -> None:
+        for stop in reversed(self._stops):
+            await stop()
+        await self.client.close()
+        await self.services.engine.dispose()
+
+
+def _has_button(message: SentCall, prefix: str) -> bool:
+    return any(text.startswith(prefix) for text, _ in FakeTelegramAPI.buttons(message))
+
+
+RigFactory = Callable[..., Awaitable[Rig]]
+
+
+@pytest.fixture
+async def make_rig(database_url: str, clock: FakeClock) -> AsyncIterator[RigFactory]:
+    rigs: list[tuple[Rig, FakeTelegramAPI]] = []
+
+    async def make(**overrides: Any) -> Rig:
+        api = FakeTelegramAPI()
+        await api.start()
+        values: dict[str, Any] = {
+            "database_url": database_url,
+            "api_tokens": API_TOKEN,
+            "telegram_token": api.token,
+            "telegram_api_url": api.base_url,
+            "quiet_hours": "none",
+            "send_rate_per_chat": 100.0,
+            "send_rate_global": 1000.0,
+        }
+        values.update(overrides)
+        services = build_services(load_settings(**values), clock=clock)
+        await prepare_database(services)
+        async with services.sessions.begin() as session:
+            await load_units(session, parse_units_file(UNITS_YAML))
+        parts = channel_parts(services)
+        client = TestClient(TestServer(create_web_app(services)))
+        await client.start_server()
+        rig = Rig(api, services, client)
+        for start in parts:
+            rig._stops.append(await start(services))
+        rigs.append((rig, api))
+        return rig
+
+    yield make
+    for rig, api in reversed(rigs):
+        await rig.stop()
+        await api.stop()
+
+
+@pytest.fixture
+async def rig(make_rig: RigFactory) -> Rig:
+    return await make_rig()
