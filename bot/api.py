@@ -51,9 +51,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def error_response(
     status: int, code: str, message: str, fields: dict[str, str] | None = None
 ) -> web.Response:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if fields:
-        error["fields"] = fields
+    # `fields` is always there (empty when no field is to blame): CONTRACT.md section 4's shape.
+    error = {"code": code, "message": message, "fields": dict(fields or {})}
     return web.json_response({"error": error}, status=status)
 
 
