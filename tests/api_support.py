@@ -1,0 +1,184 @@
+"""Fixtures and helpers for the HTTP API tests: the real aiohttp app on a real server, on
+SQLite and PostgreSQL (through conftest's `database_url`), with an injected `FakeClock`.
+
+Test modules register the fixtures by importing `api_fixture` and `make_api_fixture` (they
+are registered as `api` and `make_api`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse, web
+from aiohttp.test_utils import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.api import create_web_app
+from bot.app import Services, build_services, prepare_database
+from bot.config import load_settings
+from handlers.clock import FakeClock
+from handlers.units import load_units, parse_units_file
+from storage.db import create_session_factory
+from tests.conftest import engine_for
+
+TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+BOT_USERNAME = "sipas_test_bot"
+
+UNITS_YAML = """
+units:
+  - code: HN
+    name: UBND thành phố Hà Nội
+    head: {name: Nguyễn Văn An, telegram_chat_id: 900}
+  - code: HN-LB
+    name: UBND quận Long Biên
+    parent: HN
+    head: {name: Lê Thị Bình, telegram_chat_id: 901}
+  - code: HN-BD
+    name: UBND quận Ba Đình
+    parent: HN
+digest_recipients:
+  - {name: Sở Nội vụ Hà Nội, telegram_chat_id: 950, scope: HN}
+"""
+
+BASE_BODY: dict[str, Any] = {
+    "case_code": "000.00.12.H26-261122-0001",
+    "unit_code": "HN-LB",
+    "procedure": {"code": "1.001193", "name": "Đăng ký khai sinh", "field": "Hộ tịch"},
+    "officer": {"code": "CB-017", "name": "Nguyễn Thị Lan"},
+    "citizen": {
+        "name": "Trần Văn Minh",
+        "phone": "0912345678",
+        "telegram_chat_id": None,
+        "zalo_user_id": None,
+        "locale": "vi",
+    },
+    "status": "received",
+    "received_at": "2026-11-20T08:05:00+07:00",
+    "due_at": "2026-11-25T17:00:00+07:00",
+    "resolved_at": None,
+    "delay": None,
+}
+
+
+def case_body(case_code: str | None = None, **changes: Any) -> dict[str, Any]:
+    """The contract's example body, with top-level fields replaced by `changes`."""
+    body = copy.deepcopy(BASE_BODY)
+    if case_code is not None:
+        body["case_code"] = case_code
+    body.update(changes)
+    return body
+
+
+def resolved_body(case_code: str, resolved_at: str = "2026-11-23T08:00:00+07:00") -> dict[str, Any]:
+    return case_body(case_code, status="resolved", resolved_at=resolved_at)
+
+
+def delayed_body(case_code: str, new_due_at: str = "2026-11-28T17:00:00+07:00") -> dict[str, Any]:
+    return case_body(
+        case_code,
+        status="delayed",
+        delay={"new_due_at": new_due_at, "reason": "Chờ xác minh của công an phường"},
+    )
+
+
+def telegram_link(token: str) -> str:
+    return f"https://t.me/{BOT_USERNAME}?start={token}"
+
+
+def web_link(token: str) -> str:
+    return f"http://127.0.0.1:8080/s/{token}"
+
+
+@dataclass
+class Api:
+    """The running app and what a test needs to drive and inspect it."""
+
+    client: TestClient[web.Request, web.Application]
+    services: Services
+    clock: FakeClock
+    backend: str
+
+    async def post(self, body: object, *, path: str = "/api/v1/cases") -> ClientResponse:
+        return await self.client.post(path, json=body, headers=AUTH)
+
+    async def post_raw(self, data: bytes, *, path: str = "/api/v1/cases") -> ClientResponse:
+        headers = {**AUTH, "Content-Type": "application/json"}
+        return await self.client.post(path, data=data, headers=headers)
+
+    async def get(self, path: str) -> ClientResponse:
+        return await self.client.get(path, headers=AUTH)
+
+    async def post_json(self, body: object, expected: int) -> Any:
+        """Posts a case and returns the JSON answer, failing unless the status is `expected`."""
+        response = await self.post(body)
+        payload = await response.json()
+        assert response.status == expected, payload
+        return payload
+
+    async def count(self, model: type[Any], *criteria: Any) -> int:
+        async with self.services.sessions() as session:
+            query = select(func.count()).select_from(model).where(*criteria)
+            return int((await session.execute(query)).scalar_one())
+
+    async def scalar(self, query: Any) -> Any:
+        async with self.services.sessions() as session:
+            return (await session.execute(query)).scalar_one_or_none()
+
+
+def use_engine(services: Services, engine: AsyncEngine) -> None:
+    """Points the services at another engine (the fixture URL carries the test's schema)."""
+    services.engine = engine
+    services.sessions = create_session_factory(engine)
+
+
+async def load_test_units(services: Services, text: str = UNITS_YAML) -> None:
+    async with services.sessions.begin() as session:
+        await load_units(session, parse_units_file(text))
+
+
+AiohttpClient = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+
+
+MakeApi = Callable[..., Awaitable[Api]]
+
+
+@pytest.fixture(name="make_api")
+async def make_api_fixture(
+    database_url: str, clock: FakeClock, aiohttp_client: AiohttpClient
+) -> AsyncIterator[MakeApi]:
+    """Builds the app from settings overrides (e.g. `survey_delay="2h"`) on a fresh database,
+    with the test units loaded and a Telegram link builder registered."""
+    built: list[Services] = []
+
+    async def make(**overrides: Any) -> Api:
+        settings = load_settings(
+            database_url=database_url.split("?")[0], api_tokens=TOKEN, **overrides
+        )
+        services = build_services(settings, clock=clock)
+        await services.engine.dispose()
+        use_engine(services, engine_for(database_url))
+        built.append(services)
+        await prepare_database(services)
+        await load_test_units(services)
+        services.link_builders["telegram"] = telegram_link
+        client = await aiohttp_client(create_web_app(services))
+        backend = services.engine.dialect.name
+        return Api(client=client, services=services, clock=clock, backend=backend)
+
+    try:
+        yield make
+    finally:
+        for services in built:
+            await services.engine.dispose()
+
+
+@pytest.fixture(name="api")
+async def api_fixture(make_api: MakeApi) -> Api:
+    """The app with default settings."""
+    return await make_api()

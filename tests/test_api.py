@@ -1,0 +1,509 @@
+"""The HTTP API of CONTRACT.md section 4, through a real aiohttp server on both databases."""
+
+from __future__ import annotations
+
+import io
+import re
+import unicodedata
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import segno
+from sqlalchemy import select
+
+from storage.models import Case, CaseEvent, Citizen, LinkToken, Procedure, Survey
+from tests.api_support import (
+    AUTH,
+    Api,
+    MakeApi,
+    api_fixture,  # noqa: F401
+    case_body,
+    delayed_body,
+    make_api_fixture,  # noqa: F401
+    resolved_body,
+    telegram_link,
+    web_link,
+)
+
+TOKEN_FORMAT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def start_token(view: dict[str, Any]) -> str:
+    link = view["links"]["telegram"]
+    assert link.startswith("https://t.me/sipas_test_bot?start=")
+    return str(link.split("?start=", 1)[1])
+
+
+def error_fields(payload: dict[str, Any]) -> dict[str, str]:
+    error = payload["error"]
+    assert isinstance(error["code"], str)
+    assert isinstance(error["message"], str)
+    fields: dict[str, str] = error["fields"]  # always present, empty when no field is to blame
+    assert isinstance(fields, dict)
+    return fields
+
+
+# --- 201 / 200 -------------------------------------------------------------------------------
+
+
+async def test_a_new_case_is_created_with_201_and_its_view(api: Api) -> None:
+    view = await api.post_json(case_body(), 201)
+
+    assert view["case_code"] == "000.00.12.H26-261122-0001"
+    assert view["unit_code"] == "HN-LB"
+    assert view["status"] == "received"
+    assert view["survey"] == {
+        "status": "not_due",
+        "channel": None,
+        "completed_at": None,
+        "answers": {},
+    }
+    assert view["escalations"] == []
+    assert set(view["links"]) == {"telegram"}
+    # A 2xx answer means committed: a fresh session sees the case.
+    assert await api.count(Case, Case.case_code == view["case_code"]) == 1
+
+
+async def test_the_same_body_twice_is_a_200_replay_that_changes_nothing(api: Api) -> None:
+    body = resolved_body("R-1")
+    first = await api.post_json(body, 201)
+    case_id = await api.scalar(select(Case.id).where(Case.case_code == "R-1"))
+    updated_at = await api.scalar(select(Case.updated_at).where(Case.id == case_id))
+    events = await api.count(CaseEvent, CaseEvent.case_id == case_id)
+    assert await api.count(Survey, Survey.case_id == case_id) == 1
+
+    api.clock.advance(timedelta(hours=1))
+    second = await api.post_json(body, 200)
+
+    assert second == first
+    assert await api.count(CaseEvent, CaseEvent.case_id == case_id) == events
+    assert await api.count(Survey) == 1
+    assert await api.scalar(select(Case.updated_at).where(Case.id == case_id)) == updated_at
+
+
+async def test_a_changed_body_is_a_200_update(api: Api) -> None:
+    await api.post_json(case_body("U-1"), 201)
+    view = await api.post_json(delayed_body("U-1"), 200)
+
+    assert view["status"] == "delayed"
+    case = await api.scalar(select(Case).where(Case.case_code == "U-1"))
+    assert case.delay_reason == "Chờ xác minh của công an phường"
+    assert case.delay_new_due_at == datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
+    statuses = (
+        await api.count(CaseEvent, CaseEvent.case_id == case.id, CaseEvent.status == "received"),
+        await api.count(CaseEvent, CaseEvent.case_id == case.id, CaseEvent.status == "delayed"),
+    )
+    assert statuses == (1, 1)
+
+
+async def test_a_case_can_be_read_back(api: Api) -> None:
+    posted = await api.post_json(case_body("G-1"), 201)
+    response = await api.get("/api/v1/cases/G-1")
+    assert response.status == 200
+    assert await response.json() == posted
+
+
+# --- 401 -------------------------------------------------------------------------------------
+
+
+BAD_AUTHORIZATIONS: list[dict[str, str]] = [
+    {},
+    {"Authorization": "Bearer wrong-token"},
+    {"Authorization": "Basic dGVzdC10b2tlbg=="},
+    {"Authorization": "test-token"},
+    {"Authorization": "Bearer "},
+    {"Authorization": "Bearer test-token-and-more"},
+]
+
+
+async def test_api_routes_need_a_valid_bearer_token(api: Api) -> None:
+    for headers in BAD_AUTHORIZATIONS:
+        for method, path in [
+            ("POST", "/api/v1/cases"),
+            ("POST", "/api/v1/cases:batch"),
+            ("GET", "/api/v1/cases/X-1"),
+            ("GET", "/api/v1/cases/X-1/qr.png"),
+        ]:
+            response = await api.client.request(method, path, json=case_body(), headers=headers)
+            payload = await response.json()
+            assert response.status == 401, (method, path, headers)
+            assert payload["error"]["code"] == "unauthorized"
+            assert error_fields(payload) == {}
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert await api.count(Case) == 0
+
+
+async def test_open_routes_need_no_token(api: Api) -> None:
+    for path in ["/api/v1/openapi.json", "/healthz", "/metrics"]:
+        response = await api.client.get(path)
+        assert response.status == 200, path
+
+
+# --- 404 -------------------------------------------------------------------------------------
+
+
+async def test_an_unknown_case_is_404(api: Api) -> None:
+    for path in ["/api/v1/cases/NO-SUCH-CASE", "/api/v1/cases/NO-SUCH-CASE/qr.png"]:
+        response = await api.get(path)
+        assert response.status == 404, path
+        payload = await response.json()
+        assert payload["error"]["code"] == "not_found"
+        assert "NO-SUCH-CASE" in payload["error"]["message"]
+
+
+# --- 409 and the transition rules ------------------------------------------------------------
+
+RECEIVED = "received"
+DELAYED = "delayed"
+RESOLVED = "resolved"
+REJECTED = "rejected"
+WITHDRAWN = "withdrawn"
+STATUSES = (RECEIVED, DELAYED, RESOLVED, REJECTED, WITHDRAWN)
+# CONTRACT.md: received -> (delayed)* -> resolved | rejected | withdrawn; the end is final.
+ALLOWED = {
+    RECEIVED: {RECEIVED, DELAYED, RESOLVED, REJECTED, WITHDRAWN},
+    DELAYED: {DELAYED, RESOLVED, REJECTED, WITHDRAWN},
+    RESOLVED: {RESOLVED},
+    REJECTED: {REJECTED},
+    WITHDRAWN: {WITHDRAWN},
+}
+
+
+def body_in(status: str, case_code: str, variant: int = 0) -> dict[str, Any]:
+    """A body in `status`; `variant` changes a detail so the body differs from a replay."""
+    if status == RESOLVED:
+        body = resolved_body(case_code)
+    elif status == DELAYED:
+        body = delayed_body(case_code)
+    else:
+        body = case_body(case_code, status=status)
+    if variant:
+        body["officer"] = {"code": "CB-018", "name": "Phạm Văn Hùng"}
+    return body
+
+
+@pytest.mark.parametrize("before", STATUSES)
+async def test_status_transitions_follow_the_contract(api: Api, before: str) -> None:
+    for after in STATUSES:
+        code = f"T-{before}-{after}"
+        await api.post_json(body_in(before, code), 201)
+        events_before = await api.count(CaseEvent)
+
+        response = await api.post(body_in(after, code, variant=1))
+        payload = await response.json()
+
+        if after in ALLOWED[before]:
+            assert response.status == 200, (before, after, payload)
+            assert payload["status"] == after
+        else:
+            assert response.status == 409, (before, after, payload)
+            assert payload["error"]["code"] == "invalid_transition"
+            assert before in payload["error"]["message"]
+            assert after in payload["error"]["message"]
+            assert await api.count(CaseEvent) == events_before
+            stored = await api.scalar(select(Case.status).where(Case.case_code == code))
+            assert stored == before
+
+
+async def test_a_case_may_be_delayed_more_than_once(api: Api) -> None:
+    await api.post_json(case_body("D-1"), 201)
+    await api.post_json(delayed_body("D-1", "2026-11-28T17:00:00+07:00"), 200)
+    view = await api.post_json(delayed_body("D-1", "2026-12-02T17:00:00+07:00"), 200)
+    assert view["status"] == "delayed"
+    new_due = await api.scalar(select(Case.delay_new_due_at).where(Case.case_code == "D-1"))
+    assert new_due == datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
+
+
+# --- 422 -------------------------------------------------------------------------------------
+
+
+async def assert_422(api: Api, body: object, *expected_fields: str) -> dict[str, str]:
+    response = await api.post(body)
+    payload = await response.json()
+    assert response.status == 422, payload
+    assert payload["error"]["code"] == "invalid_input"
+    fields = error_fields(payload)
+    for name in expected_fields:
+        assert name in fields, (name, fields)
+        assert fields[name]
+    assert await api.count(Case) == 0
+    return fields
+
+
+async def test_many_bad_fields_are_named_at_once(api: Api) -> None:
+    body = case_body(
+        unit_code="",
+        status="lost",
+        received_at="yesterday",
+        procedure={"code": "1.001193", "name": ""},
+        citizen={"name": "Trần Văn Minh", "phone": "12345", "locale": "fr"},
+        colour="blue",
+    )
+    fields = await assert_422(
+        api,
+        body,
+        "unit_code",
+        "status",
+        "received_at",
+        "procedure.name",
+        "citizen.phone",
+        "citizen.locale",
+        "colour",
+    )
+    assert "received" in fields["status"]  # the message lists the allowed values
+
+
+# Each change to the contract's example body, and the field the 422 must name.
+BAD_FIELDS: list[tuple[dict[str, Any], str]] = [
+    ({"procedure": {"code": "1.001193"}}, "procedure.name"),
+    ({"procedure": {"code": "1.001193", "name": "x" * 501}}, "procedure.name"),
+    ({"procedure": "Đăng ký khai sinh"}, "procedure"),
+    ({"citizen": {"phone": "0912"}}, "citizen.phone"),
+    ({"citizen": {"phone": 912345678}}, "citizen.phone"),
+    ({"citizen": {"telegram_chat_id": "abc"}}, "citizen.telegram_chat_id"),
+    ({"citizen": {"telegram_chat_id": True}}, "citizen.telegram_chat_id"),
+    ({"citizen": {"nickname": "Minh"}}, "citizen.nickname"),
+    ({"officer": {"name": "Nguyễn Thị Lan"}}, "officer.code"),
+    ({"case_code": "has space"}, "case_code"),
+    ({"case_code": "a/b"}, "case_code"),
+    ({"case_code": None}, "case_code"),
+    ({"unit_code": "NOWHERE"}, "unit_code"),
+    ({"status": None}, "status"),
+    ({"received_at": "2026-11-20T08:05:00"}, "received_at"),
+    ({"due_at": "2026-11-25 17:00"}, "due_at"),
+    ({"received_at": 1763600700}, "received_at"),
+    ({"due_at": "2026-11-19T17:00:00+07:00"}, "due_at"),
+    ({"status": "delayed"}, "delay"),
+    ({"status": "resolved"}, "resolved_at"),
+    ({"status": "resolved", "resolved_at": "2026-11-23T08:00:00"}, "resolved_at"),
+    ({"status": "resolved", "resolved_at": "2026-11-19T08:00:00+07:00"}, "resolved_at"),
+    (
+        {"status": "delayed", "delay": {"new_due_at": "2026-11-28T17:00:00", "reason": "x"}},
+        "delay.new_due_at",
+    ),
+    (
+        {"status": "delayed", "delay": {"new_due_at": "2026-11-28T17:00:00+07:00"}},
+        "delay.reason",
+    ),
+    (
+        {
+            "status": "delayed",
+            "delay": {"new_due_at": "2026-11-24T17:00:00+07:00", "reason": "x"},
+        },
+        "delay.new_due_at",
+    ),
+    ({"extra": 1}, "extra"),
+]
+
+
+async def test_each_bad_field_is_named(api: Api) -> None:
+    for change, field in BAD_FIELDS:
+        body = case_body()
+        body.update(change)
+        await assert_422(api, body, field)
+
+
+async def test_timestamps_without_offset_are_named_beside_other_errors(api: Api) -> None:
+    body = case_body(
+        status="delayed",
+        received_at="2026-11-20T08:05:00",
+        due_at="2026-11-25T17:00:00",
+        delay={"new_due_at": "2026-11-28T17:00:00", "reason": "Chờ bổ sung"},
+        unit_code="",
+    )
+    fields = await assert_422(api, body, "received_at", "due_at", "delay.new_due_at", "unit_code")
+    assert "offset" in fields["received_at"]
+
+
+async def test_a_missing_field_is_named(api: Api) -> None:
+    body = case_body()
+    for name in ("case_code", "unit_code", "procedure", "status", "received_at", "due_at"):
+        del body[name]
+    await assert_422(
+        api, body, "case_code", "unit_code", "procedure", "status", "received_at", "due_at"
+    )
+
+
+async def test_bad_json_is_a_422_on_body(api: Api) -> None:
+    for raw in [b"{not json", b"", b"\xff\xfe", b'{"case_code": "A"', b"[1, 2", b"NaN x"]:
+        response = await api.post_raw(raw)
+        payload = await response.json()
+        assert response.status == 422, (raw, payload)
+        assert set(error_fields(payload)) == {"body"}
+
+
+async def test_a_body_that_is_not_an_object_is_a_422_on_body(api: Api) -> None:
+    for body in [[], [case_body()], "case", 42, None, True]:
+        fields = await assert_422(api, body, "body")
+        assert set(fields) == {"body"}
+
+
+# --- surveys ---------------------------------------------------------------------------------
+
+
+async def survey_of(api: Api, case_code: str) -> Survey:
+    query = select(Survey).join(Case, Case.id == Survey.case_id).where(Case.case_code == case_code)
+    survey: Survey = await api.scalar(query)
+    return survey
+
+
+@pytest.mark.parametrize("final", [RESOLVED, REJECTED])
+async def test_a_resolution_schedules_exactly_one_survey_after_the_delay(
+    make_api: MakeApi, final: str
+) -> None:
+    api = await make_api(survey_delay="2h")
+    # 01:00 UTC = 08:00 local; two hours later is 10:00 local, outside quiet hours.
+    view = await api.post_json(body_in(final, "S-1"), 201)
+
+    assert view["survey"]["status"] == "scheduled"
+    survey = await survey_of(api, "S-1")
+    assert survey.due_at == api.clock.now() + timedelta(hours=2)
+    api.clock.advance(timedelta(minutes=5))
+    await api.post_json(body_in(final, "S-1", variant=1), 200)
+    assert await api.count(Survey) == 1
+    assert (await survey_of(api, "S-1")).due_at == survey.due_at
+
+
+async def test_a_survey_due_in_quiet_hours_moves_to_their_end(make_api: MakeApi) -> None:
+    api = await make_api(survey_delay="30m")
+    # 14:00 UTC = 21:00 local; plus 30 minutes is in the 21:00-07:00 quiet hours.
+    api.clock.set(datetime(2026, 11, 23, 14, 0, tzinfo=UTC))
+    view = await api.post_json(resolved_body("S-2", "2026-11-23T20:55:00+07:00"), 201)
+
+    assert view["survey"]["status"] == "scheduled"
+    survey = await survey_of(api, "S-2")
+    assert survey.due_at == datetime(2026, 11, 24, 0, 0, tzinfo=UTC)  # 07:00 local
+
+
+async def test_a_case_first_posted_received_is_surveyed_once_resolved(api: Api) -> None:
+    await api.post_json(case_body("S-3"), 201)
+    assert await api.count(Survey) == 0
+    view = await api.post_json(resolved_body("S-3"), 200)
+    assert view["survey"]["status"] == "scheduled"
+    assert await api.count(Survey) == 1
+
+
+async def test_a_withdrawn_case_is_not_surveyed(api: Api) -> None:
+    view = await api.post_json(case_body("S-4", status="withdrawn"), 201)
+    assert view["survey"]["status"] == "not_due"
+    assert await api.count(Survey) == 0
+
+
+# --- text, links, QR -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["NFC", "NFD"])
+async def test_vietnamese_text_is_stored_byte_exact(api: Api, form: str) -> None:
+    procedure = unicodedata.normalize(form, "Cấp đổi giấy phép lái xe — hạng A1 «ưu tiên»")
+    name = unicodedata.normalize(form, "Nguyễn Thị Ánh Tuyết")
+    body = case_body(
+        "V-1",
+        procedure={"code": "2.000001", "name": procedure, "field": "Đường bộ"},
+        citizen={"name": name, "phone": "0987654321"},
+    )
+    await api.post_json(body, 201)
+
+    stored_procedure = await api.scalar(select(Procedure).where(Procedure.code == "2.000001"))
+    stored_citizen = await api.scalar(select(Citizen).where(Citizen.phone == "0987654321"))
+    assert stored_procedure.name.encode() == procedure.encode()
+    assert stored_procedure.field == "Đường bộ"
+    assert stored_citizen.name.encode() == name.encode()
+    # The same body is recognised as a replay: the stored text hashes the same.
+    await api.post_json(body, 200)
+    assert await api.count(CaseEvent) == 1
+
+
+async def test_web_link_only_when_a_web_link_builder_is_registered(api: Api) -> None:
+    view = await api.post_json(case_body("L-1"), 201)
+    assert "web" not in view["links"]
+
+    api.services.link_builders["web"] = web_link
+    response = await api.get("/api/v1/cases/L-1")
+    links = (await response.json())["links"]
+    token = start_token({"links": links})
+    assert links == {"telegram": telegram_link(token), "web": web_link(token)}
+
+
+async def test_no_channel_means_no_links(api: Api) -> None:
+    api.services.link_builders.clear()
+    view = await api.post_json(case_body("L-2"), 201)
+    assert view["links"] == {}
+    response = await api.get("/api/v1/cases/L-2/qr.png")
+    assert response.status == 404
+
+
+async def test_link_tokens_are_opaque_unique_and_stable(api: Api) -> None:
+    codes = [f"000.00.12.H26-261122-{n:04d}" for n in range(1, 6)]
+    tokens = []
+    for code in codes:
+        view = await api.post_json(case_body(code), 201)
+        token = start_token(view)
+        assert TOKEN_FORMAT.fullmatch(token), token
+        assert code not in token
+        tokens.append(token)
+        replay = await api.post_json(case_body(code), 200)
+        assert start_token(replay) == token
+        update = await api.post_json(resolved_body(code), 200)
+        assert start_token(update) == token
+    assert len(set(tokens)) == len(tokens)
+    assert await api.count(LinkToken) == len(codes)
+
+
+async def test_qr_code_encodes_the_primary_link(api: Api) -> None:
+    view = await api.post_json(case_body("Q-1"), 201)
+    response = await api.get("/api/v1/cases/Q-1/qr.png")
+    assert response.status == 200
+    assert response.content_type == "image/png"
+    png = await response.read()
+    assert png.startswith(PNG_SIGNATURE)
+
+    expected = io.BytesIO()
+    segno.make(view["links"]["telegram"], error="m").save(expected, kind="png", scale=8, border=2)
+    assert png == expected.getvalue()
+
+
+async def test_qr_code_falls_back_to_the_web_link(api: Api) -> None:
+    api.services.link_builders.clear()
+    api.services.link_builders["web"] = web_link
+    view = await api.post_json(case_body("Q-2"), 201)
+    response = await api.get("/api/v1/cases/Q-2/qr.png")
+    assert response.status == 200
+    expected = io.BytesIO()
+    segno.make(view["links"]["web"], error="m").save(expected, kind="png", scale=8, border=2)
+    assert await response.read() == expected.getvalue()
+
+
+# --- health and metrics ----------------------------------------------------------------------
+
+
+async def test_healthz_answers_ok(api: Api) -> None:
+    response = await api.client.get("/healthz")
+    assert response.status == 200
+    assert await response.json() == {"status": "ok", "database": "ok"}
+
+
+async def test_metrics_count_requests(api: Api) -> None:
+    await api.post_json(case_body("M-1"), 201)
+    response = await api.client.get("/metrics")
+    assert response.status == 200
+    assert response.content_type == "text/plain"
+    text = await response.text()
+    line = re.search(
+        r'^sipas_http_requests_total\{method="POST",route="/api/v1/cases",status="201"\} (\S+)$',
+        text,
+        re.MULTILINE,
+    )
+    assert line is not None, text[:2000]
+    assert float(line[1]) >= 1
+    assert "sipas_cases_posted_total" in text
+
+
+async def test_wrong_method_and_unknown_route_keep_the_error_shape(api: Api) -> None:
+    response = await api.client.get("/api/v1/cases", headers=AUTH)
+    assert response.status == 405
+    assert (await response.json())["error"]["code"] == "http_error"
+    response = await api.client.get("/api/v1/nothing-here", headers=AUTH)
+    assert response.status == 404
+    assert (await response.json())["error"]["code"] == "http_error"
