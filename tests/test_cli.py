@@ -1,0 +1,174 @@
+"""The command line of CONTRACT.md section 3: help, exit codes, and the database commands
+run in-process against each backend."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from bot.cli import build_parser
+from storage.migrate import current_revision
+from storage.models import Unit, UnitHead
+from tests.cli_support import PYTHON, REPO, run_main, subprocess_env
+from tests.conftest import engine_for
+
+UNITS_YAML = """\
+units:
+  - code: HN
+    name: UBND thành phố Hà Nội
+    head: {name: Nguyễn Văn An, telegram_chat_id: 900}
+  - code: HN-LB
+    name: UBND quận Long Biên
+    parent: HN
+    head: {name: Lê Thị Bình, telegram_chat_id: 901}
+digest_recipients:
+  - {name: Sở Nội vụ Hà Nội, telegram_chat_id: 950, scope: HN}
+"""
+
+
+def test_python_dash_m_bot_help_lists_the_commands() -> None:
+    result = subprocess.run(
+        [PYTHON, "-m", "bot", "--help"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for command in ("serve", "demo", "db", "units", "cases"):
+        assert command in result.stdout
+
+
+def test_every_contract_command_parses() -> None:
+    parser = build_parser()
+    for argv in (
+        ["serve"],
+        ["demo"],
+        ["demo", "--no-serve"],
+        ["db", "upgrade"],
+        ["units", "load", "units.yaml"],
+        ["cases", "import", "cases.csv"],
+    ):
+        assert callable(parser.parse_args(argv).run), argv
+
+
+async def test_db_upgrade_migrates_an_empty_database(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SIPAS_DATABASE_URL", database_url)
+    assert await run_main(["db", "upgrade"]) == 0
+    engine = engine_for(database_url)
+    try:
+        revision = await current_revision(engine)
+    finally:
+        await engine.dispose()
+    assert revision is not None
+    assert f"is at revision {revision}" in capsys.readouterr().out
+    assert await run_main(["db", "upgrade"]) == 0  # twice is a no-op, not an error
+
+
+async def test_units_load_creates_then_updates_nothing(
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("SIPAS_DATABASE_URL", database_url)
+    units_file = tmp_path / "units.yaml"
+    units_file.write_text(UNITS_YAML, encoding="utf-8")
+
+    assert await run_main(["units", "load", str(units_file)]) == 0
+    assert "2 units created, 0 updated, 1 digest recipients" in capsys.readouterr().out
+    assert await run_main(["units", "load", str(units_file)]) == 0
+    assert "0 units created, 0 updated" in capsys.readouterr().out
+
+    engine = engine_for(database_url)
+    try:
+        async with engine.connect() as connection:
+            units = (await connection.execute(select(Unit.code, Unit.name))).all()
+            heads = await connection.scalar(select(func.count()).select_from(UnitHead))
+    finally:
+        await engine.dispose()
+    assert sorted(units) == [("HN", "UBND thành phố Hà Nội"), ("HN-LB", "UBND quận Long Biên")]
+    assert heads == 2
+
+
+async def test_units_load_reports_each_bad_field_and_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SIPAS_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'sipas.db'}")
+    units_file = tmp_path / "units.yaml"
+    units_file.write_text(
+        "units:\n  - {code: HN-LB, name: UBND quận Long Biên, parent: HN}\n", encoding="utf-8"
+    )
+    assert await run_main(["units", "load", str(units_file)]) == 1
+    err = capsys.readouterr().err
+    assert "units[0].parent: unknown unit 'HN'" in err
+    assert "Traceback" not in err
+
+
+async def test_units_load_of_a_missing_file_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SIPAS_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'sipas.db'}")
+    assert await run_main(["units", "load", str(tmp_path / "nowhere.yaml")]) == 1
+    assert "file: cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SIPAS_HTTP_PORT", "eighty"),
+        ("SIPAS_SURVEY_DELAY", "soon"),
+        ("SIPAS_TIMEZONE", "Mars/Olympus"),
+        ("SIPAS_LOG_LEVEL", "LOUD"),
+    ],
+)
+async def test_a_bad_setting_exits_2_naming_the_variable(
+    variable: str,
+    value: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("SIPAS_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'sipas.db'}")
+    monkeypatch.setenv(variable, value)
+    assert await run_main(["db", "upgrade"]) == 2
+    err = capsys.readouterr().err
+    assert variable in err
+    assert "Traceback" not in err
+
+
+async def test_serve_refuses_to_start_without_api_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = tmp_path / "sipas.db"
+    monkeypatch.setenv("SIPAS_DATABASE_URL", f"sqlite+aiosqlite:///{database}")
+    assert await run_main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "SIPAS_API_TOKENS is not set" in err
+    assert "comma-separated tokens" in err
+    assert not database.exists()  # refused before touching anything
+
+
+async def test_an_unreachable_database_fails_fast_with_the_password_masked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SIPAS_DATABASE_URL", "postgresql+asyncpg://sipas:s3cret@127.0.0.1:9/sipas")
+    monkeypatch.setenv("SIPAS_API_TOKENS", "token-1")
+    assert await run_main(["serve"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach the database at postgresql+asyncpg://sipas:***@127.0.0.1:9/sipas" in err
+    assert "s3cret" not in err
+
+
+def test_a_missing_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([])
+    assert exit_info.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
