@@ -189,6 +189,12 @@ class Settings(BaseSettings):
             raise SettingsError(
                 "SIPAS_TELEGRAM_WEBHOOK_SECRET is required when SIPAS_TELEGRAM_MODE=webhook"
             )
+        webhooks = bool(telegram_webhook) or bool(self.zalo_token and self.zalo_mode == "webhook")
+        if webhooks and not self.public_url.startswith("https://"):
+            raise SettingsError(
+                "SIPAS_PUBLIC_URL must be an https:// address in webhook mode: the platforms "
+                "deliver updates only over HTTPS"
+            )
         if self.zalo_token and self.zalo_mode == "webhook" and not self.zalo_webhook_secret:
             raise SettingsError(
                 "SIPAS_ZALO_WEBHOOK_SECRET is required when SIPAS_ZALO_MODE=webhook"

@@ -82,6 +82,13 @@ class TelegramChannel:
         return f"https://t.me/{self.username}?start={token}" if self.username else None
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()  # release PTB's HTTP sessions; the service stops anyway
+            raise
+
+    async def _start(self) -> None:
         await self.application.initialize()  # getMe: fails fast on a wrong token
         self.username = self.application.bot.username
         await self._set_commands()
