@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
+from jsonschema import Draft202012Validator, FormatChecker
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -182,3 +185,62 @@ async def make_api_fixture(
 async def api_fixture(make_api: MakeApi) -> Api:
     """The app with default settings."""
     return await make_api()
+
+
+# --- the OpenAPI document --------------------------------------------------------------------
+
+OPENAPI_URN = "urn:sipas-bot:openapi"
+
+
+def _pointer_escape(part: str) -> str:
+    return part.replace("~", "~0").replace("/", "~1")
+
+
+def _follow(document: dict[str, Any], pointer: str) -> Any:
+    node: Any = document
+    for part in pointer.lstrip("#/").split("/"):
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+def response_spec(
+    document: dict[str, Any], method: str, template: str, status: int
+) -> tuple[str, dict[str, Any]]:
+    """The documented response (its JSON pointer and object) for a route and status code;
+    fails the test when the document does not list that status for that route."""
+    responses = document["paths"][template][method.lower()]["responses"]
+    assert str(status) in responses, f"{method} {template} answered {status}, undocumented"
+    pointer = "#/" + "/".join(
+        _pointer_escape(p) for p in ["paths", template, method.lower(), "responses", str(status)]
+    )
+    spec: dict[str, Any] = responses[str(status)]
+    while "$ref" in spec:
+        pointer = spec["$ref"]
+        spec = _follow(document, pointer)
+    return pointer, spec
+
+
+async def assert_documented(
+    document: dict[str, Any], response: ClientResponse, method: str, template: str
+) -> None:
+    """The response's status, content type, headers and JSON body are as the document says."""
+    pointer, spec = response_spec(document, method, template, response.status)
+    for header in spec.get("headers", {}):
+        if header != "WWW-Authenticate" or response.status == 401:
+            assert header in response.headers, (method, template, response.status, header)
+    content = spec.get("content", {})
+    assert response.content_type in content, (method, template, response.content_type)
+    if response.content_type != "application/json":
+        return
+    schema_pointer = "/".join(
+        [pointer, "content", _pointer_escape(response.content_type), "schema"]
+    )
+    registry: Registry[Any] = Registry().with_resource(
+        OPENAPI_URN, Resource.from_contents(document, default_specification=DRAFT202012)
+    )
+    validator = Draft202012Validator(
+        {"$ref": OPENAPI_URN + schema_pointer}, registry=registry, format_checker=FormatChecker()
+    )
+    payload = await response.json()
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(payload)]
+    assert not errors, (method, template, response.status, errors, payload)
