@@ -95,7 +95,9 @@ Registrar = Callable[[SweepScheduler], None]
 
 def sweep_registrars(services: Services) -> list[Registrar]:
     """Every sweep of the service, in registration order; add new sweeps here."""
-    registrars: list[Registrar] = []
+    from bot.sweeps import register_survey_sweeps
+
+    registrars: list[Registrar] = [register_survey_sweeps]
     return registrars
 
 

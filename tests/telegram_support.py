@@ -58,10 +58,11 @@ def case_body(**changes: Any) -> dict[str, Any]:
 class Rig:
     """One running service around a fake Telegram; stop() leaves nothing behind."""
 
-    def __init__(self, api: FakeTelegramAPI, services: Services, client: TestClient) -> None:
+    client: TestClient
+
+    def __init__(self, api: FakeTelegramAPI, services: Services) -> None:
         self.api = api
         self.services = services
-        self.client = client
         self.clock = services.clock
         assert isinstance(self.clock, FakeClock)
         self._stops: list[Callable[[], Awaitable[None]]] = []
@@ -107,8 +108,26 @@ class Rig:
     async def stop(self) -> None:
         for stop in reversed(self._stops):
             await stop()
+        self._stops.clear()
         await self.client.close()
         await self.services.engine.dispose()
+
+    async def restart(self) -> None:
+        """Stops everything (as a shutdown would) and starts a new process's worth of parts
+        on the same database and the same Telegram."""
+        settings = self.services.settings
+        await self.stop()
+        services = build_services(settings, clock=self.clock)
+        await prepare_database(services)
+        await self._start(services)
+
+    async def _start(self, services: Services) -> None:
+        self.services = services
+        parts = channel_parts(services)
+        self.client = TestClient(TestServer(create_web_app(services)))
+        await self.client.start_server()
+        for start in parts:
+            self._stops.append(await start(services))
 
 
 def _has_button(message: SentCall, prefix: str) -> bool:
@@ -139,12 +158,8 @@ async def make_rig(database_url: str, clock: FakeClock) -> AsyncIterator[RigFact
         await prepare_database(services)
         async with services.sessions.begin() as session:
             await load_units(session, parse_units_file(UNITS_YAML))
-        parts = channel_parts(services)
-        client = TestClient(TestServer(create_web_app(services)))
-        await client.start_server()
-        rig = Rig(api, services, client)
-        for start in parts:
-            rig._stops.append(await start(services))
+        rig = Rig(api, services)
+        await rig._start(services)
         rigs.append((rig, api))
         return rig
 

@@ -224,3 +224,23 @@ async def test_commands_are_registered_in_both_languages(rig: Rig) -> None:
         assert names == ["start", "help", "lang", "stop", "delete"]
     assert rig.api.my_commands["vi"][4]["description"].startswith("Xóa")
     assert rig.api.my_commands["en"][4]["description"].startswith("Erase")
+
+
+async def test_a_restart_mid_survey_loses_nothing(rig: Rig) -> None:
+    await resolved_and_invited(rig)
+    await rig.answer(CHAT, "Bắt đầu")
+    await rig.answer(CHAT, "5")
+    await rig.restart()
+    # The citizen goes on where they were; the new process knows from the database.
+    question = await rig.answer(CHAT, "4")
+    assert "Câu 3/7" in question.text
+    for label in ("3", "3", "3", "Không"):
+        await rig.answer(CHAT, label)
+    thanks = await rig.answer(CHAT, "Bỏ qua")
+    assert not buttons(thanks)
+    answers = (await rig.get_case(CASE["case_code"]))["survey"]["answers"]
+    assert answers["access"] == 5 and answers["procedure"] == 4
+    # Nothing was sent twice: one invitation, seven questions, one thanks, plus the linking.
+    texts = [m.text for m in rig.api.messages_to(CHAT)]
+    assert len([t for t in texts if "Câu 1/7" in t]) == 1
+    assert len(texts) == len(set(texts))
