@@ -160,7 +160,8 @@ async def post_cases_batch(request: web.Request) -> web.Response:
     counts = {"created": 0, "updated": 0, "rejected": 0}
     async with services.sessions.begin() as session:
         for index, item in enumerate(items):
-            code = item.get("case_code") if isinstance(item, dict) else None
+            given = item.get("case_code") if isinstance(item, dict) else None
+            code = given if isinstance(given, str) else None  # echoed back only when text
             try:
                 body = parse_case(item)
                 async with session.begin_nested():
