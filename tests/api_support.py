@@ -159,13 +159,13 @@ async def make_api_fixture(
     with the test units loaded and a Telegram link builder registered."""
     built: list[Services] = []
 
-    async def make(**overrides: Any) -> Api:
-        settings = load_settings(
-            database_url=database_url.split("?")[0], api_tokens=TOKEN, **overrides
-        )
+    async def make(*, url: str | None = None, **overrides: Any) -> Api:
+        """`url` replaces the fixture's database URL (e.g. to reach it through a proxy)."""
+        url = url or database_url
+        settings = load_settings(database_url=url.split("?")[0], api_tokens=TOKEN, **overrides)
         services = build_services(settings, clock=clock)
         await services.engine.dispose()
-        use_engine(services, engine_for(database_url))
+        use_engine(services, engine_for(url))
         built.append(services)
         await prepare_database(services)
         await load_test_units(services)
