@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
+from bot import demo_data
 from bot.config import Settings, SettingsError, load_settings
 from bot.logging_setup import setup_logging
 from handlers.errors import DomainError, InvalidInput
@@ -37,7 +38,7 @@ async def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from bot.demo import run_demo
 
-    await run_demo(settings, serve=not args.no_serve)
+    await run_demo(settings, serve=not args.no_serve, cases=args.cases)
     return EXIT_OK
 
 
@@ -136,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--no-serve", action="store_true", help="seed and print the instructions, then exit"
+    )
+    demo.add_argument(
+        "--cases",
+        type=int,
+        default=demo_data.CASES,
+        metavar="N",
+        help=f"how many sample cases to seed (default {demo_data.CASES})",
     )
     demo.set_defaults(run=cmd_demo)
 

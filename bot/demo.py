@@ -43,6 +43,7 @@ class DemoContext:
     services: Services
     rng: random.Random
     now: datetime
+    cases: int = demo_data.CASES
     # Lines for the summary, one or more per step ("Cases: 360 over 8 weeks ...").
     summary: list[str] = field(default_factory=list)
 
@@ -64,7 +65,7 @@ async def seed_units(context: DemoContext) -> None:
 async def seed_cases(context: DemoContext) -> None:
     """Sample cases through the real intake, as the one-stop system would have posted them."""
     services = context.services
-    bodies = demo_data.sample_cases(context.rng, context.now)
+    bodies = demo_data.sample_cases(context.rng, context.now, context.cases)
     statuses: Counter[str] = Counter()
     skipped = 0
     async with services.sessions.begin() as session:
@@ -119,14 +120,20 @@ def recreate(database: Path) -> None:
         Path(f"{database}{suffix}").unlink(missing_ok=True)
 
 
-async def run_demo(settings: Settings, *, serve: bool, out: TextIO | None = None) -> None:
+async def run_demo(
+    settings: Settings,
+    *,
+    serve: bool,
+    cases: int = demo_data.CASES,
+    out: TextIO | None = None,
+) -> None:
     """Seeds, prints how to try it, and (unless `serve` is False) runs the server."""
     out = out or sys.stdout
     setup = demo_settings(settings)
     if setup.fresh_file is not None:
         recreate(setup.fresh_file)
     services = await open_services(setup.settings)
-    context = DemoContext(services, random.Random(SEED), services.clock.now())
+    context = DemoContext(services, random.Random(SEED), services.clock.now(), cases)
     try:
         for step in seed_steps():
             await step(context)
