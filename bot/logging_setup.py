@@ -25,7 +25,7 @@ _MASKS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     # user:password@ in any URL (database URLs, proxies).
     (re.compile(r"(?P<keep>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)[^@\s]+(?=@)"), r"\g<keep>***"),
     # Telegram bot tokens: digits, a colon, then 30+ URL-safe characters.
-    (re.compile(r"\b\d{6,12}:[A-Za-z0-9_-]{30,}"), "<bot-token>"),
+    (re.compile(r"(?<!\d)\d{6,12}:[A-Za-z0-9_-]{30,}"), "<bot-token>"),
     # Authorization headers and the like.
     (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+"), r"\1 ***"),
     # Vietnamese phone numbers: 0 + 9-10 digits, +84/84 + 9-10 digits, with common separators.

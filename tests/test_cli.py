@@ -3,6 +3,7 @@ run in-process against each backend."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.cli import build_parser
+from bot.logging_setup import MaskingFilter, mask
 from storage.migrate import current_revision
 from storage.models import Unit, UnitHead
 from tests.cli_support import PYTHON, REPO, run_main, subprocess_env
@@ -172,3 +174,52 @@ def test_a_missing_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
         build_parser().parse_args([])
     assert exit_info.value.code == 2
     assert "COMMAND" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("message", "hidden", "kept"),
+    [
+        ("citizen 0912345678 answered", "0912345678", "citizen <phone> answered"),
+        ("call +84 912 345 678 now", "912 345 678", "call <phone> now"),
+        ("sms to 84912345678", "84912345678", "sms to <phone>"),
+        ("phone 0912.345.678", "0912.345.678", "phone <phone>"),
+        (
+            "GET https://api.telegram.org/bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/getMe",
+            "AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw",
+            "/bot<bot-token>/getMe",
+        ),
+        ("header Authorization: Bearer abc.DEF-123", "abc.DEF-123", "Bearer ***"),
+        (
+            "db postgresql+asyncpg://sipas:hunter2@db:5432/sipas",
+            "hunter2",
+            "postgresql+asyncpg://sipas:***@db:5432/sipas",
+        ),
+    ],
+)
+def test_the_log_filter_masks_personal_data_and_secrets(
+    message: str, hidden: str, kept: str
+) -> None:
+    masked = mask(message)
+    assert hidden not in masked
+    assert kept in masked
+
+
+def test_the_log_filter_leaves_case_codes_dates_and_ports_alone() -> None:
+    message = "case 000.00.12.H26-261122-0001 due 2026-11-25T17:00:00+07:00 on port 8080"
+    assert mask(message) == message
+
+
+def test_masking_applies_to_arguments_and_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("tests.masking")
+    logger.addFilter(MaskingFilter())
+    try:
+        try:
+            raise ValueError("bad phone 0987654321")
+        except ValueError:
+            logger.exception("intake failed for %s", "0912345678")
+    finally:
+        logger.filters.clear()
+    record = caplog.records[-1]
+    assert record.getMessage() == "intake failed for <phone>"
+    assert record.exc_text is not None
+    assert "0987654321" not in record.exc_text
