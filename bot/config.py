@@ -153,8 +153,9 @@ class Settings(BaseSettings):
     escalation_resolve_sla: Duration = timedelta(days=10)
     working_calendar: Literal["vn", "always"] = "vn"
 
-    digest_schedule: Annotated[WeeklySchedule, BeforeValidator(_parse_schedule)] = WeeklySchedule(
-        0, time(7, 30)
+    # NoDecode: pydantic-settings would otherwise read a dataclass from the environment as JSON.
+    digest_schedule: Annotated[WeeklySchedule, NoDecode, BeforeValidator(_parse_schedule)] = (
+        WeeklySchedule(0, time(7, 30))
     )
     digest_min_responses: int = Field(default=5, ge=1)
 
