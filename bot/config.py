@@ -22,6 +22,9 @@ ENV_PREFIX = "SIPAS_"
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+# `mon` or `monday`; not any word that happens to begin like a day (`monkey`).
+_DAY_NAMES = {name: day for day, full in enumerate(_FULL_DAYS) for name in (full[:3], full)}
 
 
 class SettingsError(Exception):
@@ -85,9 +88,9 @@ def _parse_schedule(value: object) -> WeeklySchedule:
     if isinstance(value, WeeklySchedule):
         return value
     parts = str(value).strip().lower().split()
-    if len(parts) != 2 or parts[0][:3] not in _WEEKDAYS:
+    if len(parts) != 2 or parts[0] not in _DAY_NAMES:
         raise ValueError(f"{value!r} is not a weekly time; write it like 'mon 07:30'")
-    return WeeklySchedule(_WEEKDAYS.index(parts[0][:3]), _parse_clock(parts[1]))
+    return WeeklySchedule(_DAY_NAMES[parts[0]], _parse_clock(parts[1]))
 
 
 def _parse_tokens(value: object) -> list[SecretStr]:
