@@ -163,7 +163,7 @@ async def load_units(session: AsyncSession, parsed: UnitsFile) -> LoadReport:
             unit.parent_id = parent_id
             if unit.code not in created:
                 updated.add(unit.code)
-    _check_cycles(existing, problems)
+    _check_cycles(existing, {u.code: i for i, u in enumerate(parsed.units)}, problems)
     for index, recipient in enumerate(parsed.digest_recipients):
         if recipient.scope not in existing:
             problems[f"digest_recipients[{index}].scope"] = f"unknown unit {recipient.scope!r}"
@@ -180,15 +180,24 @@ async def load_units(session: AsyncSession, parsed: UnitsFile) -> LoadReport:
     return LoadReport(len(created), len(updated), len(parsed.digest_recipients))
 
 
-def _check_cycles(units: dict[str, Unit], problems: dict[str, str]) -> None:
+def _check_cycles(
+    units: dict[str, Unit], index_of: dict[str, int], problems: dict[str, str]
+) -> None:
+    """Names `units[i].parent` for every unit of the file whose parents lead back to it.
+
+    The stored hierarchy had no cycle, so a new one runs through a unit of this file.
+    """
     by_id = {u.id: u for u in units.values()}
-    for unit in units.values():
-        seen = {unit.id}
-        current = unit
+    for code, index in index_of.items():
+        start = units[code]
+        seen = {start.id}
+        current = start
         while current.parent_id is not None:
+            if current.parent_id == start.id:
+                problems[f"units[{index}].parent"] = "the parents form a cycle"
+                break
             if current.parent_id in seen:
-                problems[f"units.{unit.code}.parent"] = "the parents form a cycle"
-                return
+                break  # a cycle that does not pass through `start`; named from its own units
             seen.add(current.parent_id)
             current = by_id[current.parent_id]
 
