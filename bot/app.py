@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.config import Settings
 from bot.outbox import Sender
 from handlers.clock import Clock, SystemClock
-from handlers.policy import SurveyPolicy
+from handlers.policy import EscalationPolicy, SurveyPolicy
+from handlers.working_time import make_calendar
 from storage.db import SessionFactory, create_engine, create_session_factory, ping
 from storage.migrate import upgrade
 
@@ -59,6 +60,20 @@ class Services:
         return [name for name in preference if name in self.senders]
 
 
+def escalation_policy(settings: Settings) -> EscalationPolicy:
+    calendar = make_calendar(
+        settings.working_calendar,
+        settings.timezone,
+        makeup_days=settings.working_makeup_days,
+        extra_days_off=settings.working_extra_days_off,
+    )
+    return EscalationPolicy(
+        ack_sla=settings.escalation_ack_sla,
+        resolve_sla=settings.escalation_resolve_sla,
+        calendar=calendar,
+    )
+
+
 def survey_policy(settings: Settings) -> SurveyPolicy:
     return SurveyPolicy(
         delay=settings.survey_delay,
@@ -69,6 +84,7 @@ def survey_policy(settings: Settings) -> SurveyPolicy:
         timezone=settings.timezone,
         default_locale=settings.locale,
         link_token_ttl=settings.link_token_ttl,
+        escalation=escalation_policy(settings),
     )
 
 

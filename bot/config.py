@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import time, timedelta
+from datetime import date, time, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -103,6 +103,20 @@ def _parse_tokens(value: object) -> list[SecretStr]:
     return [token for token in tokens if token.get_secret_value()]
 
 
+def _parse_dates(value: object) -> list[date]:
+    """Comma-separated ISO dates, e.g. `2026-08-22,2027-02-20`."""
+    if value is None or isinstance(value, list):
+        return list(value or [])
+    dates = []
+    for part in str(value).split(","):
+        if part.strip():
+            try:
+                dates.append(date.fromisoformat(part.strip()))
+            except ValueError:
+                raise ValueError(f"{part.strip()!r} is not a date; write YYYY-MM-DD") from None
+    return dates
+
+
 def _parse_timezone(value: object) -> ZoneInfo:
     if isinstance(value, ZoneInfo):
         return value
@@ -155,6 +169,9 @@ class Settings(BaseSettings):
     escalation_ack_sla: Duration = timedelta(hours=8)
     escalation_resolve_sla: Duration = timedelta(days=10)
     working_calendar: Literal["vn", "always"] = "vn"
+    # Extensions: Saturdays the government declares working days, and local days off.
+    working_makeup_days: Annotated[list[date], NoDecode, BeforeValidator(_parse_dates)] = []
+    working_extra_days_off: Annotated[list[date], NoDecode, BeforeValidator(_parse_dates)] = []
 
     # NoDecode: pydantic-settings would otherwise read a dataclass from the environment as JSON.
     digest_schedule: Annotated[WeeklySchedule, NoDecode, BeforeValidator(_parse_schedule)] = (

@@ -11,13 +11,15 @@ from datetime import timedelta
 
 from bot.app import Services
 from bot.scheduler import SweepScheduler
-from handlers import survey_flow
+from handlers import escalations, survey_flow
 
 log = logging.getLogger(__name__)
 
 
 # Invitations wait at most this long after they are due; the sweep is one indexed query.
 SURVEY_SWEEP_EVERY = timedelta(seconds=30)
+# SLAs are hours of working time; a minute late is nothing, and the query is one index scan.
+ESCALATION_SWEEP_EVERY = timedelta(minutes=1)
 
 
 async def survey_sweep(services: Services) -> int:
@@ -37,5 +39,18 @@ async def survey_sweep(services: Services) -> int:
     return expired + invited + reminded
 
 
+async def escalation_sweep(services: Services) -> int:
+    """Climbs escalations past their acknowledgement SLA; reminds, then climbs, unresolved ones."""
+    async with services.sessions.begin() as session:
+        moved = await escalations.sla_sweep(
+            session, services.clock.now(), services.policy, services.invitation_channels
+        )
+    if moved:
+        services.wake_dispatcher()
+        log.info("escalation sweep: %d escalations moved", moved)
+    return moved
+
+
 def register_survey_sweeps(scheduler: SweepScheduler) -> None:
     scheduler.every(SURVEY_SWEEP_EVERY, survey_sweep, name="surveys")
+    scheduler.every(ESCALATION_SWEEP_EVERY, escalation_sweep, name="escalations")

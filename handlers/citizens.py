@@ -11,6 +11,7 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from handlers import heads
 from handlers.rendering import consent_message, delete_confirm_message, language_message, payload
 from handlers.survey_flow import ChatContext, Reaction, invite, say
 from handlers.texts import t
@@ -46,6 +47,8 @@ async def start_received(session: AsyncSession, ctx: ChatContext, token: str | N
         await _reply(session, ctx, "start.no_token", locale)
         return
     link = await case_repo.link_token(session, token)
+    if link is None and await heads.head_start(session, ctx, token):
+        return
     if link is None:
         log.info("unknown link token presented on %s", ctx.channel)
         await _reply(session, ctx, "start.token_unknown", locale)

@@ -10,7 +10,7 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from handlers import citizens, survey_flow
+from handlers import citizens, escalations, survey_flow
 from handlers.survey_flow import ChatContext, Reaction
 from handlers.texts import t
 
@@ -49,6 +49,10 @@ async def choice_pressed(session: AsyncSession, ctx: ChatContext, data: str) -> 
         return await survey_flow.survey_pressed(session, ctx, parts[0], parts[1])
     if kind == "c" and len(parts) == 2 and parts[1] in {"y", "n"}:
         return await citizens.consent_pressed(session, ctx, parts[0], parts[1] == "y")
+    if kind == "e" and len(parts) == 2:
+        return await escalations.escalation_pressed(session, ctx, parts[0], parts[1])
+    if kind == "r" and len(parts) == 2:
+        return await escalations.recovery_pressed(session, ctx, parts[0], parts[1])
     if kind == "l" and len(parts) == 1:
         return await citizens.language_chosen(session, ctx, parts[0])
     if kind == "d" and len(parts) == 1 and parts[0] in {"y", "n"}:
@@ -58,7 +62,9 @@ async def choice_pressed(session: AsyncSession, ctx: ChatContext, data: str) -> 
 
 
 async def text_received(session: AsyncSession, ctx: ChatContext, text: str) -> None:
-    """Typed text answers the open question; otherwise the person is told what they can do."""
+    """A head's awaited note, else the answer to the open question, else what they can do."""
+    if await escalations.note_received(session, ctx, text):
+        return
     if await survey_flow.text_for_survey(session, ctx, text):
         return
     locale = await citizens.locale_of(session, ctx)

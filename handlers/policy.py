@@ -7,6 +7,7 @@ from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from handlers.questionnaire import DEFAULT_QUESTIONNAIRE
+from handlers.working_time import AlwaysCalendar, WorkingCalendar
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,15 @@ class QuietHours:
 
 
 @dataclass(frozen=True)
+class EscalationPolicy:
+    """How long a unit head has, counted in working time, before a complaint climbs."""
+
+    ack_sla: timedelta = timedelta(hours=8)
+    resolve_sla: timedelta = timedelta(days=10)
+    calendar: WorkingCalendar = field(default_factory=AlwaysCalendar)
+
+
+@dataclass(frozen=True)
 class SurveyPolicy:
     delay: timedelta = timedelta(0)
     quiet_hours: QuietHours | None = QuietHours(time(21, 0), time(7, 0))
@@ -44,6 +54,8 @@ class SurveyPolicy:
     timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("Asia/Ho_Chi_Minh"))
     default_locale: str = "vi"
     link_token_ttl: timedelta = timedelta(days=90)
+    head_invite_ttl: timedelta = timedelta(days=7)
+    escalation: EscalationPolicy = field(default_factory=EscalationPolicy)
 
     def sendable_at(self, instant: datetime) -> datetime:
         """The first moment at or after `instant` outside quiet hours."""

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from handlers import apologies
 from handlers.policy import SurveyPolicy
 from handlers.questionnaire import Question, load_questionnaire
 from handlers.rendering import (
@@ -46,6 +47,9 @@ class ChatContext:
     now: datetime
     policy: SurveyPolicy
     language_hint: str | None = None
+    # The chat channels configured in this process, best first (for messages to others).
+    channels: tuple[str, ...] = ()
+    display_name: str | None = None  # the name the platform shows; only used to name a head
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ async def invite(
     survey.invited_at = now
     survey.expires_at = now + policy.expires_after
     body = invitation_message(survey, case, questionnaire, policy.timezone, reminder=False)
+    await apologies.late_resolution(session, survey, case, contact, now, policy)
     await say(
         session,
         contact.channel,
@@ -333,9 +338,18 @@ async def _apply(
     survey.status = SurveyStatus.COMPLETED
     survey.completed_at = ctx.now
     await session.flush()
-    await say(
-        session, ctx.channel, ctx.address, payload(t("survey.thanks", survey.locale)), ctx.now
+    from handlers import escalations  # the survey's end is where complaints begin
+
+    answers = await case_repo.answers_of(session, survey.id)
+    opened = await escalations.survey_completed(
+        session, survey, answers, ctx.now, ctx.policy, ctx.channels
     )
+    thanks = t("survey.thanks", survey.locale)
+    if opened:
+        case = await case_repo.get_case_by_id(session, survey.case_id)
+        assert case is not None
+        thanks += "\n\n" + t("survey.thanks_escalated", survey.locale, unit_name=case.unit.name)
+    await say(session, ctx.channel, ctx.address, payload(thanks), ctx.now)
 
 
 async def _ask(session: AsyncSession, survey: Survey, ctx: ChatContext) -> None:

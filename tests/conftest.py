@@ -21,6 +21,9 @@ from handlers.clock import FakeClock
 from storage.db import SessionFactory, create_engine, create_session_factory
 from storage.migrate import upgrade
 
+# python-telegram-bot 22: timedelta retry_after, without a deprecation warning per 429.
+os.environ.setdefault("PTB_TIMEDELTA", "true")
+
 POSTGRES_URL = os.environ.get(
     "SIPAS_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )

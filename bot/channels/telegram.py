@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -117,6 +118,8 @@ class TelegramChannel:
         if self.application.running:
             await self.application.stop()
         await self.application.shutdown()
+        # After a failed initialize() PTB's shutdown() is a no-op; close the bot's client anyway.
+        await self.application.bot.shutdown()
 
     async def _set_commands(self) -> None:
         for locale in ("vi", "en"):
@@ -204,6 +207,8 @@ class TelegramChannel:
             now=services.clock.now(),
             policy=services.policy,
             language_hint=user.language_code if user else None,
+            channels=tuple(services.invitation_channels),
+            display_name=user.full_name if user else None,
         )
         async with services.sessions.begin() as session:
             if not await first_time(session, CHANNEL, update.update_id):
@@ -241,6 +246,9 @@ class TelegramChannel:
 
 def configure_telegram(services: Services) -> TelegramChannel:
     """Builds the channel and plugs it into the service: link, sender, webhook route."""
+    # PTB 22 gives retry_after as a timedelta only when asked, and warns on every 429 otherwise;
+    # the sender handles both, so opt in to the future behaviour.
+    os.environ.setdefault("PTB_TIMEDELTA", "true")
     channel = TelegramChannel(services)
     services.link_builders[CHANNEL] = channel.link
     services.senders[CHANNEL] = channel.sender

@@ -1,0 +1,32 @@
+"""`sipas-bot heads invite UNIT_CODE`: a one-time deep link that links a unit head's chat."""
+
+from __future__ import annotations
+
+from telegram import Bot
+
+from bot.app import Services
+from handlers.errors import InvalidInput
+from handlers.heads import invite_head
+
+
+async def bot_username(services: Services) -> str:
+    """The Telegram bot's username: from SIPAS_TELEGRAM_BOT_USERNAME, else asked of the Bot API."""
+    settings = services.settings
+    if settings.telegram_bot_username:
+        return settings.telegram_bot_username
+    if settings.telegram_token is None:
+        raise InvalidInput(
+            {"SIPAS_TELEGRAM_TOKEN": "is not set: the invite opens the bot in Telegram"}
+        )
+    bot = Bot(settings.telegram_token.get_secret_value(), base_url=settings.telegram_api_url)
+    async with bot:
+        return bot.username
+
+
+async def heads_invite(services: Services, unit_code: str) -> str:
+    """Mints the invite and returns the link to hand to the head (valid for 7 days, once)."""
+    username = await bot_username(services)
+    async with services.sessions.begin() as session:
+        invite = await invite_head(session, unit_code, services.clock.now(), services.policy)
+        token = invite.token
+    return f"https://t.me/{username}?start={token}"
