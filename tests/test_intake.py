@@ -1,0 +1,258 @@
+"""Case intake at the handler level (no HTTP): citizens recognised across cases, phones in one
+form, status transitions, and the survey a resolution schedules."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from handlers.errors import Conflict, InvalidInput
+from handlers.intake import TRANSITIONS, IntakeResult, case_posted
+from handlers.intake_schema import normalize_phone, parse_case
+from handlers.policy import QuietHours, SurveyPolicy
+from handlers.units import load_units, parse_units_file
+from storage.db import SessionFactory
+from storage.models import (
+    Case,
+    CaseStatus,
+    Citizen,
+    CitizenContact,
+    Survey,
+    SurveyStatus,
+)
+from tests.api_support import UNITS_YAML, case_body, delayed_body, resolved_body
+
+POLICY = SurveyPolicy()  # 21:00-07:00 quiet hours, no delay, Asia/Ho_Chi_Minh
+MONDAY_0800_LOCAL = datetime(2026, 11, 23, 1, 0, tzinfo=UTC)
+
+
+@pytest.fixture(name="db")
+async def db_fixture(sessions: SessionFactory) -> SessionFactory:
+    async with sessions.begin() as session:
+        await load_units(session, parse_units_file(UNITS_YAML))
+    return sessions
+
+
+async def post(
+    db: SessionFactory,
+    body: dict[str, Any],
+    now: datetime = MONDAY_0800_LOCAL,
+    policy: SurveyPolicy = POLICY,
+) -> IntakeResult:
+    async with db.begin() as session:
+        return await case_posted(session, parse_case(body), now, policy)
+
+
+def with_citizen(body: dict[str, Any], **citizen: Any) -> dict[str, Any]:
+    body["citizen"] = citizen
+    return body
+
+
+async def survey_of(db: SessionFactory, case: Case) -> Survey | None:
+    async with db() as session:
+        query = select(Survey).where(Survey.case_id == case.id)
+        return (await session.execute(query)).scalar_one_or_none()
+
+
+async def contacts(db: SessionFactory) -> list[tuple[int, str, str, str]]:
+    async with db() as session:
+        rows = (await session.execute(select(CitizenContact))).scalars()
+        return [(c.citizen_id, c.channel, c.address, c.source) for c in rows]
+
+
+# --- citizens --------------------------------------------------------------------------------
+
+
+async def test_the_same_phone_is_the_same_citizen(db: SessionFactory) -> None:
+    first = await post(db, with_citizen(case_body("C-1"), name="Trần Văn Minh", phone="0912345678"))
+    second = await post(db, with_citizen(case_body("C-2"), phone="+84 912 345 678"))
+    other = await post(db, with_citizen(case_body("C-3"), phone="0987654321"))
+
+    assert second.case.citizen_id == first.case.citizen_id
+    assert other.case.citizen_id != first.case.citizen_id
+    async with db() as session:
+        citizen = await session.get(Citizen, first.case.citizen_id)
+    assert citizen is not None
+    assert (citizen.name, citizen.phone) == ("Trần Văn Minh", "0912345678")
+
+
+async def test_a_chat_id_from_the_desk_links_telegram_directly(db: SessionFactory) -> None:
+    first = await post(
+        db, with_citizen(case_body("C-1"), name="Lê Thị Hoa", telegram_chat_id=777000111)
+    )
+    citizen_id = first.case.citizen_id
+    assert await contacts(db) == [(citizen_id, "telegram", "777000111", "intake")]
+
+    # A later case with the same chat id (and no phone) finds the same citizen.
+    later = await post(db, with_citizen(case_body("C-2"), telegram_chat_id="777000111"))
+    assert later.case.citizen_id == citizen_id
+    assert await contacts(db) == [(citizen_id, "telegram", "777000111", "intake")]
+
+
+async def test_a_zalo_id_from_the_desk_links_zalo_directly(db: SessionFactory) -> None:
+    first = await post(db, with_citizen(case_body("C-1"), zalo_user_id="zl-42"))
+    later = await post(db, with_citizen(case_body("C-2"), zalo_user_id="zl-42", phone="0911111111"))
+    assert later.case.citizen_id == first.case.citizen_id
+    assert await contacts(db) == [(first.case.citizen_id, "zalo", "zl-42", "intake")]
+
+
+async def test_a_chat_id_finds_the_citizen_known_by_phone(db: SessionFactory) -> None:
+    first = await post(db, with_citizen(case_body("C-1"), phone="0912345678"))
+    second = await post(
+        db, with_citizen(case_body("C-2"), phone="0912 345 678", telegram_chat_id=5551)
+    )
+    third = await post(db, with_citizen(case_body("C-3"), telegram_chat_id=5551))
+    assert first.case.citizen_id == second.case.citizen_id == third.case.citizen_id
+
+
+async def test_a_case_without_citizen_details_gets_its_own_citizen(db: SessionFactory) -> None:
+    body = case_body("C-1")
+    del body["citizen"]
+    first = await post(db, body)
+    second = await post(db, {**body, "case_code": "C-2"})
+    assert first.case.citizen_id is not None
+    assert second.case.citizen_id != first.case.citizen_id
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["+84 912 345 678", "84912345678", "0912.345.678", "(091) 234-5678", " 0912345678 "],
+)
+def test_phones_are_stored_in_one_form(raw: str) -> None:
+    assert normalize_phone(raw) == "0912345678"
+    body = with_citizen(case_body(), phone=raw)
+    assert parse_case(body).citizen.phone == "0912345678"
+
+
+@pytest.mark.parametrize("raw", ["12345", "+1 202 555 0100", "0912abc678", "091234567890"])
+def test_a_phone_that_is_not_vietnamese_is_refused(raw: str) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        parse_case(with_citizen(case_body(), phone=raw))
+    assert set(raised.value.fields) == {"citizen.phone"}
+
+
+# --- transitions -----------------------------------------------------------------------------
+
+
+def test_the_transition_table_is_the_contracts() -> None:
+    final = {CaseStatus.RESOLVED, CaseStatus.REJECTED, CaseStatus.WITHDRAWN}
+    assert TRANSITIONS[CaseStatus.RECEIVED] == set(CaseStatus)
+    assert TRANSITIONS[CaseStatus.DELAYED] == set(CaseStatus) - {CaseStatus.RECEIVED}
+    for status in final:
+        assert TRANSITIONS[status] == {status}
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [
+        (resolved_body("X"), case_body("X")),
+        (case_body("X", status="withdrawn"), resolved_body("X")),
+        (case_body("X", status="rejected"), delayed_body("X")),
+        (delayed_body("X"), case_body("X")),
+    ],
+    ids=["resolved-received", "withdrawn-resolved", "rejected-delayed", "delayed-received"],
+)
+async def test_impossible_transitions_raise_conflict(
+    db: SessionFactory, first: dict[str, Any], then: dict[str, Any]
+) -> None:
+    await post(db, first)
+    with pytest.raises(Conflict):
+        await post(db, then)
+    async with db() as session:
+        status = (await session.execute(select(Case.status))).scalar_one()
+    assert status == first["status"]
+
+
+async def test_a_replay_is_reported_unchanged(db: SessionFactory) -> None:
+    created = await post(db, case_body("X"))
+    replay = await post(db, case_body("X"))
+    update = await post(db, delayed_body("X"))
+    assert (created.created, created.changed) == (True, True)
+    assert (replay.created, replay.changed) == (False, False)
+    assert (update.created, update.changed) == (False, True)
+
+
+# --- surveys ---------------------------------------------------------------------------------
+
+
+async def test_a_resolution_at_2230_is_invited_at_0700_next_morning(db: SessionFactory) -> None:
+    tuesday_2230_local = datetime(2026, 11, 24, 15, 30, tzinfo=UTC)
+    result = await post(
+        db, resolved_body("S-1", "2026-11-24T22:30:00+07:00"), now=tuesday_2230_local
+    )
+
+    survey = await survey_of(db, result.case)
+    assert survey is not None
+    assert survey.status == SurveyStatus.SCHEDULED
+    assert survey.due_at == datetime(2026, 11, 25, 0, 0, tzinfo=UTC)  # 07:00 local
+    assert survey.expires_at == survey.due_at + POLICY.expires_after
+
+
+async def test_the_delay_is_added_before_quiet_hours_apply(db: SessionFactory) -> None:
+    policy = SurveyPolicy(delay=timedelta(hours=12))
+    # 08:00 local + 12h = 20:00 local: outside quiet hours, kept.
+    result = await post(db, resolved_body("S-1"), policy=policy)
+    survey = await survey_of(db, result.case)
+    assert survey is not None
+    assert survey.due_at == MONDAY_0800_LOCAL + timedelta(hours=12)
+    # 12:00 local + 12h = 00:00 local: moved to 07:00.
+    noon = MONDAY_0800_LOCAL + timedelta(hours=4)
+    result = await post(db, resolved_body("S-2"), now=noon, policy=policy)
+    survey = await survey_of(db, result.case)
+    assert survey is not None
+    assert survey.due_at == datetime(2026, 11, 24, 0, 0, tzinfo=UTC)
+
+
+async def test_without_quiet_hours_the_survey_is_due_at_once(db: SessionFactory) -> None:
+    policy = SurveyPolicy(quiet_hours=None)
+    late = datetime(2026, 11, 24, 16, 0, tzinfo=UTC)  # 23:00 local
+    result = await post(db, resolved_body("S-1", "2026-11-24T22:30:00+07:00"), late, policy)
+    survey = await survey_of(db, result.case)
+    assert survey is not None
+    assert survey.due_at == late
+
+
+def test_quiet_hours_that_do_not_wrap_midnight() -> None:
+    lunch = QuietHours(time(12, 0), time(13, 30))
+    policy = SurveyPolicy(quiet_hours=lunch)
+    at_1215_local = datetime(2026, 11, 23, 5, 15, tzinfo=UTC)
+    assert policy.sendable_at(at_1215_local) == datetime(2026, 11, 23, 6, 30, tzinfo=UTC)
+    assert policy.sendable_at(MONDAY_0800_LOCAL) == MONDAY_0800_LOCAL
+
+
+async def test_a_rejection_is_surveyed_and_a_withdrawal_is_not(db: SessionFactory) -> None:
+    rejected = await post(db, case_body("S-1", status="rejected"))
+    withdrawn = await post(db, case_body("S-2", status="withdrawn"))
+    survey = await survey_of(db, rejected.case)
+    assert survey is not None
+    assert survey.status == SurveyStatus.SCHEDULED
+    assert rejected.case.resolved_at == MONDAY_0800_LOCAL  # the decision's time, if not given
+    assert await survey_of(db, withdrawn.case) is None
+
+
+async def test_an_opted_out_citizen_is_not_invited(db: SessionFactory) -> None:
+    first = await post(db, with_citizen(case_body("S-1"), phone="0912345678"))
+    async with db.begin() as session:
+        citizen = await session.get(Citizen, first.case.citizen_id)
+        assert citizen is not None
+        citizen.opted_out_at = MONDAY_0800_LOCAL
+
+    result = await post(db, with_citizen(resolved_body("S-2"), phone="0912345678"))
+
+    assert result.case.citizen_id == first.case.citizen_id
+    survey = await survey_of(db, result.case)
+    assert survey is not None
+    assert survey.status == SurveyStatus.OPTED_OUT
+
+
+async def test_one_survey_per_case_however_often_it_is_resolved(db: SessionFactory) -> None:
+    result = await post(db, resolved_body("S-1"))
+    first = await survey_of(db, result.case)
+    await post(db, resolved_body("S-1", "2026-11-23T09:00:00+07:00"))
+    async with db() as session:
+        surveys = (await session.execute(select(Survey))).scalars().all()
+    assert first is not None
+    assert [s.id for s in surveys] == [first.id]
