@@ -168,8 +168,10 @@ class _Claim:
 class Dispatcher:
     """Sends the outbox: claims due rows, paces them, settles each send.
 
-    `global_rate` is per channel (one bot's limit); `per_chat_rate` spaces two sends to one
-    address by `1 / per_chat_rate` seconds. Pacing uses the monotonic clock; everything about
+    `global_rate` is per channel (one bot's limit), with a small burst; `per_chat_rate`
+    spaces two sends to one address by `1 / per_chat_rate` seconds, counted from the moment
+    the platform answered the first (so the platform never sees them closer, whatever the
+    network does). Pacing uses the monotonic clock; everything about
     when a row is due (not_before, backoff, leases) uses the injected `clock`.
     """
 
@@ -228,10 +230,9 @@ class Dispatcher:
         self._next_at: dict[tuple[str, str], float] = {}
         self._paused_until: dict[str, float] = {}
         self._rate_limited: dict[str, deque[tuple[float, str]]] = {}
-        # wake() bookkeeping: a claim taken before a wake may have missed the woken rows.
-        self._wake_seq = 0
-        self._claim_seq: dict[tuple[str, str], int] = {}
-        self._capped: set[tuple[str, str]] = set()
+        # Addresses we hold whose further rows a claim had to leave (our own claim blocked
+        # them, or the per-address cap): claim again as soon as we let go of the address.
+        self._more_behind: set[tuple[str, str]] = set()
         self._claim_needed = True
         self._last_claim = float("-inf")
         self._more_due = False
@@ -242,7 +243,6 @@ class Dispatcher:
 
     def wake(self) -> None:
         """Call after committing a transaction that enqueued messages: claim them now."""
-        self._wake_seq += 1
         self._claim_needed = True
         self._signal.set()
 
@@ -325,9 +325,9 @@ class Dispatcher:
     async def _claim(self) -> None:
         room = self._batch_size - len(self._held) - len(self._inflight)
         limit = max(room, min(self._URGENT_CLAIM, self._batch_size))
-        seq = self._wake_seq
         self._claim_needed = False
         self._last_claim = time.monotonic()
+        waiting_behind: set[tuple[str, str]] = set()
         async with self._sessions.begin() as session:
             rows = await repository.claim_due(
                 session,
@@ -336,17 +336,22 @@ class Dispatcher:
                 self._lease,
                 channels=list(self._senders),
                 per_address=self._per_address,
+                waiting_behind=waiting_behind,
             )
             claims = [_Claim.of(row) for row in rows]
-        self._more_due = len(claims) >= limit
+        # Whatever came back, there may be more: the next refill finds out (cheaply).
+        self._more_due = bool(claims)
+        ours = {claim.key for claim in self._held.values()} | self._busy
+        self._more_behind.update(waiting_behind & ours)
         per_key: dict[tuple[str, str], int] = {}
         for claim in claims:
             if claim.id in self._held or claim.id in self._inflight:
                 continue
             self._held[claim.id] = claim
-            self._claim_seq[claim.key] = seq
             per_key[claim.key] = per_key.get(claim.key, 0) + 1
-        self._capped.update(key for key, count in per_key.items() if count >= self._per_address)
+        self._more_behind.update(
+            key for key, count in per_key.items() if count >= self._per_address
+        )
 
     async def _dispatch(self) -> list[asyncio.Task[bool]]:
         """Starts a send for every held row the limits allow now, most urgent first."""
@@ -376,7 +381,6 @@ class Dispatcher:
                 continue
             del self._held[claim.id]
             self._busy.add(key)
-            self._next_at[key] = mono + self._spacing
             task = asyncio.create_task(self._deliver(claim), name=f"outbox-{claim.id}")
             self._inflight[claim.id] = task
             started.append(task)
@@ -411,9 +415,7 @@ class Dispatcher:
         claims = [claim for claim in self._held.values() if claim.key in keys]
         for claim in claims:
             del self._held[claim.id]
-        for key in keys:
-            self._claim_seq.pop(key, None)
-            self._capped.discard(key)
+        self._more_behind -= keys
         try:
             async with self._sessions.begin() as session:
                 await repository.release_claims(session, [claim.id for claim in claims])
@@ -481,6 +483,9 @@ class Dispatcher:
             )
             return False
         finally:
+            # Spacing counts from the platform's answer, not from our request: the network may
+            # deliver two requests closer together than we sent them, the answer bounds both.
+            self._next_at[claim.key] = time.monotonic() + self._spacing
             self._busy.discard(claim.key)
             self._inflight.pop(claim.id, None)
             self._after(claim.key)
@@ -488,14 +493,10 @@ class Dispatcher:
 
     def _after(self, key: tuple[str, str]) -> None:
         """Asks for a claim when rows of this address may have been left behind."""
-        if any(claim.key == key for claim in self._held.values()):
+        if key not in self._more_behind or any(c.key == key for c in self._held.values()):
             return
-        seq = self._claim_seq.pop(key, None)
-        if key in self._capped:
-            self._capped.discard(key)
-            self._claim_needed = True
-        elif seq is not None and seq < self._wake_seq:
-            self._claim_needed = True
+        self._more_behind.discard(key)
+        self._claim_needed = True
 
     def _drop_held(self, key: tuple[str, str]) -> list[int]:
         """Forgets the held rows of an address whose head goes back to wait: they must not
@@ -521,20 +522,12 @@ class Dispatcher:
 
     async def _rate_limited_by_platform(self, claim: _Claim, error: RetryAfter) -> None:
         """A 429 delays this address only, and is no fault of the message (no attempt used)."""
-        async with self._sessions.begin() as session:
-            await repository.mark_retry(
-                session,
-                claim.id,
-                not_before=self._clock.now() + timedelta(seconds=error.seconds),
-                error=_describe(error),
-                count_attempt=False,
-            )
-            await repository.release_claims(session, self._drop_held(claim.key))
         RETRIES.labels(claim.channel, "rate_limited").inc()
         logger.info(
             "outbox %s to %s: rate limited for %.1fs", claim.id, claim.masked, error.seconds
         )
         # Several chats told to wait within a moment: the limit is the bot's, not the chat's.
+        # Checked before the database write, so that the pause starts as early as it can.
         mono = time.monotonic()
         recent = self._rate_limited.setdefault(claim.channel, deque())
         recent.append((mono, claim.address))
@@ -550,6 +543,15 @@ class Dispatcher:
                     claim.channel,
                     error.seconds,
                 )
+        async with self._sessions.begin() as session:
+            await repository.mark_retry(
+                session,
+                claim.id,
+                not_before=self._clock.now() + timedelta(seconds=error.seconds),
+                error=_describe(error),
+                count_attempt=False,
+            )
+            await repository.release_claims(session, self._drop_held(claim.key))
 
     async def _unreachable(self, claim: _Claim, error: Unreachable) -> None:
         now = self._clock.now()

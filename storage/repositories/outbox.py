@@ -11,7 +11,7 @@ from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
@@ -84,83 +84,102 @@ async def claim_due(
     *,
     channels: Collection[str] | None = None,
     per_address: int | None = None,
+    waiting_behind: set[tuple[str, str]] | None = None,
 ) -> list[OutboxMessage]:
     """Claims up to `limit` due messages for `lease`, most urgent first (priority, then id).
 
     Each address is a queue in (priority, id) order, and only a prefix of it can be claimed:
-    a row is claimable when every row ahead of it in its address's queue is due and unclaimed,
-    and no row of that address carries a live claim (so one claimant owns an address at a time
-    and nothing overtakes a message waiting for its retry). Rows scheduled for later that
-    were never tried do not block the queue; a row that failed and waits for its retry does.
-    At most `per_address` rows per address are taken, so a long queue for one chat cannot
-    outlive its lease in memory.
+    nothing of an address is claimable while any of its rows carries a live claim (one
+    claimant owns an address at a time), and a row that failed and waits for its retry blocks
+    the rows behind it (nothing overtakes it). Rows scheduled for later that were never tried
+    do not block. At most `per_address` rows per address are taken, so a long queue for one
+    chat cannot outlive its lease in memory. `waiting_behind`, when given, receives the
+    addresses whose due rows were left because of a live claim: their claimant should come
+    back for them once it has sent what it holds.
 
-    On PostgreSQL the rows are locked with `FOR UPDATE SKIP LOCKED`, so several processes
-    share the outbox; a process that skipped the head of an address's queue (another one is
-    claiming it right now) drops the whole address. SQLite has one writer and, per DESIGN.md,
-    one process; the conditional update still refuses rows someone claimed meanwhile.
+    Cost: one ordered read of the due rows (LIMIT `limit`), one read of the candidate
+    addresses' queues, and one UPDATE; not a sort of the whole backlog, which matters because
+    on SQLite every transaction holds the write lock.
+
+    On PostgreSQL the chosen rows are locked with `FOR UPDATE SKIP LOCKED` and the UPDATE
+    re-checks that each row is still free, so several processes share the outbox; a process
+    that loses the head of an address's queue to another gives back what it took behind it.
     """
     if limit <= 0:
         return []
-    live_claim = and_(OutboxMessage.claimed_until.is_not(None), OutboxMessage.claimed_until > now)
-    waiting = or_(OutboxMessage.not_before > now, live_claim)
-    partition = (OutboxMessage.channel, OutboxMessage.address)
-    in_queue = [
-        OutboxMessage.status == OutboxStatus.PENDING,
-        or_(OutboxMessage.not_before <= now, OutboxMessage.last_error.is_not(None)),
-    ]
+    free = or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until <= now)
+    pending = [OutboxMessage.status == OutboxStatus.PENDING]
     if channels is not None:
-        in_queue.append(OutboxMessage.channel.in_(list(channels)))
-    queue = (
-        select(
-            OutboxMessage.id.label("id"),
-            func.row_number()
-            .over(partition_by=partition, order_by=(OutboxMessage.priority, OutboxMessage.id))
-            .label("position"),
-            # Running count of rows at or ahead of this one that are not ready to go.
-            func.sum(case((waiting, 1), else_=0))
-            .over(partition_by=partition, order_by=(OutboxMessage.priority, OutboxMessage.id))
-            .label("blocked"),
-            func.max(case((live_claim, 1), else_=0)).over(partition_by=partition).label("held"),
-        )
-        .where(*in_queue)
-        .subquery()
-    )
-    conditions = [queue.c.blocked == 0, queue.c.held == 0]
-    if per_address is not None:
-        conditions.append(queue.c.position <= per_address)
-    statement = (
-        select(OutboxMessage, queue.c.position)
-        .join(queue, queue.c.id == OutboxMessage.id)
-        .where(*conditions)
+        pending.append(OutboxMessage.channel.in_(list(channels)))
+
+    # 1. The most urgent due and free rows name the candidate addresses.
+    heads = await session.execute(
+        select(OutboxMessage.channel, OutboxMessage.address)
+        .where(*pending, OutboxMessage.not_before <= now, free)
         .order_by(OutboxMessage.priority, OutboxMessage.id)
         .limit(limit)
     )
-    if session.get_bind().dialect.name == "postgresql":
-        statement = statement.with_for_update(skip_locked=True, of=OutboxMessage)
-    rows = (await session.execute(statement)).all()
-
-    # Keep, per address, the rows that continue the queue from its head without a gap: a gap
-    # means another process locked the row in front, and that process owns the address.
-    expected: dict[tuple[str, str], int] = {}
-    candidates: list[OutboxMessage] = []
-    for message, position in sorted(rows, key=lambda row: row[1]):
-        key = (message.channel, message.address)
-        if position == expected.get(key, 1):
-            expected[key] = position + 1
-            candidates.append(message)
+    candidates = list(dict.fromkeys((channel, address) for channel, address in heads))
     if not candidates:
         return []
 
+    # 2. Their whole queues (due rows, and tried rows waiting for a retry), to see who may go.
+    queue_rows = await session.execute(
+        select(
+            OutboxMessage.id,
+            OutboxMessage.channel,
+            OutboxMessage.address,
+            OutboxMessage.priority,
+            OutboxMessage.not_before,
+            OutboxMessage.claimed_until,
+        ).where(
+            *pending,
+            OutboxMessage.address.in_({address for _, address in candidates}),
+            or_(OutboxMessage.not_before <= now, OutboxMessage.last_error.is_not(None)),
+        )
+    )
+    queues: dict[tuple[str, str], list[tuple[int, int, datetime, datetime | None]]] = {}
+    for row_id, channel, address, priority, not_before, claimed_until in queue_rows:
+        queues.setdefault((channel, address), []).append(
+            (priority, row_id, not_before, claimed_until)
+        )
+    chosen: list[tuple[int, int]] = []
+    order: dict[tuple[str, str], list[int]] = {}
+    for key in candidates:
+        queue = sorted(queues.get(key, []))
+        if any(claimed is not None and claimed > now for _, _, _, claimed in queue):
+            if waiting_behind is not None:
+                waiting_behind.add(key)
+            continue
+        order[key] = [row_id for _, row_id, _, _ in queue]
+        for taken, (priority, row_id, not_before, _) in enumerate(queue):
+            if not_before > now or (per_address is not None and taken >= per_address):
+                break
+            chosen.append((priority, row_id))
+    chosen_ids = [row_id for _, row_id in sorted(chosen)[:limit]]
+    if not chosen_ids:
+        return []
+
+    # 3. Lock and claim; then keep, per address, only an unbroken prefix of its queue.
+    if session.get_bind().dialect.name == "postgresql":
+        chosen_ids = list(
+            (
+                await session.scalars(
+                    select(OutboxMessage.id)
+                    .where(OutboxMessage.id.in_(chosen_ids))
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+        )
     until = now + lease
-    claimed_ids = set(
+    claimed = set(
         (
             await session.scalars(
                 update(OutboxMessage)
                 .where(
-                    OutboxMessage.id.in_([message.id for message in candidates]),
+                    OutboxMessage.id.in_(chosen_ids),
                     OutboxMessage.status == OutboxStatus.PENDING,
-                    or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until <= now),
+                    free,
                 )
                 .values(claimed_until=until)
                 .returning(OutboxMessage.id)
@@ -168,11 +187,29 @@ async def claim_due(
             )
         ).all()
     )
-    claimed = [message for message in candidates if message.id in claimed_ids]
-    for message in claimed:
+    kept: list[int] = []
+    given_back: list[int] = []
+    for ids in order.values():
+        unbroken = True
+        for row_id in ids:
+            unbroken = unbroken and row_id in claimed
+            if row_id in claimed:
+                (kept if unbroken else given_back).append(row_id)
+    if given_back:
+        await release_claims(session, given_back)
+    if not kept:
+        return []
+    messages = (
+        await session.scalars(
+            select(OutboxMessage)
+            .where(OutboxMessage.id.in_(kept))
+            .order_by(OutboxMessage.priority, OutboxMessage.id)
+        )
+    ).all()
+    for message in messages:
+        # The identity map may hold the row from before the UPDATE.
         set_committed_value(message, "claimed_until", until)
-    claimed.sort(key=lambda message: (message.priority, message.id))
-    return claimed
+    return list(messages)
 
 
 async def mark_sent(
