@@ -24,7 +24,7 @@ from bot.app import Services
 from handlers.case_view import case_view, case_view_by_code
 from handlers.errors import Conflict, DomainError, InvalidInput, NotFound
 from handlers.intake import case_posted
-from handlers.intake_schema import parse_case
+from handlers.intake_schema import parse_case, storable_text
 from storage.db import ping
 from storage.repositories import cases as case_repo
 
@@ -138,7 +138,13 @@ async def post_case(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     body = parse_case(await _json_body(request))
     async with services.sessions.begin() as session:
-        result = await case_posted(session, body, services.clock.now(), services.policy)
+        result = await case_posted(
+            session,
+            body,
+            services.clock.now(),
+            services.policy,
+            channels=services.invitation_channels,
+        )
         view = await case_view(session, result.case, services.links)
     services.wake_dispatcher()
     outcome = "created" if result.created else "updated" if result.changed else "replayed"
@@ -165,7 +171,13 @@ async def post_cases_batch(request: web.Request) -> web.Response:
             try:
                 body = parse_case(item)
                 async with session.begin_nested():
-                    result = await case_posted(session, body, services.clock.now(), services.policy)
+                    result = await case_posted(
+                        session,
+                        body,
+                        services.clock.now(),
+                        services.policy,
+                        channels=services.invitation_channels,
+                    )
                     view = await case_view(session, result.case, services.links)
             except DomainError as exc:
                 error = json.loads(domain_error_response(exc).text or "{}")
@@ -185,10 +197,18 @@ def _status_of(exc: DomainError) -> int:
     return next((code for kind, code in _STATUS_FOR.items() if isinstance(exc, kind)), 400)
 
 
+def _case_code(request: web.Request) -> str:
+    """The path's case code; one intake could never have stored is simply not found."""
+    code = request.match_info["case_code"]
+    if not storable_text(code):
+        raise NotFound(f"no case {code!r}")
+    return code
+
+
 async def get_case(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     async with services.sessions() as session:
-        view = await case_view_by_code(session, request.match_info["case_code"], services.links)
+        view = await case_view_by_code(session, _case_code(request), services.links)
     return web.json_response(view)
 
 
@@ -198,7 +218,7 @@ PRIMARY_LINK_ORDER = ("telegram", "zalo", "web")
 async def get_case_qr(request: web.Request) -> web.Response:
     """A QR code of the citizen's primary link, to print on the receipt."""
     services = request.app[SERVICES]
-    code = request.match_info["case_code"]
+    code = _case_code(request)
     async with services.sessions() as session:
         case = await case_repo.get_case(session, code)
         if case is None:

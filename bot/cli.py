@@ -87,7 +87,14 @@ async def cmd_cases_import(settings: Settings, args: argparse.Namespace) -> int:
         for chunk in _chunks(itertools.chain([first] if first else [], rows)):
             async with services.sessions.begin() as session:
                 for row in chunk:
-                    await row_imported(session, row, services.clock.now(), services.policy, report)
+                    await row_imported(
+                        session,
+                        row,
+                        services.clock.now(),
+                        services.policy,
+                        report,
+                        channels=services.invitation_channels,
+                    )
             services.wake_dispatcher()
     finally:
         await services.engine.dispose()

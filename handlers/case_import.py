@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
@@ -227,6 +227,8 @@ async def row_imported(
     now: datetime,
     policy: SurveyPolicy,
     report: ImportReport,
+    *,
+    channels: Sequence[str] = (),
 ) -> None:
     """Takes one row in, in its own savepoint: a rejected row leaves no trace behind."""
     try:
@@ -234,7 +236,7 @@ async def row_imported(
             raise InvalidInput({"row": str(row.values["__shape__"])})
         body = parse_case(row_to_body(row.values, policy.timezone))
         async with session.begin_nested():
-            result = await case_posted(session, body, now, policy)
+            result = await case_posted(session, body, now, policy, channels=channels)
     except InvalidInput as exc:
         report.rejected.append(Rejection(row.line, _by_column(exc.fields)))
         return

@@ -5,12 +5,13 @@ check the status change, and start what the new status calls for (a survey, an a
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from handlers import surveys
+from handlers import apologies, courtesy, surveys
 from handlers.errors import Conflict, InvalidInput
 from handlers.intake_schema import CaseIn
 from handlers.policy import SurveyPolicy
@@ -45,9 +46,18 @@ def new_token() -> str:
 
 
 async def case_posted(
-    session: AsyncSession, body: CaseIn, now: datetime, policy: SurveyPolicy
+    session: AsyncSession,
+    body: CaseIn,
+    now: datetime,
+    policy: SurveyPolicy,
+    *,
+    channels: Sequence[str] = (),
 ) -> IntakeResult:
-    """Creates or updates one case; the same body twice changes nothing and sends nothing."""
+    """Creates or updates one case; the same body twice changes nothing and sends nothing.
+
+    `channels`: the chat channels that can reach citizens, best first (for apologies and
+    courtesy messages, which go out at once).
+    """
     unit = await case_repo.unit_by_code(session, body.unit_code)
     if unit is None:
         raise InvalidInput(
@@ -74,6 +84,7 @@ async def case_posted(
     )
     citizen = await _citizen_for(session, body, case, policy)
 
+    promised_before = apologies.promised_date(case) if case is not None else None
     created = case is None
     if case is None:
         case = Case(case_code=body.case_code)
@@ -98,8 +109,13 @@ async def case_posted(
     if created or old_status != body.status:
         case_repo.add_event(session, case, body.status.value, {"from": old_status})
 
+    if body.status == CaseStatus.DELAYED and case.delay_new_due_at != promised_before:
+        old_due_at = promised_before or case.due_at
+        await apologies.case_delayed(session, case, old_due_at, now, policy, channels)
     if body.status in SURVEYED and old_status not in SURVEYED:
         await surveys.case_resolved(session, case, citizen, now, policy)
+        if body.status == CaseStatus.RESOLVED:
+            await courtesy.case_resolved(session, case, now, policy, channels)
     await session.flush()
     refreshed = await case_repo.get_case_by_id(session, case.id)
     assert refreshed is not None
