@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.errors import NotFound
-from storage.models import Answer, Case, Escalation, Survey, SurveyStatus
+from storage.models import Answer, Case, Escalation, EscalationEvent, Survey, SurveyStatus
 from storage.repositories import cases as case_repo
 
 # Given the case's link token, the links every configured channel offers (telegram, zalo, web).
@@ -42,7 +42,14 @@ def survey_view(survey: Survey | None, answers: Sequence[Answer]) -> dict[str, A
     }
 
 
-def escalation_view(escalation: Escalation, unit_code: str) -> dict[str, Any]:
+def event_view(event: EscalationEvent, unit_code: str | None) -> dict[str, Any]:
+    # Who acted is a chat address, personal data: the view says which level, not which chat.
+    return {"kind": event.kind, "level": event.level, "unit_code": unit_code, "at": _iso(event.at)}
+
+
+def escalation_view(
+    escalation: Escalation, unit_code: str, events: Sequence[dict[str, Any]] = ()
+) -> dict[str, Any]:
     return {
         "id": escalation.id,
         "status": escalation.status,
@@ -53,6 +60,7 @@ def escalation_view(escalation: Escalation, unit_code: str) -> dict[str, Any]:
         "opened_at": _iso(escalation.opened_at),
         "acknowledged_at": _iso(escalation.acknowledged_at),
         "resolved_at": _iso(escalation.resolved_at),
+        "events": list(events),
     }
 
 
@@ -61,13 +69,16 @@ async def case_view(session: AsyncSession, case: Case, links: LinkBuilder) -> di
     survey = await case_repo.survey_for_case(session, case.id)
     answers = await case_repo.answers_of(session, survey.id) if survey else []
     escalations = await case_repo.escalations_of(session, case.id)
+    events: dict[int, list[dict[str, Any]]] = {}
+    for event, code in await case_repo.escalation_events_of(session, case.id):
+        events.setdefault(event.escalation_id, []).append(event_view(event, code))
     return {
         "case_code": case.case_code,
         "unit_code": case.unit.code,
         "status": case.status,
         "links": dict(links(token.token)) if token else {},
         "survey": survey_view(survey, answers),
-        "escalations": [escalation_view(e, code) for e, code in escalations],
+        "escalations": [escalation_view(e, code, events.get(e.id, [])) for e, code in escalations],
     }
 
 

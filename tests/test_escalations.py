@@ -320,3 +320,23 @@ async def test_a_head_joins_by_invite_link(rig: Rig) -> None:
     await survey(rig, ["1", "4", "4", "4", "4", "Không"], unit_code="HN-TT")
     await rig.api.wait_for_message(7770001, is_card)
     assert (await escalations(rig))[0]["unit_code"] == "HN-TT"
+
+
+async def test_the_case_view_shows_the_audit_trail(make_rig: RigFactory) -> None:
+    rig = await make_rig(working_calendar="always", escalation_ack_sla="8h")
+    await survey(rig, ["1", "4", "4", "4", "4", "Không"])
+    await rig.api.wait_for_message(DISTRICT_HEAD, is_card)
+    rig.clock.advance(timedelta(hours=8))
+    await escalation_sweep(rig.services)
+    await rig.api.wait_for_message(CITY_HEAD, is_card)
+    await rig.answer(CITY_HEAD, "Tiếp nhận")
+    [item] = await escalations(rig)
+    trail = [(e["kind"], e["level"], e["unit_code"]) for e in item["events"]]
+    assert trail == [
+        ("opened", 1, "HN-LB"),
+        ("sent", 1, "HN-LB"),
+        ("climbed", 1, "HN-LB"),
+        ("sent", 2, "HN"),
+        ("acknowledged", 2, "HN"),
+    ]
+    assert all(set(e) == {"kind", "level", "unit_code", "at"} for e in item["events"])

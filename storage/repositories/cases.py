@@ -13,6 +13,7 @@ from storage.models import (
     Case,
     CaseEvent,
     Escalation,
+    EscalationEvent,
     LinkToken,
     Officer,
     Procedure,
@@ -134,3 +135,17 @@ async def case_ids_of_citizen(session: AsyncSession, citizen_id: int) -> list[in
 async def detach_citizen(session: AsyncSession, citizen_id: int) -> None:
     """The citizen's cases stay (for statistics) but no longer point at a person."""
     await session.execute(update(Case).where(Case.citizen_id == citizen_id).values(citizen_id=None))
+
+
+async def escalation_events_of(
+    session: AsyncSession, case_id: int
+) -> Sequence[tuple[EscalationEvent, str | None]]:
+    """Every escalation event of the case, oldest first, with the code of the unit concerned."""
+    query = (
+        select(EscalationEvent, Unit.code)
+        .join(Escalation, Escalation.id == EscalationEvent.escalation_id)
+        .outerjoin(Unit, Unit.id == EscalationEvent.unit_id)
+        .where(Escalation.case_id == case_id)
+        .order_by(EscalationEvent.id)
+    )
+    return [(row[0], row[1]) for row in (await session.execute(query)).all()]
