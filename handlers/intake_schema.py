@@ -54,8 +54,27 @@ def normalize_phone(raw: str) -> str:
     return digits
 
 
+def storable_text(text: str) -> bool:
+    """False for text no database keeps as given: a NUL character (PostgreSQL refuses it) or
+    a lone surrogate (not Unicode; it cannot be encoded as UTF-8)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    @field_validator("*")
+    @classmethod
+    def _storable(cls, value: object) -> object:
+        if isinstance(value, str) and not storable_text(value):
+            raise ValueError("contains a NUL character or a lone surrogate")
+        return value
 
 
 class ProcedureIn(_Strict):
