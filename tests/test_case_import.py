@@ -13,7 +13,7 @@ from sqlalchemy import select
 from handlers.case_import import COLUMNS, decode, read_rows, row_to_body
 from handlers.errors import InvalidInput
 from storage.models import Case, Citizen
-from tests.cli_support import run_main
+from tests.cli_support import REPO, run_main
 from tests.conftest import engine_for
 
 HEADER = ",".join(COLUMNS)
@@ -183,3 +183,13 @@ def test_text_that_is_not_utf8_is_refused_with_advice() -> None:
 def test_an_empty_file_is_refused() -> None:
     with pytest.raises(InvalidInput):
         list(read_rows(""))
+
+
+async def test_the_documented_examples_load_and_import_cleanly(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    examples = REPO / "docs" / "examples"
+    monkeypatch.setenv("SIPAS_DATABASE_URL", database_url)
+    assert await run_main(["units", "load", str(examples / "units.yaml")]) == 0
+    assert await run_main(["cases", "import", str(examples / "cases.csv")]) == 0
+    assert "4 created, 0 updated, 0 unchanged, 0 rejected" in capsys.readouterr().out
