@@ -81,4 +81,4 @@ async def counts(
     )
     if unit_ids is not None:
         query = query.where(Apology.unit_id.in_(list(unit_ids)))
-    return {kind: count for kind, count in (await session.execute(query)).tuples()}
+    return {kind: count for kind, count in (await session.execute(query)).all()}
