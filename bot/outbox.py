@@ -11,8 +11,19 @@ immediate.
 Delivery is at least once, and exactly once in every case but one: the platform accepted a
 message and the process died (or the database failed) before the row was marked sent. The row
 keeps its claim, and once the lease expires (60 s by default) it is claimed and sent again.
-That window lasts one send plus one short UPDATE. Everything settled as sent is never sent
-again, and everything unsent survives a restart.
+That window lasts one send plus one short UPDATE (or a send cut off by the shutdown grace).
+Everything settled as sent is never sent again, and everything unsent survives a restart.
+
+The payload of an outbox row is the contract between the handlers and the senders:
+
+    {"text": str,                                   # required
+     "buttons": [[{"label": str, "data": str}, ...], ...],   # optional: rows of buttons
+     "clear_buttons_of": int,   # optional: an outbox row id; its message loses its keyboard
+     "edit": true}              # optional, with clear_buttons_of: edit that message instead
+
+The dispatcher turns `clear_buttons_of` into the platform id that row's message got (passed
+to `Sender.send`), or None when that row was not sent (to the same address): the keyboard is
+then skipped quietly, and an `edit` becomes a new message.
 """
 
 from __future__ import annotations
@@ -106,6 +117,12 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"[:300] if text else type(error).__name__
 
 
+def _log_crash(task: asyncio.Task[bool]) -> None:
+    # _deliver handles every failure it expects; anything else is a bug worth a traceback.
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("outbox send task %s crashed", task.get_name(), exc_info=task.exception())
+
+
 class _TokenBucket:
     """`rate` tokens a second, at most `burst` saved up; one token is one send."""
 
@@ -171,11 +188,12 @@ class Dispatcher:
     `global_rate` is per channel (one bot's limit), with a small burst; `per_chat_rate`
     spaces two sends to one address by `1 / per_chat_rate` seconds, counted from the moment
     the platform answered the first (so the platform never sees them closer, whatever the
-    network does). Pacing uses the monotonic clock; everything about
-    when a row is due (not_before, backoff, leases) uses the injected `clock`.
+    network does). Pacing uses the monotonic clock; everything about when a row is due
+    (not_before, backoff, leases) uses the injected `clock`.
     """
 
-    # Rows claimed on a wake() even when the batch is full: a reply must never wait for room.
+    # Rows claimed even when the batch is full, so that the claim after a wake() finds the
+    # reply that caused it: a reply never waits for room among held invitations.
     _URGENT_CLAIM = 20
 
     def __init__(
@@ -205,11 +223,12 @@ class Dispatcher:
         self._sessions = sessions
         self._senders = dict(senders)
         self._clock = clock
-        self._global_rate = global_rate
         # A small burst keeps the average at the limit without bunching sends in one second.
         self._burst = global_burst if global_burst is not None else max(1.0, global_rate / 10)
         self._spacing = 1.0 / per_chat_rate
         self._batch_size = batch_size
+        # Claim more once half the batch is gone: the next claim overlaps the last sends.
+        self._refill_below = max(1, batch_size // 2)
         self._lease = lease
         # Stop sending a held row this long before its lease ends: someone may take it then.
         self._lease_margin = lease / 10
@@ -265,7 +284,14 @@ class Dispatcher:
 
         watcher = asyncio.create_task(relay_stop())
         try:
-            await self._pump(stop.is_set)
+            while not stop.is_set():
+                try:
+                    await self._pump(stop.is_set)
+                except Exception:
+                    # Never let one bad moment end sending for the life of the process.
+                    logger.exception("outbox dispatcher loop failed; resuming shortly")
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), self._idle_interval)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -318,7 +344,7 @@ class Dispatcher:
     def _should_claim(self) -> bool:
         if self._claim_needed:
             return True
-        if len(self._held) + len(self._inflight) >= self._batch_size // 2:
+        if len(self._held) + len(self._inflight) >= self._refill_below:
             return False
         return self._more_due or time.monotonic() - self._last_claim >= self._idle_interval
 
@@ -382,6 +408,7 @@ class Dispatcher:
             del self._held[claim.id]
             self._busy.add(key)
             task = asyncio.create_task(self._deliver(claim), name=f"outbox-{claim.id}")
+            task.add_done_callback(_log_crash)
             self._inflight[claim.id] = task
             started.append(task)
         if expiring:
@@ -393,7 +420,7 @@ class Dispatcher:
         """Seconds until a held row could go out (a completion or wake() comes sooner)."""
         mono = time.monotonic()
         delay = self._idle_interval
-        if self._more_due and len(self._held) + len(self._inflight) < self._batch_size // 2:
+        if self._more_due and len(self._held) + len(self._inflight) < self._refill_below:
             delay = 0.0
         for claim in self._held.values():
             if claim.key in self._busy:

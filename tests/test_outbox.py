@@ -77,6 +77,7 @@ class FakeSender:
     ) -> str | None:
         delivery = Delivery(address, str(payload["text"]), time.monotonic(), clear_buttons_of)
         self.attempts.append(delivery)
+        self.changed.set()
         if self.latency:
             await asyncio.sleep(self.latency)
         if address in self.always:
@@ -89,8 +90,8 @@ class FakeSender:
         return f"m{len(self.deliveries)}"
 
     async def wait_until(self, condition: Callable[[], bool]) -> None:
-        """Waits for deliveries to satisfy `condition`, woken by each delivery (callers put
-        a deadline around it with `asyncio.timeout`)."""
+        """Waits for `condition`, re-checked on each send attempt (callers put a deadline
+        around it with `asyncio.timeout`)."""
         while not condition():
             self.changed.clear()
             await self.changed.wait()
@@ -269,10 +270,13 @@ async def test_reply_overtakes_a_backlog_of_invitations(
         await running
 
     reply = next(d for d in sender.deliveries if d.text == "next question")
-    # One claim (a query over the backlog) plus at most one token's spacing and the burst.
-    assert reply.at - enqueued_at < 0.3
+    # What counts: no invitation claimed after the reply goes before it. Only sends already
+    # started when it was enqueued may arrive first: at most one burst (5 at 50/s).
     overtaken_by = sender.deliveries.index(reply) - invitations_before
-    assert overtaken_by <= 6  # only what the burst had already let through
+    assert overtaken_by <= 5
+    # One claim (a bounded query, not a sort of the backlog) and at most one token's wait;
+    # the bound is loose because CI machines are loaded.
+    assert reply.at - enqueued_at < 0.5
     async with sessions() as session:
         claimed = await session.scalar(
             select(OutboxMessage.id).where(OutboxMessage.claimed_until.is_not(None)).limit(1)
@@ -594,12 +598,12 @@ async def test_wake_sends_a_reply_within_milliseconds(
         await put(sessions, clock, "14001", "answer", priority=Priority.REPLY)
         woken = time.monotonic()
         dispatcher.wake()
-        async with asyncio.timeout(0.5):
+        async with asyncio.timeout(1):
             await sender.wait_until(lambda: bool(sender.deliveries))
     finally:
         stop.set()
         await running
-    assert sender.deliveries[0].at - woken < 0.1
+    assert sender.deliveries[0].at - woken < 0.5  # not the 30 s idle interval
 
 
 async def test_logs_mask_addresses_and_never_show_text(
@@ -627,3 +631,85 @@ def test_rates_must_be_positive() -> None:
     clock = FakeClock(datetime(2026, 11, 23, tzinfo=UTC))
     with pytest.raises(ValueError, match="rates"):
         Dispatcher(None, {}, clock, global_rate=0)  # type: ignore[arg-type]
+
+
+async def test_a_reply_behind_a_send_in_flight_follows_it(
+    sessions: SessionFactory, clock: FakeClock
+) -> None:
+    slow = FakeSender(latency=0.1)
+    await put(sessions, clock, "15001", "question 1", priority=Priority.REPLY)
+    dispatcher = make_dispatcher(sessions, slow, clock, idle_interval=30.0)
+    stop = asyncio.Event()
+    running = asyncio.create_task(dispatcher.run(stop))
+    try:
+        async with asyncio.timeout(1):
+            await slow.wait_until(lambda: bool(slow.attempts))  # the first is in flight
+        await put(sessions, clock, "15001", "question 2", priority=Priority.REPLY)
+        dispatcher.wake()  # this claim cannot take it: the chat is busy
+        async with asyncio.timeout(1):  # far less than the 30 s idle interval
+            await slow.wait_until(lambda: len(slow.deliveries) == 2)
+    finally:
+        stop.set()
+        await running
+    assert slow.texts() == ["question 1", "question 2"]
+
+
+async def test_two_dispatchers_share_the_outbox(sessions: SessionFactory, clock: FakeClock) -> None:
+    """Two processes on one database: every message once, each chat's messages in order."""
+    expected: dict[str, list[str]] = {}
+    for i in range(60):
+        address = str(16_000 + i % 20)
+        text = f"{address}-{i // 20}"
+        expected.setdefault(address, []).append(text)
+        await put(sessions, clock, address, text)
+    progress = asyncio.Event()
+    senders = [FakeSender(latency=0.005, changed=progress) for _ in range(2)]
+    dispatchers = [
+        make_dispatcher(
+            sessions, sender, clock, batch_size=8, per_chat_rate=100.0, idle_interval=0.02
+        )
+        for sender in senders
+    ]
+    stop = asyncio.Event()
+    running = [asyncio.create_task(d.run(stop)) for d in dispatchers]
+    try:
+        async with asyncio.timeout(5):
+            await senders[0].wait_until(lambda: sum(len(s.deliveries) for s in senders) >= 60)
+    finally:
+        stop.set()
+        await asyncio.gather(*running)
+
+    deliveries = sorted((d for s in senders for d in s.deliveries), key=lambda d: d.at)
+    assert len(deliveries) == 60
+    for address, texts in expected.items():
+        assert [d.text for d in deliveries if d.address == address] == texts
+    assert all(s.deliveries for s in senders)  # both took part
+
+
+async def test_keeps_running_when_the_database_is_briefly_away(
+    sessions: SessionFactory,
+    sender: FakeSender,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    real_claim_due = outbox.claim_due
+    failures = [OperationalError("SELECT", {}, Exception("connection refused"))]
+
+    async def flaky_claim_due(*args: Any, **kwargs: Any) -> list[OutboxMessage]:
+        if failures:
+            raise failures.pop()
+        return await real_claim_due(*args, **kwargs)
+
+    monkeypatch.setattr(outbox, "claim_due", flaky_claim_due)
+    await put(sessions, clock, "17001", "still delivered")
+    dispatcher = make_dispatcher(sessions, sender, clock, idle_interval=0.05)
+    stop = asyncio.Event()
+    running = asyncio.create_task(dispatcher.run(stop))
+    try:
+        async with asyncio.timeout(1):
+            await sender.wait_until(lambda: bool(sender.deliveries))
+    finally:
+        stop.set()
+        await running
+    assert "outbox claim failed" in caplog.text
