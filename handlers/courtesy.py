@@ -100,10 +100,16 @@ def _phrases(values: Iterable[str], where: str) -> tuple[tuple[str, ...], ...]:
 
 def parse_rules(raw: object, source: str = "courtesy rules") -> tuple[CourtesyRule, ...]:
     """Rules from parsed YAML (``{"rules": [...]}``); keywords may be written with diacritics."""
+    if not isinstance(raw, dict):
+        raise CourtesyRulesError(f"{source}: the top level must be a mapping with a `rules` list")
     try:
         parsed = _RulesIn.model_validate(raw)
     except ValidationError as exc:
-        raise CourtesyRulesError(f"{source}: {exc}") from exc
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise CourtesyRulesError(f"{source}: {problems}") from None
     rules: list[CourtesyRule] = []
     for index, rule in enumerate(parsed.rules):
         where = f"{source}: rules[{index}] ({rule.template})"
