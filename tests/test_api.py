@@ -6,13 +6,21 @@ import io
 import re
 import unicodedata
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import segno
 from sqlalchemy import select
 
-from storage.models import Case, CaseEvent, Citizen, LinkToken, Procedure, Survey
+from storage.models import (
+    Case,
+    CaseEvent,
+    Citizen,
+    LinkToken,
+    OutboxMessage,
+    Procedure,
+    Survey,
+)
 from tests.api_support import (
     AUTH,
     Api,
@@ -72,6 +80,7 @@ async def test_the_same_body_twice_is_a_200_replay_that_changes_nothing(api: Api
     case_id = await api.scalar(select(Case.id).where(Case.case_code == "R-1"))
     updated_at = await api.scalar(select(Case.updated_at).where(Case.id == case_id))
     events = await api.count(CaseEvent, CaseEvent.case_id == case_id)
+    messages = await api.count(OutboxMessage)
     assert await api.count(Survey, Survey.case_id == case_id) == 1
 
     api.clock.advance(timedelta(hours=1))
@@ -80,6 +89,7 @@ async def test_the_same_body_twice_is_a_200_replay_that_changes_nothing(api: Api
     assert second == first
     assert await api.count(CaseEvent, CaseEvent.case_id == case_id) == events
     assert await api.count(Survey) == 1
+    assert await api.count(OutboxMessage) == messages  # nothing is sent twice
     assert await api.scalar(select(Case.updated_at).where(Case.id == case_id)) == updated_at
 
 
@@ -395,7 +405,7 @@ async def test_a_withdrawn_case_is_not_surveyed(api: Api) -> None:
 
 
 @pytest.mark.parametrize("form", ["NFC", "NFD"])
-async def test_vietnamese_text_is_stored_byte_exact(api: Api, form: str) -> None:
+async def test_vietnamese_text_is_stored_byte_exact(api: Api, form: Literal["NFC", "NFD"]) -> None:
     procedure = unicodedata.normalize(form, "Cấp đổi giấy phép lái xe — hạng A1 «ưu tiên»")
     name = unicodedata.normalize(form, "Nguyễn Thị Ánh Tuyết")
     body = case_body(
