@@ -186,10 +186,9 @@ class Dispatcher:
     """Sends the outbox: claims due rows, paces them, settles each send.
 
     `global_rate` is per channel (one bot's limit), with a small burst; `per_chat_rate`
-    spaces two sends to one address by `1 / per_chat_rate` seconds, counted from the moment
-    the platform answered the first (so the platform never sees them closer, whatever the
-    network does). Pacing uses the monotonic clock; everything about when a row is due
-    (not_before, backoff, leases) uses the injected `clock`.
+    spaces the starts of two sends to one address by `1 / per_chat_rate` seconds, and one
+    send per address is in flight at a time. Pacing uses the monotonic clock; everything
+    about when a row is due (not_before, backoff, leases) uses the injected `clock`.
     """
 
     # Rows claimed even when the batch is full, so that the claim after a wake() finds the
@@ -407,6 +406,10 @@ class Dispatcher:
                 continue
             del self._held[claim.id]
             self._busy.add(key)
+            # Spacing counts between the starts of two sends, as the limit is stated. Counting
+            # from the platform's answer would add a round trip to every gap, and a person
+            # answering once a second would fall further behind with every answer.
+            self._next_at[key] = mono + self._spacing
             task = asyncio.create_task(self._deliver(claim), name=f"outbox-{claim.id}")
             task.add_done_callback(_log_crash)
             self._inflight[claim.id] = task
@@ -510,9 +513,6 @@ class Dispatcher:
             )
             return False
         finally:
-            # Spacing counts from the platform's answer, not from our request: the network may
-            # deliver two requests closer together than we sent them, the answer bounds both.
-            self._next_at[claim.key] = time.monotonic() + self._spacing
             self._busy.discard(claim.key)
             self._inflight.pop(claim.id, None)
             self._after(claim.key)

@@ -86,7 +86,10 @@ async def claim_due(
     per_address: int | None = None,
     waiting_behind: set[tuple[str, str]] | None = None,
 ) -> list[OutboxMessage]:
-    """Claims up to `limit` due messages for `lease`, most urgent first (priority, then id).
+    """Claims up to `limit` due messages for `lease`, most urgent first.
+
+    Returned in (priority, id) order; among equal priorities, the addresses whose messages
+    have been due the longest are taken first.
 
     Each address is a queue in (priority, id) order, and only a prefix of it can be claimed:
     nothing of an address is claimable while any of its rows carries a live claim (one
@@ -97,9 +100,10 @@ async def claim_due(
     addresses whose due rows were left because of a live claim: their claimant should come
     back for them once it has sent what it holds.
 
-    Cost: one ordered read of the due rows (LIMIT `limit`), one read of the candidate
-    addresses' queues, and one UPDATE; not a sort of the whole backlog, which matters because
-    on SQLite every transaction holds the write lock.
+    Cost: an index walk over the first `limit` due rows, a scan of the pending rows for the
+    candidate addresses' queues (an index on (channel, address) would make that a lookup),
+    and one UPDATE; never a sort of the whole backlog, which matters because on SQLite every
+    transaction holds the write lock (storage/db.py begins IMMEDIATE).
 
     On PostgreSQL the chosen rows are locked with `FOR UPDATE SKIP LOCKED` and the UPDATE
     re-checks that each row is still free, so several processes share the outbox; a process
@@ -112,11 +116,13 @@ async def claim_due(
     if channels is not None:
         pending.append(OutboxMessage.channel.in_(list(channels)))
 
-    # 1. The most urgent due and free rows name the candidate addresses.
+    # 1. The most urgent due and free rows name the candidate addresses. Ordered as the
+    # ix_outbox_pending index is (the longest due first within a priority), so the database
+    # reads the first `limit` matches and stops instead of sorting the whole backlog.
     heads = await session.execute(
         select(OutboxMessage.channel, OutboxMessage.address)
         .where(*pending, OutboxMessage.not_before <= now, free)
-        .order_by(OutboxMessage.priority, OutboxMessage.id)
+        .order_by(OutboxMessage.priority, OutboxMessage.not_before, OutboxMessage.id)
         .limit(limit)
     )
     candidates = list(dict.fromkeys((channel, address) for channel, address in heads))
