@@ -140,7 +140,7 @@ async def claim_due(
             OutboxMessage.claimed_until,
         ).where(
             *pending,
-            OutboxMessage.address.in_({address for _, address in candidates}),
+            OutboxMessage.address.in_(sorted({address for _, address in candidates})),
             or_(OutboxMessage.not_before <= now, OutboxMessage.last_error.is_not(None)),
         )
     )
