@@ -14,7 +14,7 @@ from handlers.apologies import DELAYED, LATE_RESOLUTION
 from storage.models import Apology, Case, OutboxMessage
 from storage.repositories import apologies as apology_repo
 from tests.fakes.telegram_api import FakeTelegramAPI, SentCall
-from tests.telegram_support import CASE, Rig, case_body, make_rig, rig
+from tests.telegram_support import CASE, Rig, RigFactory, case_body, make_rig, rig
 
 __all__ = ["make_rig", "rig"]  # fixtures
 
@@ -230,3 +230,17 @@ async def test_english_letters_and_a_nameless_citizen(rig: Rig) -> None:
     assert "was promised for 25/11/2026, but it was only resolved on 27/11/2026." in apology.text
     invitation = await rig.api.wait_for_message(CHAT, lambda m: bool(buttons(m)), since=mark)
     assert buttons(invitation) == ["Start", "Later"]
+
+
+async def test_a_letter_posted_at_night_waits_for_the_morning(make_rig: RigFactory) -> None:
+    rig = await make_rig(quiet_hours="21:00-07:00")
+    await linked(rig)
+    rig.clock.set(datetime(2026, 11, 23, 15, 30, tzinfo=UTC))  # 22:30 in Hà Nội
+    await rig.post_case(delayed(FIRST_DELAY), 200)
+    async with rig.services.sessions() as session:
+        letter = await session.scalar(
+            select(OutboxMessage).where(OutboxMessage.dedupe_key.like("apology:%"))
+        )
+    assert letter is not None
+    assert letter.not_before == datetime(2026, 11, 24, 0, 0, tzinfo=UTC)  # 07:00 local
+    assert [r.kind for r in await apologies_of(rig)] == [DELAYED]  # recorded at once
