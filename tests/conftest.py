@@ -7,19 +7,26 @@ cannot be reached the PostgreSQL half is skipped, except under CI=true, where it
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
+import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_mock_engine
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers.clock import FakeClock
 from storage.db import SessionFactory, create_engine, create_session_factory
-from storage.migrate import upgrade
+from storage.migrate import alembic_config, upgrade
+from storage.models import Base
 
 # python-telegram-bot 22: timedelta retry_after, without a deprecation warning per 429.
 os.environ.setdefault("PTB_TIMEDELTA", "true")
@@ -64,6 +71,64 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         await admin.close()
 
 
+def _schema_script() -> str:
+    """The DDL of the newest schema, stamped with the newest migration, as one SQL script.
+
+    Migrations are slow DDL on PostgreSQL (most of a test's set-up); replaying their result
+    in one round trip is a fraction of that. `test_migrations` runs the real migrations from
+    empty and checks that they and the models agree, which is what makes this copy faithful.
+    """
+    statements: list[str] = []
+
+    def record(sql: Any, *_args: Any, **_kwargs: Any) -> None:
+        statements.append(str(sql.compile(dialect=postgresql.dialect())).strip() + ";")
+
+    Base.metadata.create_all(create_mock_engine("postgresql+asyncpg://", record), checkfirst=False)
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    statements.append(
+        "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL "
+        "CONSTRAINT alembic_version_pkc PRIMARY KEY);"
+    )
+    statements.append(f"INSERT INTO alembic_version (version_num) VALUES ('{head}');")
+    return "\n".join(statements)
+
+
+@pytest.fixture(scope="session")
+def _templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A migrated SQLite file to copy, and the PostgreSQL schema script to replay."""
+    sqlite_file = tmp_path_factory.mktemp("template") / "template.db"
+
+    async def migrate() -> None:
+        engine = create_engine(f"sqlite+aiosqlite:///{sqlite_file}")
+        await upgrade(engine)
+        await engine.dispose()
+
+    asyncio.run(migrate())
+    return {"sqlite": str(sqlite_file), "postgresql": _schema_script()}
+
+
+@pytest.fixture
+async def migrated_database_url(
+    database_url: str, _templates: dict[str, str], tmp_path: Path
+) -> str:
+    """Like `database_url`, but already migrated to the newest schema (a fresh copy per test)."""
+    if database_url.startswith("sqlite"):
+        target = tmp_path / "migrated.db"
+        shutil.copyfile(_templates["sqlite"], target)
+        return f"sqlite+aiosqlite:///{target}"
+    schema = database_url.split("?search_path=", 1)[1]
+    admin = await asyncpg.connect(_asyncpg_dsn(POSTGRES_URL))
+    try:
+        # Nothing here needs to survive a crash of the server; don't wait for the disk.
+        await admin.execute(
+            f'SET synchronous_commit TO off; SET search_path TO "{schema}"; '
+            + _templates["postgresql"]
+        )
+    finally:
+        await admin.close()
+    return database_url
+
+
 def engine_for(url: str) -> AsyncEngine:
     """An engine for a fixture URL (the schema rides in the URL's query for PostgreSQL)."""
     if "?search_path=" in url:
@@ -73,10 +138,9 @@ def engine_for(url: str) -> AsyncEngine:
 
 
 @pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+async def engine(migrated_database_url: str) -> AsyncIterator[AsyncEngine]:
     """A migrated database: the schema comes from the Alembic migrations, as in production."""
-    engine = engine_for(database_url)
-    await upgrade(engine)
+    engine = engine_for(migrated_database_url)
     yield engine
     await engine.dispose()
 

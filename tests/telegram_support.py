@@ -138,14 +138,14 @@ RigFactory = Callable[..., Awaitable[Rig]]
 
 
 @pytest.fixture
-async def make_rig(database_url: str, clock: FakeClock) -> AsyncIterator[RigFactory]:
+async def make_rig(migrated_database_url: str, clock: FakeClock) -> AsyncIterator[RigFactory]:
     rigs: list[tuple[Rig, FakeTelegramAPI]] = []
 
     async def make(**overrides: Any) -> Rig:
         api = FakeTelegramAPI()
         await api.start()
         values: dict[str, Any] = {
-            "database_url": database_url,
+            "database_url": migrated_database_url,
             "api_tokens": API_TOKEN,
             "telegram_token": api.token,
             "telegram_api_url": api.base_url,
