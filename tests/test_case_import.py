@@ -43,13 +43,15 @@ def csv_text(*rows: str, header: str = HEADER) -> str:
 
 
 @pytest.fixture
-async def database(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+async def database(
+    migrated_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
     """A migrated database of each backend with Hà Nội and Long Biên loaded."""
-    monkeypatch.setenv("SIPAS_DATABASE_URL", database_url)
+    monkeypatch.setenv("SIPAS_DATABASE_URL", migrated_database_url)
     units = tmp_path / "units.yaml"
     units.write_text(UNITS_YAML, encoding="utf-8")
     assert await run_main(["units", "load", str(units)]) == 0
-    return database_url
+    return migrated_database_url
 
 
 async def import_file(path: Path, text: str, *, encoding: str = "utf-8") -> int:
@@ -186,10 +188,10 @@ def test_an_empty_file_is_refused() -> None:
 
 
 async def test_the_documented_examples_load_and_import_cleanly(
-    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    migrated_database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     examples = REPO / "docs" / "examples"
-    monkeypatch.setenv("SIPAS_DATABASE_URL", database_url)
+    monkeypatch.setenv("SIPAS_DATABASE_URL", migrated_database_url)
     assert await run_main(["units", "load", str(examples / "units.yaml")]) == 0
     assert await run_main(["cases", "import", str(examples / "cases.csv")]) == 0
     assert "4 created, 0 updated, 0 unchanged, 0 rejected" in capsys.readouterr().out

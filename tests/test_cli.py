@@ -75,12 +75,12 @@ async def test_db_upgrade_migrates_an_empty_database(
 
 
 async def test_units_load_creates_then_updates_nothing(
-    database_url: str,
+    migrated_database_url: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("SIPAS_DATABASE_URL", database_url)
+    monkeypatch.setenv("SIPAS_DATABASE_URL", migrated_database_url)
     units_file = tmp_path / "units.yaml"
     units_file.write_text(UNITS_YAML, encoding="utf-8")
 
@@ -89,7 +89,7 @@ async def test_units_load_creates_then_updates_nothing(
     assert await run_main(["units", "load", str(units_file)]) == 0
     assert "0 units created, 0 updated" in capsys.readouterr().out
 
-    engine = engine_for(database_url)
+    engine = engine_for(migrated_database_url)
     try:
         async with engine.connect() as connection:
             units = (await connection.execute(select(Unit.code, Unit.name))).all()

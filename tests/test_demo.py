@@ -48,15 +48,15 @@ async def counts(database_url: str) -> tuple[int, int, int]:
 
 
 async def test_demo_seeds_and_its_curl_works_against_the_api(
-    database_url: str,
+    migrated_database_url: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     aiohttp_client: AiohttpClient,
 ) -> None:
-    monkeypatch.setenv("SIPAS_DATABASE_URL", database_url)
+    monkeypatch.setenv("SIPAS_DATABASE_URL", migrated_database_url)
     assert await run_main(["demo", "--no-serve"]) == 0
     out = capsys.readouterr().out
-    units, heads, cases = await counts(database_url)
+    units, heads, cases = await counts(migrated_database_url)
     assert units == len(demo_data.UNITS) >= 11
     assert heads == units
     assert cases == demo_data.CASES >= 200
@@ -67,7 +67,7 @@ async def test_demo_seeds_and_its_curl_works_against_the_api(
     assert "qr.png" in out
 
     token, body = printed_curl(out)
-    settings = load_settings(database_url=database_url, api_tokens=token)
+    settings = load_settings(database_url=migrated_database_url, api_tokens=token)
     services = build_services(settings)
     try:
         client = await aiohttp_client(create_web_app(services))
