@@ -18,7 +18,13 @@ from typing import Any
 import segno
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
 
 from bot.app import Services
 from handlers.case_view import case_view, case_view_by_code
@@ -34,6 +40,9 @@ SERVICES = web.AppKey("services", Services)
 MAX_BATCH = 1000
 MAX_BODY_BYTES = 8 * 1024 * 1024
 RETRY_AFTER_SECONDS = 5
+# Two requests inserting the same new case, procedure, officer or contact at once: the loser's
+# transaction fails on the unique key and is run again, and then finds the winner's rows.
+RACE_ATTEMPTS = 3
 
 HTTP_REQUESTS = Counter(
     "sipas_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
@@ -137,15 +146,21 @@ async def _json_body(request: web.Request) -> object:
 async def post_case(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     body = parse_case(await _json_body(request))
-    async with services.sessions.begin() as session:
-        result = await case_posted(
-            session,
-            body,
-            services.clock.now(),
-            services.policy,
-            channels=services.invitation_channels,
-        )
-        view = await case_view(session, result.case, services.links)
+    for attempt in range(1, RACE_ATTEMPTS + 1):
+        try:
+            async with services.sessions.begin() as session:
+                result = await case_posted(
+                    session,
+                    body,
+                    services.clock.now(),
+                    services.policy,
+                    channels=services.invitation_channels,
+                )
+                view = await case_view(session, result.case, services.links)
+            break
+        except IntegrityError:
+            if attempt == RACE_ATTEMPTS:
+                raise
     services.wake_dispatcher()
     outcome = "created" if result.created else "updated" if result.changed else "replayed"
     CASES_POSTED.labels(outcome).inc()
@@ -162,6 +177,20 @@ async def post_cases_batch(request: web.Request) -> web.Response:
         raise InvalidInput({"body": "must be a JSON list of cases"})
     if len(items) > MAX_BATCH:
         raise InvalidInput({"body": f"at most {MAX_BATCH} cases per batch, got {len(items)}"})
+    for attempt in range(1, RACE_ATTEMPTS + 1):
+        try:
+            results, counts = await _post_batch_items(services, items)
+            break
+        except IntegrityError:
+            if attempt == RACE_ATTEMPTS:
+                raise
+    services.wake_dispatcher()
+    return web.json_response({"results": results, "summary": counts})
+
+
+async def _post_batch_items(
+    services: Services, items: list[Any]
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
     results: list[dict[str, Any]] = []
     counts = {"created": 0, "updated": 0, "rejected": 0}
     async with services.sessions.begin() as session:
@@ -189,8 +218,7 @@ async def post_cases_batch(request: web.Request) -> web.Response:
             status = 201 if result.created else 200
             counts["created" if result.created else "updated"] += 1
             results.append({"index": index, "case_code": code, "status": status, "case": view})
-    services.wake_dispatcher()
-    return web.json_response({"results": results, "summary": counts})
+    return results, counts
 
 
 def _status_of(exc: DomainError) -> int:
