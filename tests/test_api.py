@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import re
@@ -503,3 +504,41 @@ async def test_health_metrics_and_the_document_need_no_token(api: Api) -> None:
     assert line is not None, text[:2000]
     assert float(line[1]) >= 1
     assert "sipas_cases_posted_total" in text
+
+
+# --- concurrency -----------------------------------------------------------------------------
+
+
+async def test_concurrent_posts_of_one_new_case_create_it_once(api: Api) -> None:
+    # The one-stop system retries a request that timed out while the first is still running.
+    body = case_body("RACE-1")
+    responses = await asyncio.gather(*(api.post(body) for _ in range(6)))
+    assert sorted(r.status for r in responses) == [200, 200, 200, 200, 200, 201]
+    views = [await r.json() for r in responses]
+    assert all(view == views[0] for view in views)
+    assert await api.count(Case) == 1
+    assert await api.count(CaseEvent) == 1
+    assert await api.count(LinkToken) == 1
+
+
+async def test_concurrent_new_cases_sharing_new_reference_data_all_succeed(api: Api) -> None:
+    # Same new procedure, officer and citizen chat id in every case, all posted at once.
+    bodies = [
+        case_body(
+            f"RACE-{n}",
+            procedure={"code": "9.999999", "name": "Thủ tục mới"},
+            officer={"code": "CB-NEW"},
+            citizen={"telegram_chat_id": 4242, "phone": "0933333333"},
+        )
+        for n in range(5)
+    ]
+    responses = await asyncio.gather(*(api.post(body) for body in bodies))
+    assert [r.status for r in responses] == [201] * 5
+    batch = await api.client.post(
+        "/api/v1/cases:batch",
+        json=[case_body("RACE-9", procedure={"code": "9.000009", "name": "Khác"})],
+        headers=AUTH,
+    )
+    assert batch.status == 200
+    assert await api.count(Case) == 6
+    assert await api.count(Procedure, Procedure.code == "9.999999") == 1
