@@ -68,6 +68,19 @@ async def cmd_units_load(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_heads_invite(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.heads_cli import heads_invite
+    from bot.serve import open_services
+
+    services = await open_services(settings)
+    try:
+        link = await heads_invite(services, args.unit_code)
+    finally:
+        await services.engine.dispose()
+    print(link)
+    return EXIT_OK
+
+
 async def cmd_cases_import(settings: Settings, args: argparse.Namespace) -> int:
     from bot.serve import open_services
     from handlers.case_import import ImportReport, decode, read_rows, row_imported
@@ -166,6 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load.add_argument("file", type=Path, metavar="FILE")
     load.set_defaults(run=cmd_units_load)
+
+    heads = commands.add_parser("heads", help="unit heads who receive escalations")
+    heads_commands = heads.add_subparsers(dest="heads_command", metavar="COMMAND", required=True)
+    invite = heads_commands.add_parser(
+        "invite",
+        help="print a one-time deep link a unit head opens to receive that unit's escalations",
+        description=(
+            "The link opens the bot in Telegram; it works once and for 7 days. Hand it to the "
+            "head in person or through an official channel: whoever opens it first receives "
+            "the unit's complaints."
+        ),
+    )
+    invite.add_argument("unit_code", metavar="UNIT_CODE")
+    invite.set_defaults(run=cmd_heads_invite)
 
     cases = commands.add_parser("cases", help="cases from the one-stop system")
     cases_commands = cases.add_subparsers(dest="cases_command", metavar="COMMAND", required=True)

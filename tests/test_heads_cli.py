@@ -1,0 +1,65 @@
+"""`sipas-bot heads invite UNIT_CODE` prints a one-time deep link for a unit head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from storage.models import HeadInvite
+from tests.cli_support import run_main
+from tests.conftest import engine_for
+
+UNITS_YAML = """
+units:
+  - code: HN
+    name: UBND thành phố Hà Nội
+"""
+
+
+@pytest.fixture
+async def database(
+    migrated_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    monkeypatch.setenv("SIPAS_DATABASE_URL", migrated_database_url)
+    units = tmp_path / "units.yaml"
+    units.write_text(UNITS_YAML, encoding="utf-8")
+    assert await run_main(["units", "load", str(units)]) == 0
+    return migrated_database_url
+
+
+async def test_invite_prints_a_deep_link_with_a_fresh_token(
+    database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SIPAS_TELEGRAM_BOT_USERNAME", "sipas_hn_bot")
+    capsys.readouterr()
+    assert await run_main(["heads", "invite", "HN"]) == 0
+    link = capsys.readouterr().out.strip()
+    assert link.startswith("https://t.me/sipas_hn_bot?start=")
+    token = link.split("start=")[1]
+    assert 20 <= len(token) <= 64
+    engine = engine_for(database)
+    try:
+        async with engine.connect() as connection:
+            stored = (await connection.execute(select(HeadInvite.token))).scalars().all()
+    finally:
+        await engine.dispose()
+    assert stored == [token]
+    assert await run_main(["heads", "invite", "HN"]) == 0
+    assert capsys.readouterr().out.strip() != link  # each invite is new
+
+
+async def test_invite_for_an_unknown_unit_exits_1(
+    database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SIPAS_TELEGRAM_BOT_USERNAME", "sipas_hn_bot")
+    assert await run_main(["heads", "invite", "NOPE"]) == 1
+    assert "NOPE" in capsys.readouterr().err
+
+
+async def test_invite_without_telegram_says_what_to_set(
+    database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run_main(["heads", "invite", "HN"]) == 1
+    assert "SIPAS_TELEGRAM_TOKEN" in capsys.readouterr().err
