@@ -73,10 +73,12 @@ class TimedSender:
         self._inner = inner
         self._watched = watched
         self.dispatched: dict[str, float] = {}
+        self.starts: list[float] = []
 
     async def send(
         self, address: str, payload: Mapping[str, Any], *, clear_buttons_of: str | None
     ) -> str | None:
+        self.starts.append(time.monotonic())
         if address == self._watched:
             self.dispatched.setdefault(str(payload["text"]), time.monotonic())
         return await self._inner.send(address, payload, clear_buttons_of=clear_buttons_of)
@@ -196,7 +198,7 @@ async def run_dispatcher(
     end = time.monotonic()
     await running
     person.cancel()
-    return Outcome(arrivals(), enqueued, timed.dispatched, begin, end)
+    return Outcome(arrivals(), enqueued, timed.dispatched, timed.starts, begin, end)
 
 
 @dataclass
@@ -204,8 +206,19 @@ class Outcome:
     arrivals: list[tuple[str, str, float]]  # (chat, text, when the platform recorded it)
     enqueued: dict[str, float]  # reply text -> when its enqueue committed
     dispatched: dict[str, float]  # reply text -> when the dispatcher called the sender
+    starts: list[float]  # every call of the sender
     begin: float
     end: float
+
+
+def busiest_second(times: list[float]) -> int:
+    """The most events in any window of one second (times sorted)."""
+    most, first = 0, 0
+    for last, moment in enumerate(times):
+        while times[first] <= moment - 1.0:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
 
 
 def summary(values: list[float]) -> str:
@@ -230,11 +243,10 @@ def report(args: argparse.Namespace, outcome: Outcome) -> None:
         f"sent: {len(in_window)} messages, {len(in_window) / duration:.2f}/s "
         f"(limit 30/s = {30 * duration:.0f} in this time)"
     )
-    busiest = max(
-        (sum(1 for t in times[i:] if t < start + 1.0) for i, start in enumerate(times)),
-        default=0,
+    print(
+        f"busiest 1-second window: {busiest_second(sorted(outcome.starts))} sends started by "
+        f"the dispatcher, {busiest_second(times)} messages recorded by the platform"
     )
-    print(f"busiest 1-second window: {busiest} messages")
 
     replies = [a for a in in_window if a[0] == str(ANSWERING_CHAT)]
     latencies = [(t - enqueued[text]) * 1000 for _, text, t in replies if text in enqueued]
