@@ -1,5 +1,6 @@
 """Fixtures and helpers for the HTTP API tests: the real aiohttp app on a real server, on
-SQLite and PostgreSQL (through conftest's `database_url`), with an injected `FakeClock`.
+SQLite and PostgreSQL (conftest's `migrated_database_url`, a fresh migrated copy per test),
+with an injected `FakeClock`.
 
 Test modules register the fixtures by importing `api_fixture` and `make_api_fixture` (they
 are registered as `api` and `make_api`).
@@ -153,7 +154,7 @@ MakeApi = Callable[..., Awaitable[Api]]
 
 @pytest.fixture(name="make_api")
 async def make_api_fixture(
-    database_url: str, clock: FakeClock, aiohttp_client: AiohttpClient
+    migrated_database_url: str, clock: FakeClock, aiohttp_client: AiohttpClient
 ) -> AsyncIterator[MakeApi]:
     """Builds the app from settings overrides (e.g. `survey_delay="2h"`) on a fresh database,
     with the test units loaded and a Telegram link builder registered."""
@@ -161,7 +162,7 @@ async def make_api_fixture(
 
     async def make(*, url: str | None = None, **overrides: Any) -> Api:
         """`url` replaces the fixture's database URL (e.g. to reach it through a proxy)."""
-        url = url or database_url
+        url = url or migrated_database_url
         settings = load_settings(database_url=url.split("?")[0], api_tokens=TOKEN, **overrides)
         services = build_services(settings, clock=clock)
         await services.engine.dispose()
