@@ -60,8 +60,9 @@ class InProcessSender:
     async def send(
         self, address: str, payload: Mapping[str, Any], *, clear_buttons_of: str | None
     ) -> str | None:
-        self.arrivals.append((address, str(payload["text"]), time.monotonic()))
+        # Recorded after the answer time, as the HTTP fake records after its latency.
         await asyncio.sleep(self.latency)
+        self.arrivals.append((address, str(payload["text"]), time.monotonic()))
         return str(len(self.arrivals))
 
 
