@@ -469,8 +469,8 @@ class Dispatcher:
     async def _deliver(self, claim: _Claim) -> bool:
         sender = self._senders[claim.channel]
         try:
+            clear = await self._message_to_clear(claim)
             try:
-                clear = await self._message_to_clear(claim)
                 started = time.perf_counter()
                 message_id = await sender.send(claim.address, claim.payload, clear_buttons_of=clear)
             except RetryAfter as exc:
@@ -485,8 +485,6 @@ class Dispatcher:
             except TransientSendError as exc:
                 await self._retry_later(claim, "transient", exc)
                 return False
-            except (SQLAlchemyError, OSError):
-                raise
             except Exception as exc:
                 # A bug in a sender must not lose the message nor stop the dispatcher.
                 logger.exception("outbox %s to %s: unexpected send error", claim.id, claim.masked)
@@ -504,8 +502,10 @@ class Dispatcher:
             logger.debug("outbox %s sent to %s", claim.id, claim.masked)
             return True
         except (SQLAlchemyError, OSError) as exc:
+            # The database failed before the send or while settling it (errors of the send
+            # itself were handled above).
             logger.error(
-                "outbox %s to %s: could not settle (%s); the row stays claimed and is "
+                "outbox %s to %s: database error (%s); the row stays claimed and is "
                 "retried when its lease expires",
                 claim.id,
                 claim.masked,
