@@ -336,6 +336,13 @@ async def test_bad_json_or_a_non_object_is_a_422_on_body(api: Api) -> None:
         payload = await response.json()
         assert response.status == 422, (raw, payload)
         assert set(error_fields(payload)) == {"body"}
+    too_large = io.BytesIO(b'{"case_code": "' + b"x" * (9 * 1024 * 1024) + b'"}')
+    response = await api.client.post(
+        "/api/v1/cases", data=too_large, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    payload = await response.json()
+    assert response.status == 422, payload
+    assert "larger than" in error_fields(payload)["body"]
     for body in [[], [case_body()], "case", 42, None, True]:
         fields = await assert_422(api, body, "body")
         assert set(fields) == {"body"}
