@@ -3,7 +3,9 @@ client can find (a path of the intake schema, a key the client sent, or `body`).
 
 from __future__ import annotations
 
+import contextlib
 import string
+import warnings
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
@@ -19,6 +21,14 @@ from tests.api_support import (
     case_body,
     make_api_fixture,  # noqa: F401
 )
+
+# On a failure hypothesis imports libcst (to print the example as a patch), which trips a
+# DeprecationWarning in mypy_extensions; under filterwarnings=error that import becomes an
+# INTERNALERROR hiding the real failure. Import it now, with that warning silenced.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    with contextlib.suppress(ImportError):
+        import hypothesis.extra._patching  # noqa: F401
 
 PROPERTY_SETTINGS = settings(
     max_examples=60,
