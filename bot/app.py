@@ -55,9 +55,15 @@ class Services:
 
     @property
     def invitation_channels(self) -> list[str]:
-        """Chat channels that can invite, best first: Zalo is what most Vietnamese use."""
-        preference = ("zalo", "telegram")
-        return [name for name in preference if name in self.senders]
+        """Chat channels configured to reach people, best first.
+
+        From the settings, not from the senders of this process: any process (an import, the
+        CLI) may queue a message, and the `serve` process with the channel sends it.
+        """
+        configured = []
+        if self.settings.telegram_token is not None:
+            configured.append("telegram")
+        return configured
 
 
 def escalation_policy(settings: Settings) -> EscalationPolicy:

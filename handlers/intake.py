@@ -11,7 +11,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from handlers import apologies, courtesy, surveys
+from handlers import apologies, courtesy, escalations, surveys
 from handlers.errors import Conflict, InvalidInput
 from handlers.intake_schema import CaseIn
 from handlers.policy import SurveyPolicy
@@ -119,6 +119,9 @@ async def case_posted(
     await session.flush()
     refreshed = await case_repo.get_case_by_id(session, case.id)
     assert refreshed is not None
+    if body.status == CaseStatus.RESOLVED and old_status != CaseStatus.RESOLVED:
+        # Resolved after its (latest) promised date: the unit head hears of it too.
+        await escalations.case_resolved_late(session, refreshed, now, policy, channels)
     return IntakeResult(refreshed, created=created, changed=True)
 
 

@@ -40,7 +40,12 @@ units:
 CASE: dict[str, Any] = {
     "case_code": "000.00.12.H26-261122-0001",
     "unit_code": "HN-LB",
-    "procedure": {"code": "1.001193", "name": "Đăng ký khai sinh", "field": "Hộ tịch"},
+    # A procedure without a courtesy message, so the invitation follows resolution directly.
+    "procedure": {
+        "code": "2.000815",
+        "name": "Chứng thực bản sao từ bản chính",
+        "field": "Chứng thực",
+    },
     "officer": {"code": "CB-017", "name": "Nguyễn Thị Lan"},
     "citizen": {"name": "Trần Văn Minh", "phone": "0912345678", "locale": "vi"},
     "status": "received",

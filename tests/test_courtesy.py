@@ -23,6 +23,7 @@ __all__ = ["make_rig", "rig"]  # fixtures
 CHAT = 5553001
 UNIT_NAME = "UBND quận Long Biên"
 RESOLVED = {"status": "resolved", "resolved_at": "2026-11-23T08:00:00+07:00"}
+BIRTH = {"code": "1.001193", "name": "Đăng ký khai sinh", "field": "Hộ tịch"}
 DEATH = {"code": "1.000656", "name": "Đăng ký khai tử", "field": "Hộ tịch"}
 BUILDING = {
     "code": "1.009994",
@@ -36,13 +37,7 @@ def enabled(rules: tuple[CourtesyRule, ...]) -> tuple[CourtesyRule, ...]:
 
 
 SHIPPED = courtesy.default_rules()
-RULES = enabled(SHIPPED)
-
-
-@pytest.fixture
-def courtesy_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The shipped rules, switched on (they ship off until the chat tests expect them)."""
-    monkeypatch.setattr(courtesy, "default_rules", lambda: RULES)
+RULES = SHIPPED
 
 
 def buttons(message: SentCall) -> list[str]:
@@ -51,7 +46,7 @@ def buttons(message: SentCall) -> list[str]:
 
 def desk_linked(**changes: Any) -> dict[str, Any]:
     """A case whose citizen gave their Telegram chat at the desk."""
-    body = case_body(**changes)
+    body = case_body(**{"procedure": BIRTH, **changes})
     body["citizen"] = {**CASE["citizen"], "telegram_chat_id": CHAT}
     return body
 
@@ -97,9 +92,10 @@ def test_template_for_procedures(name: str, field: str | None, template: str | N
     assert courtesy.template_for(name, field, RULES) == template
 
 
-def test_the_shipped_rules_are_off_until_switched_on() -> None:
+def test_the_shipped_rules_are_on() -> None:
     assert [rule.template for rule in SHIPPED] == ["birth", "death", "marriage"]
-    assert courtesy.template_for("Đăng ký khai sinh", "Hộ tịch", SHIPPED) is None
+    assert all(rule.enabled for rule in SHIPPED)
+    assert courtesy.template_for("Đăng ký khai sinh", "Hộ tịch", SHIPPED) == "birth"
 
 
 def test_every_template_has_a_text_in_both_languages() -> None:
@@ -150,7 +146,6 @@ def test_bad_yaml_is_refused() -> None:
 # --- end to end ---------------------------------------------------------------------------
 
 
-@pytest.mark.usefixtures("courtesy_on")
 async def test_a_birth_registration_resolved_is_congratulated_at_once_and_once(rig: Rig) -> None:
     await rig.post_case(desk_linked(), 201)
     mark = rig.api.mark()
@@ -170,7 +165,6 @@ async def test_a_birth_registration_resolved_is_congratulated_at_once_and_once(r
     assert len(sent) == 1
 
 
-@pytest.mark.usefixtures("courtesy_on")
 async def test_a_death_registration_gets_condolences(rig: Rig) -> None:
     await rig.post_case(desk_linked(procedure=DEATH, **RESOLVED), 201)
     condolences = await rig.api.wait_for_message(CHAT, count=1)
@@ -178,7 +172,6 @@ async def test_a_death_registration_gets_condolences(rig: Rig) -> None:
     assert "xin thành kính chia buồn" in condolences.text
 
 
-@pytest.mark.usefixtures("courtesy_on")
 async def test_english_courtesy_for_an_english_citizen(rig: Rig) -> None:
     body = desk_linked(procedure=DEATH, **RESOLVED)
     body["citizen"]["locale"] = "en"
@@ -187,7 +180,6 @@ async def test_english_courtesy_for_an_english_citizen(rig: Rig) -> None:
     assert condolences.text.startswith("UBND quận Long Biên offers you and your family")
 
 
-@pytest.mark.usefixtures("courtesy_on")
 @pytest.mark.parametrize(
     "changes",
     [
@@ -207,7 +199,6 @@ async def test_no_courtesy_without_a_rule_or_for_a_rejection(
     assert await courtesy_rows(rig) == 0
 
 
-@pytest.mark.usefixtures("courtesy_on")
 async def test_no_courtesy_without_a_chat(rig: Rig) -> None:
     await rig.post_case(case_body(**RESOLVED), 201)
     await rig.link(CHAT)

@@ -86,7 +86,7 @@ async def test_low_rating_reaches_the_district_head_with_an_action_card(rig: Rig
     await survey(rig, ["5", "4", "1", "4", "4", "Không"], comment="Chờ quá lâu")
     card = await rig.api.wait_for_message(DISTRICT_HEAD, is_card)
     assert CASE["case_code"] in card.text
-    assert "UBND quận Long Biên" in card.text and "Đăng ký khai sinh" in card.text
+    assert "UBND quận Long Biên" in card.text and "Chứng thực bản sao từ bản chính" in card.text
     assert "20/11/2026" in card.text and "25/11/2026" in card.text
     assert "(trước hạn)" in card.text  # resolved 23/11, promised 25/11
     assert "Công chức 1/5" in card.text and "Chờ quá lâu" in card.text
@@ -232,12 +232,10 @@ async def test_the_vn_calendar_skips_weekends_and_tet(
     rig = await make_rig(working_calendar="vn", escalation_ack_sla="8h")
     rig.clock.set(opened)
     resolved = opened.astimezone(HANOI).isoformat()
-    await rig.post_case(case_body(received_at="2026-01-05T08:00:00+07:00"), 201)
+    dates = {"received_at": "2026-01-05T08:00:00+07:00", "due_at": "2026-12-31T17:00:00+07:00"}
+    await rig.post_case(case_body(**dates), 201)
     await rig.link(CITIZEN)
-    await rig.post_case(
-        case_body(received_at="2026-01-05T08:00:00+07:00", status="resolved", resolved_at=resolved),
-        200,
-    )
+    await rig.post_case(case_body(**dates, status="resolved", resolved_at=resolved), 200)
     await rig.sweep()
     await rig.api.wait_for_message(CITIZEN, lambda m: "Bắt đầu" in buttons(m))
     await rig.answer(CITIZEN, "Bắt đầu")
@@ -340,3 +338,16 @@ async def test_the_case_view_shows_the_audit_trail(make_rig: RigFactory) -> None
         ("acknowledged", 2, "HN"),
     ]
     assert all(set(e) == {"kind", "level", "unit_code", "at"} for e in item["events"])
+
+
+async def test_a_case_resolved_late_escalates_once(rig: Rig) -> None:
+    late = {"status": "resolved", "resolved_at": "2026-11-26T09:00:00+07:00"}  # due 25/11
+    await rig.post_case(case_body(**late), 201)
+    card = await rig.api.wait_for_message(DISTRICT_HEAD, is_card)
+    assert "Hồ sơ trả kết quả trễ hẹn" in card.text and "(trễ hạn)" in card.text
+    await rig.post_case(case_body(**late), 200)  # a replay opens nothing more
+    [item] = await escalations(rig)
+    assert item["reason"] == "late" and item["level"] == 1
+    on_time = case_body(case_code="C-ON-TIME", **RESOLVED)
+    await rig.post_case(on_time, 201)
+    assert (await rig.get_case("C-ON-TIME"))["escalations"] == []

@@ -56,7 +56,7 @@ async def test_link_consent_and_full_short_survey(rig: Rig) -> None:
     assert (await rig.get_case(CASE["case_code"]))["survey"]["status"] == "invited"
 
     question = await rig.answer(CHAT, "Bắt đầu")
-    assert "Câu 1/7" in question.text and "Đăng ký khai sinh" in question.text
+    assert "Câu 1/7" in question.text and "Chứng thực bản sao từ bản chính" in question.text
     assert [b[0] for b in buttons(question)] == ["1", "2", "3", "4", "5"]
     for score in ("5", "4", "2", "1"):
         question = await rig.answer(CHAT, score)
