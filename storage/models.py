@@ -383,7 +383,11 @@ class OutboxMessage(Base):
     """A message to send, written in the same transaction as the change that caused it."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_pending", "status", "priority", "not_before", "id"),)
+    __table_args__ = (
+        Index("ix_outbox_pending", "status", "priority", "not_before", "id"),
+        # The dispatcher's claim looks up each candidate chat's queue by address.
+        Index("ix_outbox_address", "channel", "address", "status"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     channel: Mapped[str] = mapped_column(String(16))
