@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -22,36 +22,28 @@ from storage.models import (
 )
 
 
+def _case_with_relations() -> Select[tuple[Case]]:
+    """A case query that loads what handlers read (the relationships are lazy="raise")."""
+    return select(Case).options(
+        selectinload(Case.unit),
+        selectinload(Case.procedure),
+        selectinload(Case.officer),
+        selectinload(Case.citizen),
+    )
+
+
 async def get_case(
     session: AsyncSession, case_code: str, *, for_update: bool = False
 ) -> Case | None:
     """A case with its unit, procedure, officer and citizen loaded."""
-    query = (
-        select(Case)
-        .where(Case.case_code == case_code)
-        .options(
-            selectinload(Case.unit),
-            selectinload(Case.procedure),
-            selectinload(Case.officer),
-            selectinload(Case.citizen),
-        )
-    )
+    query = _case_with_relations().where(Case.case_code == case_code)
     if for_update:
         query = query.with_for_update()
     return (await session.execute(query)).scalar_one_or_none()
 
 
 async def get_case_by_id(session: AsyncSession, case_id: int) -> Case | None:
-    query = (
-        select(Case)
-        .where(Case.id == case_id)
-        .options(
-            selectinload(Case.unit),
-            selectinload(Case.procedure),
-            selectinload(Case.officer),
-            selectinload(Case.citizen),
-        )
-    )
+    query = _case_with_relations().where(Case.id == case_id)
     return (await session.execute(query)).scalar_one_or_none()
 
 
