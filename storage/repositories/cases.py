@@ -22,7 +22,7 @@ from storage.models import (
 )
 
 
-def _case_with_relations() -> Select[tuple[Case]]:
+def _case_with_relations() -> Select[Case]:
     """A case query that loads what handlers read (the relationships are lazy="raise")."""
     return select(Case).options(
         selectinload(Case.unit),
