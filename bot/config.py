@@ -192,6 +192,14 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
+    @field_validator("units_file")
+    @classmethod
+    def _units_file_exists(cls, value: Path | None) -> Path | None:
+        # Checked here so that start-up names SIPAS_UNITS_FILE, not just a missing path.
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str) -> str:
