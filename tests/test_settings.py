@@ -47,6 +47,7 @@ def test_every_variable_is_read_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     units = tmp_path / "units.yaml"
+    units.write_text("units: []\n", encoding="utf-8")
     environment = {
         "SIPAS_DATABASE_URL": "postgresql+asyncpg://sipas@db.example/sipas",
         "SIPAS_HTTP_HOST": "0.0.0.0",
@@ -203,6 +204,17 @@ def test_a_bad_value_names_its_variable(
 ) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match=name):
+        load_settings()
+
+
+def test_a_units_file_that_is_not_there_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SIPAS_UNITS_FILE", str(tmp_path / "missing.yaml"))
+    with pytest.raises(SettingsError, match="SIPAS_UNITS_FILE"):
+        load_settings()
+    monkeypatch.setenv("SIPAS_UNITS_FILE", str(tmp_path))  # a directory
+    with pytest.raises(SettingsError, match="SIPAS_UNITS_FILE"):
         load_settings()
 
 
