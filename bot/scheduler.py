@@ -111,7 +111,7 @@ def scheduler_part(
         for register in registrars(services):
             register(sweeps)
         sweeps.start()
-        log.info("scheduler started with %d sweeps: %s", len(sweeps.job_names), sweeps.job_names)
+        log.info("scheduler started; sweeps: %s", ", ".join(sweeps.job_names) or "none")
         return sweeps.stop
 
     return start
