@@ -8,11 +8,15 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from bot.app import Services, build_services
+from bot.config import load_settings
+from bot.scheduler import SweepScheduler, scheduler_part
 from tests.cli_support import PYTHON, REPO, free_port, subprocess_env
 
 TOKEN = "serve-test-token-5d1f"
@@ -151,3 +155,39 @@ async def test_serve_with_a_port_in_use_says_so_and_exits_1(tmp_path: Path) -> N
         await blocker.wait_closed()
     assert process.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in stderr.decode()
+
+
+async def test_the_scheduler_part_survives_a_failing_sweep_and_stops_without_leftovers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    services = build_services(
+        load_settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    )
+    failed_twice = asyncio.Event()
+    slow_started = asyncio.Event()
+    failures = 0
+
+    async def failing(_services: Services) -> None:
+        nonlocal failures
+        failures += 1
+        if failures == 2:
+            failed_twice.set()
+        raise RuntimeError("boom")
+
+    async def slow(_services: Services) -> None:
+        slow_started.set()
+        await asyncio.sleep(3600)
+
+    def register(sweeps: SweepScheduler) -> None:
+        sweeps.every(timedelta(milliseconds=50), failing, name="failing")
+        sweeps.every(timedelta(milliseconds=50), slow, name="slow")
+
+    try:
+        stop = await scheduler_part(lambda _services: [register])(services)
+        await asyncio.wait_for(asyncio.gather(failed_twice.wait(), slow_started.wait()), 10)
+        await stop()
+    finally:
+        await services.engine.dispose()
+    assert "sweep failing failed" in caplog.text
+    leftover = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    assert leftover == []
