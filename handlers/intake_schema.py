@@ -172,12 +172,9 @@ class CaseIn(_Strict):
         problems: dict[str, str] = {}
         if self.due_at < self.received_at:
             problems["due_at"] = "is before received_at"
-        if self.status == CaseStatus.RESOLVED and self.resolved_at is None:
-            problems["resolved_at"] = "is required when status is resolved"
+        problems.update(_required_by_status(self.status, self.resolved_at, self.delay))
         if self.resolved_at is not None and self.resolved_at < self.received_at:
             problems["resolved_at"] = "is before received_at"
-        if self.status == CaseStatus.DELAYED and self.delay is None:
-            problems["delay"] = "is required when status is delayed (new_due_at and reason)"
         delay = self.delay
         if (
             delay is not None
@@ -193,6 +190,16 @@ class CaseIn(_Strict):
         """A stable hash of the body: the same case posted twice hashes the same."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _required_by_status(status: object, resolved_at: object, delay: object) -> dict[str, str]:
+    """The fields a status needs; also checked on the raw body when other fields are bad."""
+    problems: dict[str, str] = {}
+    if status == CaseStatus.RESOLVED and resolved_at is None:
+        problems["resolved_at"] = "is required when status is resolved"
+    if status == CaseStatus.DELAYED and delay is None:
+        problems["delay"] = "is required when status is delayed (new_due_at and reason)"
+    return problems
 
 
 class _FieldProblems(ValueError):
@@ -230,5 +237,11 @@ def parse_case(data: object) -> CaseIn:
                 fields.update(cause.problems)
                 continue
             path, message = _describe(error)
+            fields.setdefault(path, message)
+        # The model's own cross-field checks do not run when a field is bad; these do.
+        required = _required_by_status(
+            data.get("status"), data.get("resolved_at"), data.get("delay")
+        )
+        for path, message in required.items():
             fields.setdefault(path, message)
         raise InvalidInput(fields) from None
