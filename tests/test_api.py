@@ -321,6 +321,12 @@ async def test_every_bad_field_is_named(api: Api) -> None:
     fields = await assert_422(api, body, "received_at", "due_at", "delay.new_due_at", "unit_code")
     assert "offset" in fields["received_at"]
 
+    # What a status requires is named beside other bad fields.
+    body = case_body(status="resolved", unit_code="")
+    await assert_422(api, body, "unit_code", "resolved_at")
+    body = case_body(status="delayed", citizen={"phone": "123"})
+    await assert_422(api, body, "citizen.phone", "delay")
+
     # Missing fields are named.
     body = case_body()
     for name in ("case_code", "unit_code", "procedure", "status", "received_at", "due_at"):
