@@ -13,6 +13,7 @@ from sqlalchemy import select
 from handlers.case_import import COLUMNS, decode, read_rows, row_to_body
 from handlers.errors import InvalidInput
 from storage.models import Case, Citizen
+from storage.models import OutboxMessage as Outbox
 from tests.cli_support import REPO, run_main
 from tests.conftest import engine_for
 
@@ -195,3 +196,23 @@ async def test_the_documented_examples_load_and_import_cleanly(
     assert await run_main(["units", "load", str(examples / "units.yaml")]) == 0
     assert await run_main(["cases", "import", str(examples / "cases.csv")]) == 0
     assert "4 created, 0 updated, 0 unchanged, 0 rejected" in capsys.readouterr().out
+
+
+async def test_an_imported_delay_queues_the_apology_as_the_api_would(
+    database: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("SIPAS_TELEGRAM_TOKEN", "123456:" + "A" * 35)
+    monkeypatch.setenv("SIPAS_TELEGRAM_BOT_USERNAME", "sipas_test_bot")
+    delayed = GOOD_ROWS[2].replace(",Phạm Văn Đức,,,", ",Phạm Văn Đức,,777001,")
+    assert await import_file(tmp_path / "cases.csv", csv_text(delayed)) == 0
+    assert "1 created" in capsys.readouterr().out
+    engine = engine_for(database)
+    try:
+        async with engine.connect() as connection:
+            queued = (await connection.execute(select(Outbox.channel, Outbox.address))).all()
+    finally:
+        await engine.dispose()
+    assert queued == [("telegram", "777001")]
