@@ -4,22 +4,19 @@ running app's real answers match it."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from jsonschema import Draft202012Validator, FormatChecker
-from openapi_spec_validator import validate
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 
 from bot.api import create_web_app, openapi_document
 from bot.app import build_services
 from bot.config import load_settings
 from tests.api_support import (
+    _JSON_TYPES,
     AUTH,
-    OPENAPI_URN,
     Api,
     api_fixture,  # noqa: F401
     assert_documented,
@@ -27,7 +24,10 @@ from tests.api_support import (
     delayed_body,
     make_api_fixture,  # noqa: F401
     resolved_body,
+    schema_errors,
 )
+from tests.api_support import _follow as follow
+from tests.api_support import _subset_errors as subset_errors
 
 DOCUMENT_FILE = Path(__file__).parent.parent / "bot" / "openapi.json"
 METHODS = {"get", "post", "put", "patch", "delete", "head", "options"}
@@ -67,7 +67,43 @@ def test_the_packaged_document_is_the_file_in_the_repo(document: dict[str, Any])
 
 def test_the_document_is_valid_openapi_3_1(document: dict[str, Any]) -> None:
     assert document["openapi"].startswith("3.1")
+    try:
+        from openapi_spec_validator import validate
+    except ImportError:
+        pytest.skip("openapi-spec-validator is not installed; see the structural test")
     validate(document)  # raises on any violation of the OpenAPI 3.1 schema
+
+
+def refs_in(node: object) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [ref for child in node.values() for ref in refs_in(child)]
+    if isinstance(node, list):
+        return [ref for child in node for ref in refs_in(child)]
+    return []
+
+
+def test_the_document_is_structurally_sound(document: dict[str, Any]) -> None:
+    """What the validator checks that matters most here, without needing it installed."""
+    assert {"title", "version"} <= set(document["info"])
+    for ref in refs_in(document):
+        assert ref.startswith("#/"), ref
+        follow(document, ref)  # raises KeyError when the target is missing
+    for path, item in document["paths"].items():
+        assert path.startswith("/"), path
+        for method, operation in item.items():
+            assert method in METHODS, (path, method)
+            declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
+            assert declared == set(re.findall(r"{(\w+)}", path)), (path, method)
+            assert operation["responses"], (path, method)
+            for status, response in operation["responses"].items():
+                assert re.fullmatch(r"[1-5]\d\d", status), (path, method, status)
+                response = follow(document, response["$ref"]) if "$ref" in response else response
+                assert response["description"], (path, method, status)
+    for name, schema in document["components"]["schemas"].items():
+        types = schema.get("type", [])
+        for kind in [types] if isinstance(types, str) else types:
+            assert kind in _JSON_TYPES, (name, kind)
 
 
 async def test_the_document_lists_exactly_the_apps_routes(
@@ -109,23 +145,13 @@ def test_the_routes_document_every_status_they_answer(document: dict[str, Any]) 
     assert "Retry-After" in document["paths"]["/healthz"]["get"]["responses"]["503"]["headers"]
 
 
-def schema_validator(document: dict[str, Any], name: str) -> Draft202012Validator:
-    registry: Registry[Any] = Registry().with_resource(
-        OPENAPI_URN, Resource.from_contents(document, default_specification=DRAFT202012)
-    )
-    return Draft202012Validator(
-        {"$ref": f"{OPENAPI_URN}#/components/schemas/{name}"},
-        registry=registry,
-        format_checker=FormatChecker(),
-    )
-
-
 def test_the_intake_schema_accepts_the_contracts_example_and_names_its_fields(
     document: dict[str, Any],
 ) -> None:
-    validator = schema_validator(document, "CaseIn")
+    pointer = "#/components/schemas/CaseIn"
     for body in (case_body(), resolved_body("X-1"), delayed_body("X-2")):
-        assert list(validator.iter_errors(body)) == []
+        assert schema_errors(document, pointer, body) == []
+        assert subset_errors(document, {"$ref": pointer}, body, "") == []
     schema = document["components"]["schemas"]["CaseIn"]
     assert set(schema["properties"]) == set(case_body())
     assert schema["properties"]["status"]["enum"] == [
@@ -135,9 +161,14 @@ def test_the_intake_schema_accepts_the_contracts_example_and_names_its_fields(
         "rejected",
         "withdrawn",
     ]
-    assert not validator.is_valid(case_body(colour="blue"))
-    assert not validator.is_valid(case_body(status="lost"))
-    assert not validator.is_valid({**case_body(), "procedure": {"code": "1.001193"}})
+    for bad in (
+        case_body(colour="blue"),
+        case_body(status="lost"),
+        case_body(procedure={"code": "1.001193"}),
+        case_body(citizen={"locale": "fr"}),
+    ):
+        assert schema_errors(document, pointer, bad), bad
+        assert subset_errors(document, {"$ref": pointer}, bad, ""), bad
 
 
 def test_the_case_view_schema_has_the_contracts_fields(document: dict[str, Any]) -> None:
