@@ -108,6 +108,10 @@ def demo_settings(settings: Settings) -> DemoSetup:
     if not settings.api_tokens:
         token = secrets.token_urlsafe(24)
         overrides["api_tokens"] = token
+    if "public_url" not in settings.model_fields_set:
+        # Links handed to citizens should point at this demo server, whatever its port.
+        host = _browser_host(settings.http_host)
+        overrides["public_url"] = f"http://{host}:{settings.http_port}"
     if not overrides:
         return DemoSetup(settings, None, None)
     return DemoSetup(load_settings(**overrides), token, fresh_file)
