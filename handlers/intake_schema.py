@@ -162,6 +162,15 @@ class CaseIn(_Strict):
     def _iso_text(cls, value: object) -> object:
         return _iso_datetime_text(value)
 
+    @field_validator("case_code")
+    @classmethod
+    def _addressable(cls, value: str) -> str:
+        # `.` and `..` are path segments a URL resolves away: GET /api/v1/cases/.. could never
+        # reach such a case.
+        if set(value) == {"."}:
+            raise ValueError("must not be only dots")
+        return value
+
     @field_validator("received_at", "due_at", "resolved_at")
     @classmethod
     def _has_offset(cls, value: datetime | None) -> datetime | None:
