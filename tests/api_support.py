@@ -9,6 +9,7 @@ are registered as `api` and `make_api`).
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -251,7 +252,8 @@ _JSON_TYPES: dict[str, Callable[[object], bool]] = {
 def _subset_errors(
     document: dict[str, Any], schema: dict[str, Any], value: object, at: str
 ) -> list[str]:
-    """type, enum, required, properties, additionalProperties, items, oneOf, minimum, $ref."""
+    """type, enum, pattern, minLength, maxLength, minimum, required, properties,
+    additionalProperties, items, oneOf and $ref: the keywords the document uses."""
     if "$ref" in schema:
         return _subset_errors(document, _follow(document, schema["$ref"]), value, at)
     errors: list[str] = []
@@ -264,6 +266,11 @@ def _subset_errors(
         errors.append(f"{at or '/'}: {value!r} is not one of {schema['enum']}")
     if "minimum" in schema and isinstance(value, int | float) and value < schema["minimum"]:
         errors.append(f"{at or '/'}: {value!r} is below {schema['minimum']}")
+    if isinstance(value, str):
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            errors.append(f"{at or '/'}: {value!r} does not match {schema['pattern']}")
+        if not schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value)):
+            errors.append(f"{at or '/'}: {value!r} has the wrong length")
     if "oneOf" in schema:
         matching = [o for o in schema["oneOf"] if not _subset_errors(document, o, value, at)]
         if len(matching) != 1:

@@ -9,6 +9,7 @@ import re
 import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+from urllib.parse import quote
 
 import segno
 from sqlalchemy import select
@@ -252,6 +253,7 @@ BAD_FIELDS: list[tuple[dict[str, Any], str]] = [
     ({"officer": {"name": "Nguyễn Thị Lan"}}, "officer.code"),
     ({"case_code": "has space"}, "case_code"),
     ({"case_code": "a/b"}, "case_code"),
+    ({"case_code": ".."}, "case_code"),
     ({"case_code": None}, "case_code"),
     ({"unit_code": "NOWHERE"}, "unit_code"),
     ({"status": None}, "status"),
@@ -465,6 +467,16 @@ async def test_link_tokens_are_opaque_unique_and_stable(api: Api) -> None:
         assert start_token(update) == token
     assert len(set(tokens)) == len(tokens)
     assert await api.count(LinkToken) == len(codes)
+
+
+async def test_case_codes_with_url_characters_can_be_read_back(api: Api) -> None:
+    for code in ["a.b", "?x", "%zz", "#1", "x?y#z", "Đ-1", "a%2Fb", "cases:batch", "qr.png"]:
+        await api.post_json(case_body(code), 201)
+        path = f"/api/v1/cases/{quote(code, safe='')}"
+        response = await api.get(path)
+        assert response.status == 200, code
+        assert (await response.json())["case_code"] == code
+        assert (await api.get(f"{path}/qr.png")).status == 200, code
 
 
 def qr_png(link: str) -> bytes:

@@ -166,6 +166,7 @@ def test_the_intake_schema_accepts_the_contracts_example_and_names_its_fields(
         case_body(status="lost"),
         case_body(procedure={"code": "1.001193"}),
         case_body(citizen={"locale": "fr"}),
+        case_body(".."),
     ):
         assert schema_errors(document, pointer, bad), bad
         assert subset_errors(document, {"$ref": pointer}, bad, ""), bad
