@@ -7,6 +7,7 @@ Seeding is a list of steps, one per concern (`seed_steps`); later features add t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -20,14 +21,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+from pydantic import SecretStr
+from sqlalchemy import select
+
 from bot import demo_data
 from bot.app import Services
-from bot.config import Settings, load_settings
+from bot.config import Settings
 from bot.serve import masked_url, open_services, run_until_stopped
 from handlers.errors import DomainError
 from handlers.intake import case_posted
 from handlers.intake_schema import parse_case
 from handlers.units import UnitsFile, load_units
+from storage.models import Case, LinkToken
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,8 @@ class DemoContext:
     cases: int = demo_data.CASES
     # Lines for the summary, one or more per step ("Cases: 360 over 8 weeks ...").
     summary: list[str] = field(default_factory=list)
+    # A received sample case and its citizen link token, to try the chat with.
+    sample: tuple[str, str] | None = None
 
 
 SeedStep = Callable[[DemoContext], Awaitable[None]]
@@ -72,7 +79,15 @@ async def seed_cases(context: DemoContext) -> None:
         for body in bodies:
             try:
                 async with session.begin_nested():
-                    await case_posted(session, parse_case(body), context.now, services.policy)
+                    await case_posted(
+                        session,
+                        parse_case(body),
+                        context.now,
+                        services.policy,
+                        # The sample heads have Telegram chat ids: complaints reach them (as
+                        # queued messages, sent only when a Telegram token is configured).
+                        channels=["telegram"],
+                    )
             except DomainError:
                 # Only when an existing database (SIPAS_DATABASE_URL) already holds that code.
                 skipped += 1
@@ -85,9 +100,23 @@ async def seed_cases(context: DemoContext) -> None:
     )
 
 
+async def pick_sample(context: DemoContext) -> None:
+    """A case still being processed, whose citizen link a newcomer can open in Telegram."""
+    query = (
+        select(Case.case_code, LinkToken.token)
+        .join(LinkToken, LinkToken.case_id == Case.id)
+        .where(Case.status == "received")
+        .order_by(Case.id)
+        .limit(1)
+    )
+    async with context.services.sessions() as session:
+        row = (await session.execute(query)).first()
+    context.sample = (row[0], row[1]) if row else None
+
+
 def seed_steps() -> list[SeedStep]:
     """Every seeding step, in order; add new concerns here."""
-    return [seed_units, seed_cases]
+    return [seed_units, seed_cases, pick_sample]
 
 
 @dataclass(frozen=True)
@@ -107,14 +136,14 @@ def demo_settings(settings: Settings) -> DemoSetup:
     token = None
     if not settings.api_tokens:
         token = secrets.token_urlsafe(24)
-        overrides["api_tokens"] = token
+        overrides["api_tokens"] = [SecretStr(token)]
     if "public_url" not in settings.model_fields_set:
         # Links handed to citizens should point at this demo server, whatever its port.
         host = _browser_host(settings.http_host)
         overrides["public_url"] = f"http://{host}:{settings.http_port}"
-    if not overrides:
-        return DemoSetup(settings, None, None)
-    return DemoSetup(load_settings(**overrides), token, fresh_file)
+    # A copy of the given settings (values already typed), not a re-read of the environment:
+    # settings built in code, as in tests, must keep their token, port and channels.
+    return DemoSetup(settings.model_copy(update=overrides), token, fresh_file)
 
 
 def recreate(database: Path) -> None:
@@ -130,6 +159,7 @@ async def run_demo(
     serve: bool,
     cases: int = demo_data.CASES,
     out: TextIO | None = None,
+    stop: asyncio.Event | None = None,
 ) -> None:
     """Seeds, prints how to try it, and (unless `serve` is False) runs the server."""
     out = out or sys.stdout
@@ -153,7 +183,7 @@ async def run_demo(
     def ready(address: str) -> None:
         print(instructions(setup, context, address, serving=True), file=out, flush=True)
 
-    await run_until_stopped(services, on_listening=ready)
+    await run_until_stopped(services, on_listening=ready, stop=stop)
 
 
 def _browser_host(host: str) -> str:
@@ -215,9 +245,24 @@ def instructions(setup: DemoSetup, context: DemoContext, base_url: str, *, servi
         "",
         _channel_line(settings),
     ]
+    telegram_link = _sample_link(context) if serving else None
+    if telegram_link is not None and context.sample is not None:
+        lines += [
+            "",
+            f"Play the citizen of case {context.sample[0]}: open this link in Telegram,",
+            "agree, then resolve the case with the API and answer the survey:",
+            f"  {telegram_link}",
+        ]
     if serving:
         lines += ["", "Press Ctrl+C to stop."]
     return "\n".join(lines)
+
+
+def _sample_link(context: DemoContext) -> str | None:
+    """The sample case's Telegram deep link, once the channel knows the bot's name."""
+    if context.sample is None:
+        return None
+    return context.services.links(context.sample[1]).get("telegram")
 
 
 def _serve_env(setup: DemoSetup) -> str:

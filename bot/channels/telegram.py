@@ -105,7 +105,7 @@ class TelegramChannel:
             )
         else:
             assert self.application.updater is not None
-            await self.application.bot.delete_webhook()
+            # start_polling removes a webhook left from an earlier webhook-mode run.
             await self.application.updater.start_polling(
                 allowed_updates=["message", "callback_query"]
             )
