@@ -125,7 +125,8 @@ def enabled_channels(settings: Settings) -> list[str]:
     if settings.telegram_token is not None:
         channels.append(f"telegram ({settings.telegram_mode})")
     if settings.zalo_token is not None:
-        channels.append(f"zalo ({settings.zalo_mode})")
+        # Configured ahead of the channel: say so rather than let operators believe it works.
+        channels.append("zalo (SIPAS_ZALO_TOKEN is set, but this version has no Zalo channel)")
     return channels
 
 
