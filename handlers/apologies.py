@@ -11,7 +11,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from handlers import survey_flow
+from handlers.chat import say
 from handlers.policy import SurveyPolicy
 from handlers.rendering import local_date, payload
 from handlers.texts import t
@@ -92,7 +92,7 @@ async def case_delayed(
         reason=case.delay_reason or "",
     )
     # A letter is a notice, not a survey: it goes now, but not into anyone's night.
-    await survey_flow.say(
+    await say(
         session,
         contact.channel,
         contact.address,
@@ -148,7 +148,7 @@ async def late_resolution(
     )
     # Same priority as the invitation and queued first, so the outbox sends it first (it
     # sends each address's messages in priority, then insertion, order).
-    await survey_flow.say(
+    await say(
         session,
         contact.channel,
         contact.address,

@@ -12,8 +12,9 @@ import logging
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers import heads
+from handlers.chat import ChatContext, Reaction, say
 from handlers.rendering import consent_message, delete_confirm_message, language_message, payload
-from handlers.survey_flow import ChatContext, Reaction, invite, say
+from handlers.survey_flow import invite
 from handlers.texts import t
 from storage.models import Citizen, SurveyStatus
 from storage.repositories import cases as case_repo

@@ -11,7 +11,7 @@ import logging
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers import citizens, escalations, survey_flow
-from handlers.survey_flow import ChatContext, Reaction
+from handlers.chat import ChatContext, Reaction, say
 from handlers.texts import t
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ async def command_received(
         await citizens.delete_requested(session, ctx)
     else:
         locale = await citizens.locale_of(session, ctx)
-        await survey_flow.say(
+        await say(
             session, ctx.channel, ctx.address, {"text": t("command.unknown", locale)}, ctx.now
         )
 
@@ -68,6 +68,6 @@ async def text_received(session: AsyncSession, ctx: ChatContext, text: str) -> N
     if await survey_flow.text_for_survey(session, ctx, text):
         return
     locale = await citizens.locale_of(session, ctx)
-    await survey_flow.say(
+    await say(
         session, ctx.channel, ctx.address, {"text": t("survey.nothing_open", locale)}, ctx.now
     )

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from handlers import survey_flow
+from handlers.chat import say
 from handlers.policy import SurveyPolicy
 from handlers.rendering import fold, payload
 from handlers.texts import DEFAULT_LOCALE, catalogue, t
@@ -176,7 +176,7 @@ async def case_resolved(
     unit = await session.get(Unit, case.unit_id)
     assert unit is not None  # foreign key
     text = t(f"courtesy.{template}", citizen.locale, unit_name=unit.name)
-    queued = await survey_flow.say(
+    queued = await say(
         session,
         contact.channel,
         contact.address,

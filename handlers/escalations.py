@@ -13,16 +13,17 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from handlers.chat import ChatContext, Reaction, say
 from handlers.escalation_rules import Trigger, default_rules, survey_triggers
 from handlers.policy import SurveyPolicy
 from handlers.questionnaire import load_questionnaire
 from handlers.rendering import Choice, local_date, payload
-from handlers.survey_flow import ChatContext, Reaction, say
 from handlers.surveys import new_ref
 from handlers.texts import rating_labels, t
 from storage.models import (
     Answer,
     Case,
+    ContactStatus,
     Escalation,
     EscalationStatus,
     Priority,
@@ -355,7 +356,7 @@ async def _citizen_address(
     contact = await citizen_repo.active_contact(session, case.citizen.id, channels)
     if survey is not None and survey.channel and survey.address:
         found = await citizen_repo.contact(session, survey.channel, survey.address)
-        if found is not None and found.status == "active":
+        if found is not None and found.status == ContactStatus.ACTIVE:
             contact = found
     if contact is None:
         return None
@@ -415,12 +416,14 @@ async def recovery_pressed(
     ):
         log.warning("refused a recovery press that does not belong to the chat")
         return Reaction(toast=t("survey.not_yours", locale))
-    if escalation.status != EscalationStatus.RESOLVED or (
+    # One answer per resolution: after a reopening and a new resolution, it is asked again.
+    resolved_at = escalation.resolved_at
+    answered = (
         escalation.recovery_at is not None
-        and (
-            escalation.resolved_at is not None and escalation.recovery_at >= escalation.resolved_at
-        )
-    ):
+        and resolved_at is not None
+        and (escalation.recovery_at >= resolved_at)
+    )
+    if escalation.status != EscalationStatus.RESOLVED or answered:
         return Reaction(toast=t("survey.stale_press", locale))
     score = int(value)
     escalation.recovery_rating = score

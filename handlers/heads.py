@@ -9,10 +9,10 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from handlers.chat import ChatContext, say
 from handlers.errors import NotFound
 from handlers.policy import SurveyPolicy
 from handlers.rendering import payload
-from handlers.survey_flow import ChatContext, say
 from handlers.texts import t
 from storage.models import HeadInvite, UnitHead
 from storage.repositories import cases as case_repo

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from handlers import apologies
+from handlers import apologies, escalations
+from handlers.chat import ChatContext, Reaction, say
 from handlers.policy import SurveyPolicy
 from handlers.questionnaire import Question, load_questionnaire
 from handlers.rendering import (
     Choice,
-    Payload,
     invitation_message,
     match_typed_choice,
     payload,
@@ -29,63 +28,12 @@ from handlers.texts import t
 from storage.models import Answer, CitizenContact, Priority, Survey, SurveyStatus
 from storage.repositories import cases as case_repo
 from storage.repositories import citizens as citizen_repo
-from storage.repositories import outbox
 from storage.repositories import surveys as survey_repo
 
 log = logging.getLogger(__name__)
 
 OPEN = (SurveyStatus.INVITED, SurveyStatus.IN_PROGRESS)
 PENDING = (SurveyStatus.SCHEDULED, SurveyStatus.INVITED, SurveyStatus.IN_PROGRESS)
-
-
-@dataclass(frozen=True)
-class ChatContext:
-    """Who is talking to us, on which channel, and when."""
-
-    channel: str
-    address: str
-    now: datetime
-    policy: SurveyPolicy
-    language_hint: str | None = None
-    # The chat channels configured in this process, best first (for messages to others).
-    channels: tuple[str, ...] = ()
-    display_name: str | None = None  # the name the platform shows; only used to name a head
-
-
-@dataclass(frozen=True)
-class Reaction:
-    """What the channel shows right away for a press: a short notice, and the choice taken.
-
-    `chosen` set: the pressed message gets the chosen label appended and loses its buttons.
-    """
-
-    toast: str | None = None
-    chosen: str | None = None
-
-
-async def say(
-    session: AsyncSession,
-    channel: str,
-    address: str,
-    body: Payload,
-    now: datetime,
-    *,
-    priority: int = Priority.REPLY,
-    dedupe_key: str | None = None,
-    case_id: int | None = None,
-) -> bool:
-    """Queues a message in the caller's transaction; False when a duplicate was dropped."""
-    row = await outbox.enqueue(
-        session,
-        channel=channel,
-        address=address,
-        payload=body,
-        priority=priority,
-        not_before=now,
-        dedupe_key=dedupe_key,
-        case_id=case_id,
-    )
-    return row is not None
 
 
 # --- sweeps -----------------------------------------------------------------------------
@@ -338,8 +286,6 @@ async def _apply(
     survey.status = SurveyStatus.COMPLETED
     survey.completed_at = ctx.now
     await session.flush()
-    from handlers import escalations  # the survey's end is where complaints begin
-
     answers = await case_repo.answers_of(session, survey.id)
     opened = await escalations.survey_completed(
         session, survey, answers, ctx.now, ctx.policy, ctx.channels

@@ -32,7 +32,7 @@ from telegram.ext import (
 from bot.app import Services
 from bot.channels.telegram_sender import TelegramSender
 from handlers import conversation
-from handlers.survey_flow import ChatContext, Reaction
+from handlers.chat import ChatContext, Reaction
 from handlers.texts import t
 from storage.models import Channel
 from storage.repositories.updates import first_time
