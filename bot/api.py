@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import segno
 from aiohttp import web
@@ -25,15 +25,17 @@ from sqlalchemy.exc import (
     InterfaceError,
     OperationalError,
 )
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.app import Services
 from handlers.case_view import case_view, case_view_by_code
 from handlers.errors import Conflict, DomainError, InvalidInput, NotFound
-from handlers.intake import case_posted
-from handlers.intake_schema import parse_case, storable_text
+from handlers.intake import IntakeResult, case_posted
+from handlers.intake_schema import CaseIn, parse_case, storable_text
 from storage.db import ping
 from storage.repositories import cases as case_repo
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 SERVICES = web.AppKey("services", Services)
@@ -143,24 +145,39 @@ async def _json_body(request: web.Request) -> object:
         raise InvalidInput({"body": f"not valid JSON: {exc}"}) from None
 
 
-async def post_case(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    body = parse_case(await _json_body(request))
+async def _post_one(
+    services: Services, session: AsyncSession, body: CaseIn
+) -> tuple[IntakeResult, dict[str, Any]]:
+    result = await case_posted(
+        session,
+        body,
+        services.clock.now(),
+        services.policy,
+        channels=services.invitation_channels,
+    )
+    return result, await case_view(session, result.case, services.links)
+
+
+async def _retrying_races(work: Callable[[], Awaitable[T]]) -> T:
+    """Runs `work` again when its transaction lost a unique-key race with a concurrent one."""
     for attempt in range(1, RACE_ATTEMPTS + 1):
         try:
-            async with services.sessions.begin() as session:
-                result = await case_posted(
-                    session,
-                    body,
-                    services.clock.now(),
-                    services.policy,
-                    channels=services.invitation_channels,
-                )
-                view = await case_view(session, result.case, services.links)
-            break
+            return await work()
         except IntegrityError:
             if attempt == RACE_ATTEMPTS:
                 raise
+    raise AssertionError("unreachable")
+
+
+async def post_case(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    body = parse_case(await _json_body(request))
+
+    async def post() -> tuple[IntakeResult, dict[str, Any]]:
+        async with services.sessions.begin() as session:
+            return await _post_one(services, session, body)
+
+    result, view = await _retrying_races(post)
     services.wake_dispatcher()
     outcome = "created" if result.created else "updated" if result.changed else "replayed"
     CASES_POSTED.labels(outcome).inc()
@@ -177,13 +194,8 @@ async def post_cases_batch(request: web.Request) -> web.Response:
         raise InvalidInput({"body": "must be a JSON list of cases"})
     if len(items) > MAX_BATCH:
         raise InvalidInput({"body": f"at most {MAX_BATCH} cases per batch, got {len(items)}"})
-    for attempt in range(1, RACE_ATTEMPTS + 1):
-        try:
-            results, counts = await _post_batch_items(services, items)
-            break
-        except IntegrityError:
-            if attempt == RACE_ATTEMPTS:
-                raise
+    batch = items
+    results, counts = await _retrying_races(lambda: _post_batch_items(services, batch))
     services.wake_dispatcher()
     return web.json_response({"results": results, "summary": counts})
 
@@ -200,14 +212,7 @@ async def _post_batch_items(
             try:
                 body = parse_case(item)
                 async with session.begin_nested():
-                    result = await case_posted(
-                        session,
-                        body,
-                        services.clock.now(),
-                        services.policy,
-                        channels=services.invitation_channels,
-                    )
-                    view = await case_view(session, result.case, services.links)
+                    result, view = await _post_one(services, session, body)
             except DomainError as exc:
                 error = json.loads(domain_error_response(exc).text or "{}")
                 results.append(

@@ -43,46 +43,37 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
-    from bot.serve import masked_url, open_services
+    from bot.serve import masked_url, opened_services
     from storage.migrate import current_revision
 
-    services = await open_services(settings)  # pings, then migrates
-    try:
+    async with opened_services(settings) as services:  # pings, then migrates
         revision = await current_revision(services.engine)
-    finally:
-        await services.engine.dispose()
     print(f"database {masked_url(settings.database_url)} is at revision {revision}")
     return EXIT_OK
 
 
 async def cmd_units_load(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.serve import open_services
+    from bot.serve import opened_services
     from bot.units_cli import load_units_file
 
-    services = await open_services(settings)
-    try:
+    async with opened_services(settings) as services:
         report = await load_units_file(services, args.file)
-    finally:
-        await services.engine.dispose()
     print(f"{args.file}: {report}")
     return EXIT_OK
 
 
 async def cmd_heads_invite(settings: Settings, args: argparse.Namespace) -> int:
     from bot.heads_cli import heads_invite
-    from bot.serve import open_services
+    from bot.serve import opened_services
 
-    services = await open_services(settings)
-    try:
+    async with opened_services(settings) as services:
         link = await heads_invite(services, args.unit_code)
-    finally:
-        await services.engine.dispose()
     print(link)
     return EXIT_OK
 
 
 async def cmd_cases_import(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.serve import open_services
+    from bot.serve import opened_services
     from handlers.case_import import ImportReport, decode, read_rows, row_imported
 
     path: Path = args.file
@@ -92,9 +83,8 @@ async def cmd_cases_import(settings: Settings, args: argparse.Namespace) -> int:
         raise InvalidInput({"file": f"cannot read {path}: {exc.strerror}"}) from None
     rows = read_rows(decode(data))
     first = next(rows, None)  # checks the header before the database is touched
-    services = await open_services(settings)
     report = ImportReport()
-    try:
+    async with opened_services(settings) as services:
         # One transaction per chunk keeps a large file from holding one huge transaction;
         # each row is still judged alone, in its own savepoint inside it.
         for chunk in _chunks(itertools.chain([first] if first else [], rows)):
@@ -109,8 +99,6 @@ async def cmd_cases_import(settings: Settings, args: argparse.Namespace) -> int:
                         channels=services.invitation_channels,
                     )
             services.wake_dispatcher()
-    finally:
-        await services.engine.dispose()
     print(f"{path}: {report.summary()}")
     for rejection in report.rejected:
         for line in rejection.lines():

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 from aiohttp import web
 from sqlalchemy.engine import make_url
@@ -78,6 +79,16 @@ async def open_services(settings: Settings) -> Services:
         raise
     log.info("database ready at %s", masked_url(settings.database_url))
     return services
+
+
+@asynccontextmanager
+async def opened_services(settings: Settings) -> AsyncIterator[Services]:
+    """`open_services` for a one-off command: the engine is disposed when the block ends."""
+    services = await open_services(settings)
+    try:
+        yield services
+    finally:
+        await services.engine.dispose()
 
 
 def http_part(on_listening: OnListening | None = None) -> Startable:
