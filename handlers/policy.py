@@ -27,12 +27,13 @@ class QuietHours:
         local = instant.astimezone(tz)
         if not self.contains(local.time().replace(tzinfo=None)):
             return instant
-        end = local.replace(hour=self.end.hour, minute=self.end.minute, second=0, microsecond=0)
-        if end <= local:
-            end += timedelta(days=1)
-        # Rebuild through the zone so a DST change (none in Việt Nam, but elsewhere) is honoured.
-        end = datetime.combine(end.date(), self.end, tzinfo=tz)
-        return end.astimezone(instant.tzinfo)
+        # Inside the window: it ends today if its end is still ahead, else tomorrow (local).
+        day = (
+            local.date()
+            if local.time().replace(tzinfo=None) < self.end
+            else (local.date() + timedelta(days=1))
+        )
+        return datetime.combine(day, self.end, tzinfo=tz).astimezone(instant.tzinfo)
 
 
 @dataclass(frozen=True)
