@@ -80,17 +80,17 @@ async def invite_due(
     if policy.sendable_at(now) != now:
         return 0
     invited = 0
-    for survey in await survey_repo.due_for_invitation(session, now, limit):
+    # Only surveys someone can be reached for come back; the others wait for a chat to be
+    # linked (consent invites at once then) or for their expiry.
+    for survey in await survey_repo.due_for_invitation(session, now, channels, limit):
         case = await case_repo.get_case_by_id(session, survey.case_id)
         citizen = case.citizen if case else None
-        if citizen is None or citizen.erased_at is not None:
-            continue  # nobody to reach yet; expiry settles it
+        assert citizen is not None
         if citizen.opted_out_at is not None:
             survey.status = SurveyStatus.OPTED_OUT
             continue
         contact = await citizen_repo.active_contact(session, citizen.id, channels)
-        if contact is None:
-            continue  # the citizen may still link a chat before the survey expires
+        assert contact is not None
         survey.locale = citizen.locale
         await invite(session, survey, contact, now, policy)
         invited += 1

@@ -10,10 +10,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Answer, Survey, SurveyStatus
+from storage.models import (
+    Answer,
+    Case,
+    Citizen,
+    CitizenContact,
+    ContactStatus,
+    Survey,
+    SurveyStatus,
+)
 
 _PENDING = (SurveyStatus.SCHEDULED, SurveyStatus.INVITED, SurveyStatus.IN_PROGRESS)
 _OPEN = (SurveyStatus.INVITED, SurveyStatus.IN_PROGRESS)
@@ -64,10 +72,33 @@ async def answer_for(session: AsyncSession, survey_id: int, question_id: str) ->
     return (await session.execute(query)).scalar_one_or_none()
 
 
-async def due_for_invitation(session: AsyncSession, now: datetime, limit: int) -> Sequence[Survey]:
+async def due_for_invitation(
+    session: AsyncSession, now: datetime, channels: Sequence[str], limit: int
+) -> Sequence[Survey]:
+    """Scheduled surveys now due whose citizen can be reached on `channels`, or has opted out.
+
+    Surveys of citizens who have no chat yet are left out here, not skipped in the caller:
+    they may be most of the backlog, and skipping them after the LIMIT would starve the rest.
+    """
+    reachable = (
+        select(CitizenContact.id)
+        .where(
+            CitizenContact.citizen_id == Case.citizen_id,
+            CitizenContact.status == ContactStatus.ACTIVE,
+            CitizenContact.channel.in_(list(channels)),
+        )
+        .exists()
+    )
     query = (
         select(Survey)
-        .where(Survey.status == SurveyStatus.SCHEDULED, Survey.due_at <= now)
+        .join(Case, Case.id == Survey.case_id)
+        .join(Citizen, Citizen.id == Case.citizen_id)
+        .where(
+            Survey.status == SurveyStatus.SCHEDULED,
+            Survey.due_at <= now,
+            Citizen.erased_at.is_(None),
+            or_(Citizen.opted_out_at.is_not(None), reachable),
+        )
         .order_by(Survey.due_at, Survey.id)
         .limit(limit)
     )
