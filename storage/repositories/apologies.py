@@ -7,9 +7,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage.inserts import insert_for
 from storage.models import Apology
 
 
@@ -39,15 +39,10 @@ async def record(
         "reason": reason,
         "created_at": now,
     }
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        statement: Any = postgresql.insert(Apology).values(values)
-    elif dialect == "sqlite":
-        statement = sqlite.insert(Apology).values(values)
-    else:  # pragma: no cover - the project supports these two backends only
-        raise RuntimeError(f"unsupported database backend {dialect!r}")
-    statement = statement.on_conflict_do_nothing(
-        index_elements=[Apology.case_id, Apology.kind, Apology.new_due_at]
+    statement = (
+        insert_for(session, Apology)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=[Apology.case_id, Apology.kind, Apology.new_due_at])
     )
     result = await session.scalars(statement.returning(Apology))
     return result.one_or_none()

@@ -12,10 +12,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
+from storage.inserts import insert_for
 from storage.models import (
     CitizenContact,
     ContactStatus,
@@ -63,13 +63,7 @@ async def enqueue(
         "dedupe_key": dedupe_key,
         "case_id": case_id,
     }
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        statement: Any = postgresql.insert(OutboxMessage).values(values)
-    elif dialect == "sqlite":
-        statement = sqlite.insert(OutboxMessage).values(values)
-    else:  # pragma: no cover - the project supports these two backends only
-        raise RuntimeError(f"unsupported database backend {dialect!r}")
+    statement = insert_for(session, OutboxMessage).values(values)
     if dedupe_key is not None:
         statement = statement.on_conflict_do_nothing(index_elements=[OutboxMessage.dedupe_key])
     result = await session.scalars(statement.returning(OutboxMessage))

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage.inserts import insert_for
 from storage.models import ProcessedUpdate
 from storage.types import utcnow
 
@@ -18,10 +16,10 @@ async def first_time(session: AsyncSession, channel: str, update_id: int) -> boo
     update unrecorded and its redelivery is processed; after the commit it is skipped.
     """
     values = {"channel": channel, "update_id": update_id, "received_at": utcnow()}
-    insert: Any = (
-        postgresql.insert(ProcessedUpdate)
-        if session.get_bind().dialect.name == "postgresql"
-        else sqlite.insert(ProcessedUpdate)
+    statement = (
+        insert_for(session, ProcessedUpdate)
+        .values(values)
+        .on_conflict_do_nothing()
+        .returning(ProcessedUpdate.update_id)
     )
-    statement = insert.values(values).on_conflict_do_nothing().returning(ProcessedUpdate.update_id)
     return (await session.execute(statement)).scalar_one_or_none() is not None
