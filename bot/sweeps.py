@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 # Invitations wait at most this long after they are due; the sweep is one indexed query.
-SURVEY_SWEEP_EVERY = timedelta(seconds=30)
+SURVEY_SWEEP_EVERY = timedelta(seconds=10)
 # SLAs are hours of working time; a minute late is nothing, and the query is one index scan.
 ESCALATION_SWEEP_EVERY = timedelta(minutes=1)
 

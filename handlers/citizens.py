@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from handlers import heads
 from handlers.chat import ChatContext, Reaction, say
 from handlers.rendering import consent_message, delete_confirm_message, language_message, payload
-from handlers.survey_flow import invite
+from handlers.survey_flow import invite_if_due
 from handlers.texts import t
 from storage.models import Citizen, SurveyStatus
 from storage.repositories import cases as case_repo
@@ -96,16 +96,7 @@ async def consent_pressed(
     )
     # A case already resolved need not wait for the next sweep to be surveyed.
     survey = await case_repo.survey_for_case(session, case.id)
-    if (
-        survey is not None
-        and survey.status == SurveyStatus.SCHEDULED
-        and survey.due_at <= ctx.now
-        and ctx.policy.sendable_at(ctx.now) == ctx.now
-    ):
-        contact = await citizen_repo.contact(session, ctx.channel, ctx.address)
-        assert contact is not None
-        survey.locale = citizen.locale
-        await invite(session, survey, contact, ctx.now, ctx.policy)
+    await invite_if_due(session, survey, citizen, ctx.now, ctx.policy, [ctx.channel])
     return Reaction(chosen=t("choice.agree", locale))
 
 

@@ -25,7 +25,7 @@ from handlers.rendering import (
     question_message,
 )
 from handlers.texts import t
-from storage.models import Answer, CitizenContact, Priority, Survey, SurveyStatus
+from storage.models import Answer, Citizen, CitizenContact, Priority, Survey, SurveyStatus
 from storage.repositories import cases as case_repo
 from storage.repositories import citizens as citizen_repo
 from storage.repositories import surveys as survey_repo
@@ -66,6 +66,31 @@ async def invite(
         dedupe_key=f"invite:{survey.id}",
         case_id=case.id,
     )
+
+
+async def invite_if_due(
+    session: AsyncSession,
+    survey: Survey | None,
+    citizen: Citizen | None,
+    now: datetime,
+    policy: SurveyPolicy,
+    channels: Sequence[str],
+) -> bool:
+    """Invites at once a survey that is due now, rather than leave it to the next sweep."""
+    if (
+        survey is None
+        or citizen is None
+        or survey.status != SurveyStatus.SCHEDULED
+        or survey.due_at > now
+        or policy.sendable_at(now) != now
+    ):
+        return False
+    contact = await citizen_repo.active_contact(session, citizen.id, channels)
+    if contact is None:
+        return False
+    survey.locale = citizen.locale
+    await invite(session, survey, contact, now, policy)
+    return True
 
 
 async def invite_due(
