@@ -663,7 +663,9 @@ async def test_two_dispatchers_share_the_outbox(sessions: SessionFactory, clock:
         expected.setdefault(address, []).append(text)
         await put(sessions, clock, address, text)
     progress = asyncio.Event()
-    senders = [FakeSender(latency=0.005, changed=progress) for _ in range(2)]
+    # Sends slow enough that one dispatcher's claim (8 rows) is still in flight when the other
+    # claims: the other then finds free chats, so sharing is certain, not a race.
+    senders = [FakeSender(latency=0.05, changed=progress) for _ in range(2)]
     dispatchers = [
         make_dispatcher(
             sessions, sender, clock, batch_size=8, per_chat_rate=100.0, idle_interval=0.02
