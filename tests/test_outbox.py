@@ -265,7 +265,7 @@ async def test_reply_overtakes_a_backlog_of_invitations(
         enqueued_at = time.monotonic()
         invitations_before = len(sender.deliveries)
         dispatcher.wake()
-        async with asyncio.timeout(1.0):
+        async with asyncio.timeout(2.0):
             await sender.wait_until(lambda: "next question" in sender.texts())
     finally:
         stop.set()
@@ -277,8 +277,8 @@ async def test_reply_overtakes_a_backlog_of_invitations(
     overtaken_by = sender.deliveries.index(reply) - invitations_before
     assert overtaken_by <= 5
     # One claim (a bounded query, not a sort of the backlog) and at most one token's wait;
-    # the bound is loose because CI machines are loaded.
-    assert reply.at - enqueued_at < 0.5
+    # the bound is loose because CI machines are loaded (typically 70-150 ms here).
+    assert reply.at - enqueued_at < 1.0
     async with sessions() as session:
         claimed = await session.scalar(
             select(OutboxMessage.id).where(OutboxMessage.claimed_until.is_not(None)).limit(1)
