@@ -116,7 +116,9 @@ async def pick_sample(context: DemoContext) -> None:
 
 def seed_steps() -> list[SeedStep]:
     """Every seeding step, in order; add new concerns here."""
-    return [seed_units, seed_cases, pick_sample]
+    from bot.demo_feedback import seed_feedback
+
+    return [seed_units, seed_cases, seed_feedback, pick_sample]
 
 
 @dataclass(frozen=True)
