@@ -249,31 +249,34 @@ async def mark_retry(
     A rate limit (429) is not the message's fault, so the dispatcher passes
     `count_attempt=False` for it and the message keeps all its attempts.
     """
-    values: dict[str, Any] = {
-        "not_before": not_before,
-        "claimed_until": None,
-        "last_error": error[:_ERROR_LIMIT],
-    }
-    if count_attempt:
-        values["attempts"] = OutboxMessage.attempts + 1
-    result = await session.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.id == message_id, OutboxMessage.status == OutboxStatus.PENDING)
-        .values(values)
-        .execution_options(synchronize_session=False)
+    return await _settle_unsent(
+        session, message_id, {"not_before": not_before}, error=error, count_attempt=count_attempt
     )
-    return _rowcount(result) > 0
 
 
 async def mark_failed(
     session: AsyncSession, message_id: int, *, error: str, count_attempt: bool = True
 ) -> bool:
     """Gives the message up for good (invalid, unreachable, or out of attempts)."""
-    values: dict[str, Any] = {
-        "status": OutboxStatus.FAILED,
-        "claimed_until": None,
-        "last_error": error[:_ERROR_LIMIT],
-    }
+    return await _settle_unsent(
+        session,
+        message_id,
+        {"status": OutboxStatus.FAILED},
+        error=error,
+        count_attempt=count_attempt,
+    )
+
+
+async def _settle_unsent(
+    session: AsyncSession,
+    message_id: int,
+    changes: dict[str, Any],
+    *,
+    error: str,
+    count_attempt: bool,
+) -> bool:
+    """Releases the claim of a still pending message, records the error, counts the attempt."""
+    values: dict[str, Any] = {**changes, "claimed_until": None, "last_error": error[:_ERROR_LIMIT]}
     if count_attempt:
         values["attempts"] = OutboxMessage.attempts + 1
     result = await session.execute(
