@@ -14,9 +14,8 @@ import yaml
 from handlers.questionnaire import Questionnaire
 from handlers.rendering import fold
 
+# The severity of a report of an informal payment (Chỉ thị 10/CT-TTg); the rest come from data.
 CRITICAL = "critical"
-HIGH = "high"
-NORMAL = "normal"
 
 
 @dataclass(frozen=True)

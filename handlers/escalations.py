@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.chat import ChatContext, Reaction, say
-from handlers.escalation_rules import Trigger, default_rules, survey_triggers
+from handlers.escalation_rules import CRITICAL, Trigger, default_rules, survey_triggers
 from handlers.policy import SurveyPolicy
 from handlers.questionnaire import load_questionnaire
 from handlers.rendering import Choice, local_date, payload
@@ -145,7 +145,7 @@ async def open_escalation(
     session.add(escalation)
     await session.flush()
     repo.add_event(session, escalation, "opened", now, detail={"severity": trigger.severity})
-    if trigger.severity == "critical":
+    if trigger.severity == CRITICAL:
         log.warning("critical escalation opened for a case of unit %s", case.unit.code)
     await _route(session, escalation, case, case.unit_id, now, policy, channels, climbed_from=None)
     return escalation
@@ -347,7 +347,7 @@ async def note_received(session: AsyncSession, ctx: ChatContext, text: str) -> b
 
 
 async def _citizen_address(
-    session: AsyncSession, escalation: Escalation, case: Case, channels: Sequence[str]
+    session: AsyncSession, case: Case, channels: Sequence[str]
 ) -> tuple[str, str, str] | None:
     """(channel, address, locale) of the citizen, preferring the chat they answered in."""
     if case.citizen is None or case.citizen.erased_at is not None:
@@ -367,7 +367,7 @@ async def _tell_citizen(
     session: AsyncSession, escalation: Escalation, case: Case, note: str, ctx: ChatContext
 ) -> None:
     """Closes the loop: "you said, we did", and one question on how it was handled."""
-    target = await _citizen_address(session, escalation, case, ctx.channels)
+    target = await _citizen_address(session, case, ctx.channels)
     if target is None:
         return
     channel, address, locale = target
