@@ -274,18 +274,22 @@ async def get_case_qr(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 while the database answers (intake works), 503 when not. Each configured chat
+    channel is named with its state (`ok`, `starting`, `unreachable`): a channel that is not
+    up holds its messages in the outbox but does not make the service unhealthy."""
     services = request.app[SERVICES]
+    channels = services.channels.as_dict()
     try:
         await ping(services.engine)
     except Exception as exc:
         if not _database_unreachable(exc):
             raise
         response = web.json_response(
-            {"status": "unavailable", "database": "unreachable"}, status=503
+            {"status": "unavailable", "database": "unreachable", **channels}, status=503
         )
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
-    return web.json_response({"status": "ok", "database": "ok"})
+    return web.json_response({"status": "ok", "database": "ok", **channels})
 
 
 async def metrics(_request: web.Request) -> web.Response:
