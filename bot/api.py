@@ -28,7 +28,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.app import Services
-from handlers.case_view import case_view, case_view_by_code
+from handlers.case_view import case_view, case_view_by_code, shown_code
 from handlers.errors import Conflict, DomainError, InvalidInput, NotFound
 from handlers.intake import IntakeResult, case_posted
 from handlers.intake_schema import CaseIn, parse_case, storable_text
@@ -234,7 +234,7 @@ def _case_code(request: web.Request) -> str:
     """The path's case code; one intake could never have stored is simply not found."""
     code = request.match_info["case_code"]
     if not storable_text(code):
-        raise NotFound(f"no case {code!r}")
+        raise NotFound(f"no case {shown_code(code)}")
     return code
 
 
@@ -255,7 +255,7 @@ async def get_case_qr(request: web.Request) -> web.Response:
     async with services.sessions() as session:
         case = await case_repo.get_case(session, code)
         if case is None:
-            raise NotFound(f"no case {code!r}")
+            raise NotFound(f"no case {shown_code(code)}")
         token = await case_repo.link_token_for_case(session, case.id)
     links = services.links(token.token) if token else {}
     link = next((links[name] for name in PRIMARY_LINK_ORDER if name in links), None)

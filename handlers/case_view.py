@@ -9,11 +9,29 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.errors import NotFound
-from storage.models import Answer, Case, Escalation, EscalationEvent, Survey, SurveyStatus
+from storage.models import (
+    Answer,
+    Case,
+    Escalation,
+    EscalationEvent,
+    Survey,
+    SurveyStatus,
+    Unit,
+)
 from storage.repositories import cases as case_repo
 
 # Given the case's link token, the links every configured channel offers (telegram, zalo, web).
 LinkBuilder = Callable[[str], Mapping[str, str]]
+
+
+SHOWN_CODE_CHARACTERS = 100
+
+
+def shown_code(case_code: str) -> str:
+    """A case code as an error message may quote it: cut short when it is too long to be one."""
+    if len(case_code) <= SHOWN_CODE_CHARACTERS:
+        return repr(case_code)
+    return f"{case_code[:SHOWN_CODE_CHARACTERS]!r}… ({len(case_code)} characters)"
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -72,9 +90,13 @@ async def case_view(session: AsyncSession, case: Case, links: LinkBuilder) -> di
     events: dict[int, list[dict[str, Any]]] = {}
     for event, code in await case_repo.escalation_events_of(session, case.id):
         events.setdefault(event.escalation_id, []).append(event_view(event, code))
+    # By id, not through `case.unit`: a case just moved to another unit may still hold the
+    # old unit in its loaded relationship, and the answer must show what was committed.
+    unit = await session.get(Unit, case.unit_id)
+    assert unit is not None
     return {
         "case_code": case.case_code,
-        "unit_code": case.unit.code,
+        "unit_code": unit.code,
         "status": case.status,
         "links": dict(links(token.token)) if token else {},
         "survey": survey_view(survey, answers),
@@ -87,5 +109,5 @@ async def case_view_by_code(
 ) -> dict[str, Any]:
     case = await case_repo.get_case(session, case_code)
     if case is None:
-        raise NotFound(f"no case {case_code!r}")
+        raise NotFound(f"no case {shown_code(case_code)}")
     return await case_view(session, case, links)

@@ -342,6 +342,7 @@ async def test_the_case_view_shows_the_audit_trail(make_rig: RigFactory) -> None
 
 async def test_a_case_resolved_late_escalates_once(rig: Rig) -> None:
     late = {"status": "resolved", "resolved_at": "2026-11-26T09:00:00+07:00"}  # due 25/11
+    rig.clock.set(datetime(2026, 11, 26, 2, 5, tzinfo=UTC))  # posted just after, 09:05 local
     await rig.post_case(case_body(**late), 201)
     card = await rig.api.wait_for_message(DISTRICT_HEAD, is_card)
     assert "Hồ sơ trả kết quả trễ hẹn" in card.text and "(trễ hạn)" in card.text
