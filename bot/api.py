@@ -1,4 +1,4 @@
-"""The HTTP API of CONTRACT.md section 4 (aiohttp): case intake, case view, QR code, health.
+"""The HTTP API of docs/contract.md section 4 (aiohttp): case intake, case view, QR code, health.
 
 Every route answers JSON; domain errors, bad JSON and an unreachable database are mapped to
 the contract's error shape in one middleware. A 2xx answer is sent only after the commit.
@@ -62,7 +62,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def error_response(
     status: int, code: str, message: str, fields: dict[str, str] | None = None
 ) -> web.Response:
-    # `fields` is always there (empty when no field is to blame): CONTRACT.md section 4's shape.
+    # `fields` is always there (empty when no field is to blame): docs/contract.md section 4.
     error = {"code": code, "message": message, "fields": dict(fields or {})}
     return web.json_response({"error": error}, status=status)
 

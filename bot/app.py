@@ -41,7 +41,7 @@ class Services:
     sessions: SessionFactory
     clock: Clock
     policy: SurveyPolicy
-    # Each configured channel adds its citizen link here (CONTRACT.md section 4, `links`);
+    # Each configured channel adds its citizen link here (docs/contract.md section 4, `links`);
     # a builder answers None while it cannot make its link yet (the bot's name is unknown).
     link_builders: dict[str, Callable[[str], str | None]] = field(default_factory=dict)
     # Each configured channel's sender, by channel name, for the outbox dispatcher.

@@ -1,4 +1,4 @@
-"""The `sipas-bot` command line (CONTRACT.md section 3): the parser and one function per command.
+"""The `sipas-bot` command line (docs/contract.md section 3): the parser, one function a command.
 
 Exit codes: 0 done; 1 the input or the environment is wrong (rejected rows, an unreachable
 database), with the reasons printed; 2 a usage or configuration error naming what to fix.

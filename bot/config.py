@@ -1,4 +1,4 @@
-"""Typed settings from the `SIPAS_*` environment (CONTRACT.md section 2).
+"""Typed settings from the `SIPAS_*` environment (docs/contract.md section 2).
 
 One `Settings` object is built in `__main__` and passed down; nothing reads the environment
 anywhere else. A bad value stops start-up with a message naming the variable.
@@ -158,7 +158,7 @@ OptionalDuration = Annotated[timedelta | None, BeforeValidator(_optional_duratio
 
 
 class Settings(BaseSettings):
-    """Every setting of the service; see CONTRACT.md section 2 for the meaning of each."""
+    """Every setting of the service; see docs/contract.md section 2 for the meaning of each."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, extra="ignore", frozen=True, arbitrary_types_allowed=True
@@ -181,7 +181,7 @@ class Settings(BaseSettings):
     telegram_bot_username: str | None = None
 
     zalo_token: BotToken = None
-    zalo_api_url: str = "https://bot-api.zapps.me/bot"
+    zalo_api_url: str = "https://bot-api.zaloplatforms.com/bot"
     zalo_mode: Literal["polling", "webhook"] = "polling"
     zalo_webhook_secret: SecretStr | None = None
 
@@ -206,7 +206,7 @@ class Settings(BaseSettings):
     )
     digest_min_responses: int = Field(default=5, ge=1)
 
-    # Dispatcher limits (DESIGN.md: the limit is configuration).
+    # Dispatcher limits (docs/design.md: the limit is configuration).
     send_rate_global: float = Field(default=30.0, gt=0)
     send_rate_per_chat: float = Field(default=1.0, gt=0)
     link_token_ttl: Duration = timedelta(days=90)

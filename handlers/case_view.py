@@ -1,4 +1,4 @@
-"""The case view of CONTRACT.md section 4: what the API answers about one case."""
+"""The case view of docs/contract.md section 4: what the API answers about one case."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The case intake body of CONTRACT.md section 4, validated field by field.
+"""The case intake body of docs/contract.md section 4, validated field by field.
 
 The same validation serves the HTTP API and the CSV import, so a row and a request are
 judged alike. Every problem is reported under its dotted field path.

@@ -1,4 +1,4 @@
-"""The command line of CONTRACT.md section 3: help, exit codes, and the database commands
+"""The command line of docs/contract.md section 3: help, exit codes, and the database commands
 run in-process against each backend."""
 
 from __future__ import annotations

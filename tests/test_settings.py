@@ -1,4 +1,4 @@
-"""Every `SIPAS_*` variable of CONTRACT.md section 2: its default, an override, and a bad value
+"""Every `SIPAS_*` variable of docs/contract.md section 2: its default, an override, and a bad value
 that stops start-up with a message naming the variable."""
 
 from __future__ import annotations
