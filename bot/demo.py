@@ -303,7 +303,7 @@ def instructions(setup: DemoSetup, context: DemoContext, base_url: str, *, servi
         f"Metrics:  {base_url}/metrics",
         f"API docs: {base_url}/api/v1/openapi.json",
         "",
-        _channel_line(settings),
+        _channel_line(settings, context.services.channels.get("telegram")),
     ]
     telegram_link = _sample_link(context) if serving else None
     if telegram_link is not None and context.sample is not None:
@@ -347,7 +347,18 @@ def _serve_env(setup: DemoSetup) -> str:
     return "".join(parts)
 
 
-def _channel_line(settings: Settings) -> str:
+def _channel_line(settings: Settings, state: str | None) -> str:
+    if settings.telegram_token is not None and state == "unreachable":
+        line = (
+            "Telegram: enabled (SIPAS_TELEGRAM_TOKEN) but the Bot API cannot be reached yet; "
+            "it is retried in the background, and messages wait until it answers."
+        )
+        if not settings.telegram_bot_username:
+            line += (
+                " Citizen links and QR codes need the bot's name: set "
+                "SIPAS_TELEGRAM_BOT_USERNAME to have them at once."
+            )
+        return line
     if settings.telegram_token is not None:
         return "Telegram: enabled (SIPAS_TELEGRAM_TOKEN); citizens open the links above."
     return (
