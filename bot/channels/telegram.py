@@ -1,6 +1,6 @@
 """The Telegram channel: python-telegram-bot 22 turns updates into calls of the conversation.
 
-Thin by design (STYLE.md 7): each update is parsed, handled in one transaction together with
+Thin by design: each update is parsed, handled in one transaction together with
 the record that it was seen (so a redelivery does nothing), and answered through the outbox.
 Only a press gets an immediate answer (its notice, and its message loses the buttons).
 Polling, or webhook on the service's own aiohttp server with the secret header checked.
