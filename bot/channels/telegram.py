@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 from telegram import BotCommand, Update, User
 from telegram.constants import ChatType
-from telegram.error import InvalidToken, TelegramError
+from telegram.error import BadRequest, InvalidToken, NetworkError, TelegramError
 from telegram.ext import (
     Application,
     CallbackQueryHandler,
@@ -35,6 +35,7 @@ from telegram.request import HTTPXRequest
 from bot.app import Services
 from bot.channels.telegram_sender import TelegramSender
 from bot.config import SettingsError, masked_token
+from bot.health import ChannelState
 from bot.logging_setup import mask
 from handlers import conversation
 from handlers.chat import ChatContext, Reaction
@@ -68,10 +69,14 @@ class _Bot(ExtBot[None]):
     """An ExtBot that, given the bot's username (SIPAS_TELEGRAM_BOT_USERNAME), does not ask
     getMe for it at start-up: the link to the bot is known before Telegram answers."""
 
-    __slots__ = ("_known_user",)
+    __slots__ = ("_known_user", "_polled")
 
     def __init__(self, token: str, *, username: str | None, **kwargs: Any) -> None:
         super().__init__(token, **kwargs)
+        # Told after every long poll whether Telegram answered: the channel's state follows
+        # the platform after start-up too, not only at it.
+        # (python-telegram-bot freezes its objects: only underscored attributes may be set.)
+        self._polled: Callable[[bool], None] = lambda reached: None
         self._known_user: User | None = None
         if username:
             bot_id = token.split(":", 1)[0]
@@ -82,6 +87,19 @@ class _Bot(ExtBot[None]):
                 username=username,
             )
             self._known_user.set_bot(self)
+
+    def when_polled(self, callback: Callable[[bool], None]) -> None:
+        self._polled = callback
+
+    async def get_updates(self, *args: Any, **kwargs: Any) -> tuple[Update, ...]:
+        try:
+            updates = await super().get_updates(*args, **kwargs)
+        except NetworkError as exc:
+            # Connection failures, timeouts and 5xx; a BadRequest is an answer, not an outage.
+            self._polled(isinstance(exc, BadRequest))
+            raise
+        self._polled(True)
+        return updates
 
     async def get_me(self, **kwargs: Any) -> User:
         if self._known_user is None:
@@ -112,6 +130,7 @@ class TelegramChannel:
         if self.webhook:
             builder = builder.updater(None)
         self.application = builder.build()
+        bot.when_polled(self._polled)
         self.username: str | None = settings.telegram_bot_username
         self.sender = TelegramSender(self.application.bot)
         self._starting: asyncio.Task[None] | None = None
@@ -225,6 +244,16 @@ class TelegramChannel:
                 error_callback=self._polling_failed,
             )
         log.info("Telegram channel started (%s) as @%s", settings.telegram_mode, self.username)
+
+    def _polled(self, reached: bool) -> None:
+        """After start-up, each long poll tells whether Telegram is reachable now; while it is
+        not, the dispatcher holds the channel's messages instead of spending attempts."""
+        if self.services.channels.get(CHANNEL) == "starting":
+            return  # the start-up attempts own the state until the channel is up
+        state: ChannelState = "ok" if reached else "unreachable"
+        if self.services.channels.get(CHANNEL) != state:
+            log.info("Telegram Bot API is %s", "reachable again" if reached else "unreachable")
+        self.services.channels.set(CHANNEL, state)
 
     def _polling_failed(self, error: TelegramError) -> None:
         # PTB retries polling by itself; one line per failure instead of its traceback.
