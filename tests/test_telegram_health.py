@@ -3,6 +3,15 @@ makes it `unreachable` (its messages wait in the outbox), the next good one `ok`
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pytest_aiohttp import AiohttpClient
+
+from bot.api import create_web_app
+from bot.app import build_services
+from bot.channels.telegram import SECRET_HEADER, WEBHOOK_PATH, configure_telegram
+from bot.config import load_settings
+from tests.cli_support import free_port
 from tests.telegram_support import CASE, Rig, case_body, make_rig, rig
 
 __all__ = ["make_rig", "rig"]  # fixtures
@@ -32,3 +41,27 @@ async def test_a_bot_api_outage_after_start_up_holds_messages_until_it_is_over(r
     await rig.post_case(body, 201)
     letter = await rig.api.wait_for_message(CHAT, lambda m: "XIN LỖI" in m.text, timeout=30)
     assert CASE["case_code"] in letter.text
+
+
+async def test_webhook_updates_are_refused_with_503_until_the_channel_is_up(
+    tmp_path: Path, aiohttp_client: AiohttpClient
+) -> None:
+    settings = load_settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'sipas.db'}",
+        telegram_token="123456:TEST-TOKEN",
+        telegram_api_url=f"http://127.0.0.1:{free_port()}/bot",  # nothing listens there
+        telegram_mode="webhook",
+        telegram_webhook_secret="s3cret",
+        public_url="https://gopy.example.gov.vn",
+    )
+    services = build_services(settings)
+    try:
+        configure_telegram(services)  # configured, not started: Telegram cannot be reached
+        client = await aiohttp_client(create_web_app(services))
+        update = {"update_id": 1, "message": {"message_id": 1, "date": 0, "chat": {"id": 1}}}
+        answer = await client.post(WEBHOOK_PATH, json=update, headers={SECRET_HEADER: "s3cret"})
+        assert answer.status == 503  # Telegram delivers it again later
+        answer = await client.post(WEBHOOK_PATH, json=update)
+        assert answer.status == 403  # the secret is checked first, as always
+    finally:
+        await services.engine.dispose()
