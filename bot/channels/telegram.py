@@ -201,10 +201,14 @@ class TelegramChannel:
                     settings.channel_retry_max.total_seconds(),
                 )
                 self.services.channels.set(CHANNEL, "unreachable")
+                # A 400 or 409 is an answer (a webhook URL Telegram refuses, another process
+                # polling), not an outage: say so, and keep trying all the same.
+                outage = isinstance(exc, NetworkError) and not isinstance(exc, BadRequest)
                 log.warning(
-                    "Telegram Bot API at %s cannot be reached (attempt %d: %s); "
+                    "Telegram Bot API at %s %s (attempt %d: %s); "
                     "retrying in %gs, messages wait in the outbox",
                     settings.telegram_api_url,
+                    "cannot be reached" if outage else "refused a start-up call",
                     attempt,
                     mask(f"{type(exc).__name__}: {exc}"),
                     delay,
