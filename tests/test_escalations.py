@@ -275,6 +275,12 @@ async def test_a_unit_without_a_reachable_head_goes_to_its_parent_at_once(rig: R
     item = (await escalations(rig))[0]
     assert item["level"] == 2 and item["unit_code"] == "HN"
     assert await events(rig) == ["opened", "skipped", "sent"]
+    trail = [(e["kind"], e["level"], e["unit_code"], e.get("why")) for e in item["events"]]
+    assert trail == [
+        ("opened", 1, "HN-TT", None),
+        ("skipped", 1, "HN-TT", "no_reachable_head"),
+        ("sent", 2, "HN", None),
+    ]
 
 
 async def test_resolve_sla_reminds_once_then_climbs(make_rig: RigFactory) -> None:
