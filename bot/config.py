@@ -137,6 +137,19 @@ def masked_token(token: SecretStr | str | None) -> str:
     return "***"
 
 
+def token_rejected(
+    variable: str,
+    token: SecretStr | None,
+    platform: str,
+    api_url: str,
+    advice: str = "set the token the platform gave the bot",
+) -> SettingsError:
+    """The one line an operator reads when a platform refuses a bot token (exit code 2)."""
+    return SettingsError(
+        f"{variable} ({masked_token(token)}) was rejected by {platform} at {api_url}: {advice}"
+    )
+
+
 def _parse_bot_token(value: object) -> SecretStr | None:
     """A token pasted with quotes, spaces or a line break inside is refused, never echoed."""
     if value is None:
@@ -260,6 +273,16 @@ class Settings(BaseSettings):
 
     def api_token_values(self) -> frozenset[str]:
         return frozenset(token.get_secret_value() for token in self.api_tokens)
+
+
+def telegram_token_rejected(settings: Settings) -> SettingsError:
+    return token_rejected(
+        "SIPAS_TELEGRAM_TOKEN",
+        settings.telegram_token,
+        "Telegram",
+        settings.telegram_api_url,
+        "set the token @BotFather gave the bot",
+    )
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -6,7 +6,7 @@ from telegram import Bot
 from telegram.error import InvalidToken, TelegramError
 
 from bot.app import Services
-from bot.config import SettingsError, masked_token
+from bot.config import SettingsError, telegram_token_rejected
 from bot.logging_setup import mask
 from handlers.heads import invite_head
 
@@ -30,10 +30,7 @@ async def bot_username(services: Services) -> str:
         async with bot:
             return bot.username
     except InvalidToken:
-        raise SettingsError(
-            f"SIPAS_TELEGRAM_TOKEN ({masked_token(settings.telegram_token)}) was rejected by "
-            f"Telegram at {settings.telegram_api_url}: set the token @BotFather gave the bot"
-        ) from None
+        raise telegram_token_rejected(settings) from None
     except TelegramError as exc:
         raise TelegramUnreachable(
             f"cannot reach the Telegram Bot API at {settings.telegram_api_url} to learn the "

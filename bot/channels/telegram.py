@@ -34,7 +34,7 @@ from telegram.request import HTTPXRequest
 
 from bot.app import Services
 from bot.channels.telegram_sender import TelegramSender
-from bot.config import SettingsError, masked_token
+from bot.config import telegram_token_rejected
 from bot.health import ChannelState
 from bot.logging_setup import mask
 from handlers import conversation
@@ -55,14 +55,6 @@ Step = Callable[[Any, ChatContext], Awaitable[Reaction | None]]
 # a rejected token answers at once); past it the service starts and the channel follows.
 FIRST_ATTEMPT_SECONDS = 5.0
 RETRY_FIRST_SECONDS = 1.0
-
-
-def token_rejected(settings: Any) -> SettingsError:
-    """The one line an operator reads when Telegram refuses the token (exit code 2)."""
-    return SettingsError(
-        f"SIPAS_TELEGRAM_TOKEN ({masked_token(settings.telegram_token)}) was rejected by "
-        f"Telegram at {settings.telegram_api_url}: set the token @BotFather gave the bot"
-    )
 
 
 class _Bot(ExtBot[None]):
@@ -193,7 +185,7 @@ class TelegramChannel:
             try:
                 await self._start()
             except InvalidToken:
-                raise token_rejected(settings) from None
+                raise telegram_token_rejected(settings) from None
             except TelegramError as exc:
                 # Connection refused, DNS, timeouts, 5xx: all wrapped by PTB as TelegramError.
                 delay = min(
