@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from handlers.policy import SurveyPolicy
 from handlers.rendering import Payload
 from storage.models import Priority
-from storage.repositories import outbox
+from storage.repositories import outbox, prompts
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,12 @@ class ChatContext:
 
 @dataclass(frozen=True)
 class Reaction:
-    """What the channel shows right away for a press: a short notice, and the choice taken.
+    """What follows a choice right away: a short notice, and the label of the choice taken.
 
-    `chosen` set: the pressed message gets the chosen label appended and loses its buttons.
+    A channel with buttons shows `toast` as a toast on the press, and appends `chosen` to the
+    pressed message (which loses its buttons). Where the choice was typed (any channel, and
+    always on a channel without buttons) a toast becomes a short message of its own
+    (`handlers.conversation.text_received`) and `chosen` needs no showing.
     """
 
     toast: str | None = None
@@ -50,7 +53,11 @@ async def say(
     dedupe_key: str | None = None,
     case_id: int | None = None,
 ) -> bool:
-    """Queues a message in the caller's transaction; False when a duplicate was dropped."""
+    """Queues a message in the caller's transaction; False when a duplicate was dropped.
+
+    A message with choices becomes the address's open prompt, which a typed number or word
+    answers on any channel (`handlers.conversation.text_received`).
+    """
     row = await outbox.enqueue(
         session,
         channel=channel,
@@ -61,4 +68,8 @@ async def say(
         dedupe_key=dedupe_key,
         case_id=case_id,
     )
-    return row is not None
+    if row is None:
+        return False
+    if body.get("buttons"):
+        await prompts.open_prompt(session, channel, address, row.id, body, now)
+    return True

@@ -8,6 +8,7 @@ database when pressed, never anything a client could use to reach someone else's
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -34,7 +35,7 @@ def payload(text: str, choices: list[Choice] | None = None, *, columns: int = 1)
     return body
 
 
-def choices_of(body: Payload) -> list[Choice]:
+def choices_of(body: Mapping[str, Any]) -> list[Choice]:
     return [Choice(b["label"], b["data"]) for row in body.get("buttons", []) for b in row]
 
 
@@ -169,25 +170,49 @@ def delete_confirm_message(locale: str) -> Payload:
     )
 
 
-def match_typed_choice(text: str, choices: list[Choice]) -> Choice | None:
-    """A typed reply taken as a choice: by the start of its label, or by its number in the list.
+def _leading_number(label: str) -> int | None:
+    word = fold(label).split(" ", 1)[0]
+    return int(word) if word.isdigit() else None
 
-    Ratings are chosen by their score digit (the label begins with it); other lists, which never
-    begin with a digit, may be answered with the choice's number, as Zalo shows them numbered.
+
+def numbered(choices: Sequence[Choice]) -> list[tuple[int, Choice]]:
+    """The number each choice answers to, decided here once for every channel.
+
+    A label that begins with its number (a rating's score digit) keeps it; the other
+    choices are numbered on from the highest such number, in order. So a rating question
+    reads 1-5, then "6. Bỏ qua", "7. « Quay lại", and any other list reads 1, 2, 3, ...
     """
-    typed = fold(text)
+    leading = [_leading_number(choice.label) for choice in choices]
+    following = max((n for n in leading if n is not None), default=0)
+    result: list[tuple[int, Choice]] = []
+    for number, choice in zip(leading, choices, strict=True):
+        if number is None:
+            following += 1
+            number = following
+        result.append((number, choice))
+    return result
+
+
+def numbered_lines(choices: Sequence[Choice]) -> str:
+    """Choices as lines a person answers by typing the number or the words (no buttons):
+    "1. 1 - Rất không hài lòng" ... "6. Bỏ qua"."""
+    return "\n".join(f"{number}. {choice.label}" for number, choice in numbered(choices))
+
+
+def match_typed_choice(text: str, choices: Sequence[Choice]) -> Choice | None:
+    """A typed reply taken as a choice: by its number (`numbered`), or by the words of its label.
+
+    "6", "6." and "6)" choose the sixth; "co", "Có" and "có." choose `Có`; a rating may also be
+    typed as its whole label. Anything else is no choice.
+    """
+    typed = fold(text).rstrip(".)!").strip()
     if not typed:
         return None
+    if typed.isdigit():
+        number = int(typed)
+        return next((choice for n, choice in numbered(choices) if n == number), None)
     for choice in choices:
         label = fold(choice.label).lstrip("«» ")
-        if (
-            label == typed
-            or label.startswith(typed + " ")
-            or (typed[0].isdigit() and label.split(" ")[0] == typed)
-        ):
+        if label == typed or label.startswith(typed + " "):
             return choice
-    if typed.isdigit() and not any(fold(c.label)[:1].isdigit() for c in choices):
-        number = int(typed)
-        if 1 <= number <= len(choices):
-            return choices[number - 1]
     return None

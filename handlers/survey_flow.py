@@ -20,6 +20,7 @@ from handlers.rendering import (
     Choice,
     invitation_message,
     match_typed_choice,
+    numbered_lines,
     payload,
     question_choices,
     question_message,
@@ -265,7 +266,7 @@ async def text_for_survey(session: AsyncSession, ctx: ChatContext, text: str) ->
 async def _explain_choices(
     session: AsyncSession, survey: Survey, ctx: ChatContext, choices: list[Choice]
 ) -> None:
-    listing = "\n".join(f"{i}. {c.label}" for i, c in enumerate(choices, start=1))
+    listing = numbered_lines(choices)
     await say(
         session,
         ctx.channel,

@@ -418,6 +418,24 @@ class ProcessedUpdate(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
+class OpenPrompt(Base):
+    """The prompt last sent to an address with choices: a typed number or word answers it.
+
+    One per address; a newer prompt replaces it and answering it closes it, so a channel
+    without buttons (Zalo) and typed replies on any channel take the same path as a press.
+    """
+
+    __tablename__ = "open_prompts"
+
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    address: Mapped[str] = mapped_column(Address, primary_key=True)
+    # The outbox row that carried it (no foreign key: sent rows may be purged).
+    outbox_id: Mapped[int] = mapped_column(BigInteger)
+    # The payload as queued: its text (to ask again) and its buttons (the choices).
+    payload: Mapped[dict[str, Any]]
+    opened_at: Mapped[datetime]
+
+
 class AuditEntry(Base):
     __tablename__ = "audit_log"
 

@@ -1,0 +1,62 @@
+"""The prompt open at each address: the choices a typed reply is matched against."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.inserts import insert_for
+from storage.models import OpenPrompt
+
+
+async def open_prompt(
+    session: AsyncSession,
+    channel: str,
+    address: str,
+    outbox_id: int,
+    payload: Mapping[str, Any],
+    now: datetime,
+) -> None:
+    """Makes this the address's open prompt, replacing any earlier one (one atomic upsert, so
+    a sweep and an update writing to the same address at once do not collide)."""
+    values = {
+        "channel": channel,
+        "address": address,
+        "outbox_id": outbox_id,
+        "payload": dict(payload),
+        "opened_at": now,
+    }
+    statement = insert_for(session, OpenPrompt).values(values)
+    statement = statement.on_conflict_do_update(
+        index_elements=[OpenPrompt.channel, OpenPrompt.address],
+        set_={key: statement.excluded[key] for key in ("outbox_id", "payload", "opened_at")},
+    )
+    await session.execute(statement)
+
+
+async def open_at(session: AsyncSession, channel: str, address: str) -> OpenPrompt | None:
+    statement = select(OpenPrompt).where(
+        OpenPrompt.channel == channel, OpenPrompt.address == address
+    )
+    return (await session.execute(statement)).scalar_one_or_none()
+
+
+async def close(session: AsyncSession, channel: str, address: str, outbox_id: int) -> None:
+    """Closes the prompt if it is still the one carried by `outbox_id` (not a newer one)."""
+    await session.execute(
+        delete(OpenPrompt).where(
+            OpenPrompt.channel == channel,
+            OpenPrompt.address == address,
+            OpenPrompt.outbox_id == outbox_id,
+        )
+    )
+
+
+async def forget_address(session: AsyncSession, channel: str, address: str) -> None:
+    await session.execute(
+        delete(OpenPrompt).where(OpenPrompt.channel == channel, OpenPrompt.address == address)
+    )
