@@ -28,6 +28,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.app import Services
+from bot.channels import CHANNEL_NAMES
 from handlers.case_view import case_view, case_view_by_code, shown_code
 from handlers.errors import Conflict, DomainError, InvalidInput, NotFound
 from handlers.intake import IntakeResult, case_posted
@@ -245,7 +246,7 @@ async def get_case(request: web.Request) -> web.Response:
     return web.json_response(view)
 
 
-PRIMARY_LINK_ORDER = ("telegram", "zalo", "web")
+PRIMARY_LINK_ORDER = (*CHANNEL_NAMES, "web")
 
 
 async def get_case_qr(request: web.Request) -> web.Response:

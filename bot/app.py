@@ -66,10 +66,9 @@ class Services:
         From the settings, not from the senders of this process: any process (an import, the
         CLI) may queue a message, and the `serve` process with the channel sends it.
         """
-        configured = []
-        if self.settings.telegram_token is not None:
-            configured.append("telegram")
-        return configured
+        from bot.channels import configured_channels
+
+        return configured_channels(self.settings)
 
 
 def escalation_policy(settings: Settings) -> EscalationPolicy:

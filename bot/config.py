@@ -222,6 +222,9 @@ class Settings(BaseSettings):
     # Dispatcher limits (docs/design.md: the limit is configuration).
     send_rate_global: float = Field(default=30.0, gt=0)
     send_rate_per_chat: float = Field(default=1.0, gt=0)
+    # Zalo publishes no limits for bots: conservative defaults, raise them when Zalo allows.
+    zalo_send_rate_global: float = Field(default=5.0, gt=0)
+    zalo_send_rate_per_chat: float = Field(default=0.5, gt=0)
     link_token_ttl: Duration = timedelta(days=90)
     # A chat platform unreachable at start-up is retried with backoff up to this interval.
     channel_retry_max: Duration = timedelta(seconds=60)
@@ -305,6 +308,8 @@ _EXAMPLES = {
     "digest_min_responses": "5",
     "send_rate_global": "30",
     "send_rate_per_chat": "1",
+    "zalo_send_rate_global": "5",
+    "zalo_send_rate_per_chat": "0.5",
 }
 
 

@@ -214,6 +214,7 @@ class Dispatcher:
         flood_window: float = 1.0,
         shutdown_grace: float = 10.0,
         rng: random.Random | None = None,
+        channel_rates: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         if global_rate <= 0 or per_chat_rate <= 0:
             raise ValueError("rates must be positive")
@@ -241,7 +242,18 @@ class Dispatcher:
         self._shutdown_grace = shutdown_grace
         self._rng = rng or random.Random()
 
-        self._buckets = {name: _TokenBucket(global_rate, self._burst) for name in self._senders}
+        # A channel may have limits of its own: (bot-wide rate, per-chat rate).
+        rates = {name: (global_rate, per_chat_rate) for name in self._senders}
+        rates.update({n: r for n, r in (channel_rates or {}).items() if n in self._senders})
+        if any(rate <= 0 for pair in rates.values() for rate in pair):
+            raise ValueError("rates must be positive")
+        self._buckets = {
+            name: _TokenBucket(
+                bot, global_burst if global_burst is not None else max(1.0, bot / 10)
+            )
+            for name, (bot, _chat) in rates.items()
+        }
+        self._spacings = {name: 1.0 / chat for name, (_bot, chat) in rates.items()}
         self._held: dict[int, _Claim] = {}
         self._inflight: dict[int, asyncio.Task[bool]] = {}
         self._busy: set[tuple[str, str]] = set()
@@ -409,7 +421,7 @@ class Dispatcher:
             # Spacing counts between the starts of two sends, as the limit is stated. Counting
             # from the platform's answer would add a round trip to every gap, and a person
             # answering once a second would fall further behind with every answer.
-            self._next_at[key] = mono + self._spacing
+            self._next_at[key] = mono + self._spacings.get(claim.channel, self._spacing)
             task = asyncio.create_task(self._deliver(claim), name=f"outbox-{claim.id}")
             task.add_done_callback(_log_crash)
             self._inflight[claim.id] = task

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from bot.api import create_web_app
 from bot.app import Services, Startable, build_services, prepare_database, run_services
-from bot.channels import channel_parts
+from bot.channels import CHANNELS, channel_parts
 from bot.config import Settings, SettingsError
 from bot.scheduler import scheduler_part
 from storage.db import ping
@@ -132,13 +132,9 @@ def listening_url(runner: web.AppRunner, settings: Settings) -> str:
 
 def enabled_channels(settings: Settings) -> list[str]:
     """Channel names and modes for the start-up log line; never their tokens."""
-    channels = []
-    if settings.telegram_token is not None:
-        channels.append(f"telegram ({settings.telegram_mode})")
-    if settings.zalo_token is not None:
-        # Configured ahead of the channel: say so rather than let operators believe it works.
-        channels.append("zalo (SIPAS_ZALO_TOKEN is set, but this version has no Zalo channel)")
-    return channels
+    return [
+        f"{spec.name} ({spec.mode(settings)})" for spec in CHANNELS if spec.configured(settings)
+    ]
 
 
 async def run_until_stopped(

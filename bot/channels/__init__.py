@@ -1,8 +1,9 @@
 """Chat channels. Each configured channel contributes a part to the running service.
 
-`channel_parts` configures the channels at once (their links, senders and webhook routes are
-needed before the HTTP server is built) and returns the parts that start and stop them, and
-last the outbox dispatcher, which needs every sender.
+`CHANNELS` is the one list of chat channels, best first (the order in which a head is looked
+up, and the order of links). `channel_parts` configures the configured ones at once (their
+links, senders and webhook routes are needed before the HTTP server is built) and returns the
+parts that start and stop them, and last the outbox dispatcher, which needs every sender.
 """
 
 from __future__ import annotations
@@ -10,32 +11,85 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from bot.app import Services, Startable
+    from bot.config import Settings
     from bot.outbox import Dispatcher
 
 Stop = Callable[[], Awaitable[None]]
 
 
+class RunningChannel(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def _configure_telegram(services: Services) -> RunningChannel:
+    from bot.channels.telegram import configure_telegram
+
+    return configure_telegram(services)
+
+
+def _configure_zalo(services: Services) -> RunningChannel:
+    from bot.channels.zalo import configure_zalo
+
+    return configure_zalo(services)
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """A chat channel: whether the settings enable it, its mode, and how to build it (which
+    plugs its link builder, sender and webhook route into `Services`)."""
+
+    name: str
+    configured: Callable[[Settings], bool]
+    mode: Callable[[Settings], str]
+    configure: Callable[[Services], RunningChannel]
+
+
+CHANNELS: tuple[ChannelSpec, ...] = (
+    ChannelSpec(
+        "telegram",
+        lambda settings: settings.telegram_token is not None,
+        lambda settings: settings.telegram_mode,
+        _configure_telegram,
+    ),
+    ChannelSpec(
+        "zalo",
+        lambda settings: settings.zalo_token is not None,
+        lambda settings: settings.zalo_mode,
+        _configure_zalo,
+    ),
+)
+CHANNEL_NAMES = tuple(spec.name for spec in CHANNELS)
+
+
+def configured_channels(settings: Settings) -> list[str]:
+    """The chat channels the settings enable, best first."""
+    return [spec.name for spec in CHANNELS if spec.configured(settings)]
+
+
 def channel_parts(services: Services) -> list[Startable]:
-    """The parts of every channel the settings enable (Telegram, Zalo), in start order."""
+    """The parts of every channel the settings enable, in start order, then the dispatcher."""
     parts: list[Startable] = []
-    settings = services.settings
-    if settings.telegram_token is not None:
-        from bot.channels.telegram import configure_telegram
-
-        telegram = configure_telegram(services)
-
-        async def start_telegram(_services: Services) -> Stop:
-            await telegram.start()
-            return telegram.stop
-
-        parts.append(start_telegram)
+    for spec in CHANNELS:
+        if spec.configured(services.settings):
+            parts.append(_part(spec.configure(services)))
     if services.senders:
         parts.append(start_dispatcher)
     return parts
+
+
+def _part(channel: RunningChannel) -> Startable:
+    async def start_channel(_services: Services) -> Stop:
+        await channel.start()
+        return channel.stop
+
+    return start_channel
 
 
 def build_dispatcher(services: Services, channels: list[str] | None = None) -> Dispatcher:
@@ -50,6 +104,9 @@ def build_dispatcher(services: Services, channels: list[str] | None = None) -> D
         services.clock,
         global_rate=settings.send_rate_global,
         per_chat_rate=settings.send_rate_per_chat,
+        channel_rates={
+            "zalo": (settings.zalo_send_rate_global, settings.zalo_send_rate_per_chat),
+        },
     )
 
 

@@ -14,7 +14,7 @@ import hmac
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +33,7 @@ from telegram.ext import (
 from telegram.request import HTTPXRequest
 
 from bot.app import Services
+from bot.channels.base import ChannelBase, Incoming, Step
 from bot.channels.telegram_sender import TelegramSender
 from bot.config import telegram_token_rejected
 from bot.health import ChannelState
@@ -41,15 +42,12 @@ from handlers import conversation
 from handlers.chat import ChatContext, Reaction
 from handlers.texts import t
 from storage.models import Channel
-from storage.repositories.updates import first_time
 
 log = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 CHANNEL = Channel.TELEGRAM.value
-
-Step = Callable[[Any, ChatContext], Awaitable[Reaction | None]]
 
 # Start-up waits this long for the first attempt to reach Telegram (a refused connection or
 # a rejected token answers at once); past it the service starts and the channel follows.
@@ -101,13 +99,15 @@ class _Bot(ExtBot[None]):
         return self._known_user
 
 
-class TelegramChannel:
+class TelegramChannel(ChannelBase):
     """Owns the python-telegram-bot Application for the life of the service."""
 
+    name = CHANNEL
+
     def __init__(self, services: Services) -> None:
+        super().__init__(services)
         settings = services.settings
         assert settings.telegram_token is not None
-        self.services = services
         self.webhook = settings.telegram_mode == "webhook"
         bot = _Bot(
             settings.telegram_token.get_secret_value(),
@@ -356,23 +356,13 @@ class TelegramChannel:
         if chat is None:
             return None
         user = update.effective_user
-        services = self.services
-        ctx = ChatContext(
-            channel=CHANNEL,
+        incoming = Incoming(
+            update_id=update.update_id,
             address=str(chat.id),
-            now=services.clock.now(),
-            policy=services.policy,
             language_hint=user.language_code if user else None,
-            channels=tuple(services.invitation_channels),
             display_name=user.full_name if user else None,
         )
-        async with services.sessions.begin() as session:
-            if not await first_time(session, CHANNEL, update.update_id):
-                log.info("Telegram update %s seen before; skipped", update.update_id)
-                return None
-            reaction = await step(session, ctx)
-        services.wake_dispatcher()
-        return reaction
+        return await self.handle(incoming, step)
 
     async def _show(self, update: Update, reaction: Reaction | None) -> None:
         """Answers the press at once; the pressed message keeps the answer and loses its buttons."""

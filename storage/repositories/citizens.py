@@ -61,16 +61,21 @@ async def contacts_of(session: AsyncSession, citizen_id: int) -> Sequence[Citize
 async def active_contact(
     session: AsyncSession, citizen_id: int, channels: Sequence[str]
 ) -> CitizenContact | None:
-    """The citizen's best reachable contact: the first channel in `channels` order that has one."""
-    found = {
-        c.channel: c
+    """The contact the citizen linked most recently among `channels` (a chat consent counts
+    from its moment, a contact from the desk from when it was stored); `channels` order breaks
+    a tie."""
+    found = [
+        c
         for c in await contacts_of(session, citizen_id)
-        if c.status == ContactStatus.ACTIVE
-    }
-    for channel in channels:
-        if channel in found:
-            return found[channel]
-    return None
+        if c.status == ContactStatus.ACTIVE and c.channel in channels
+    ]
+    if not found:
+        return None
+    order = list(channels)
+    return max(
+        found,
+        key=lambda c: (c.consented_at or c.created_at, -order.index(c.channel), c.id),
+    )
 
 
 async def attach_contact(

@@ -1,0 +1,66 @@
+"""What every chat channel does with an update: de-duplicate it, run the conversation step
+and the record that it was seen in one transaction, then wake the dispatcher.
+
+A channel module only translates its platform's updates into an `Incoming` and a step of
+`handlers.conversation`, and shows the returned `Reaction` where it has buttons to show it on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from handlers.chat import ChatContext, Reaction
+from storage.repositories.updates import first_time
+
+if TYPE_CHECKING:
+    from bot.app import Services
+
+log = logging.getLogger(__name__)
+
+Step = Callable[[Any, ChatContext], Awaitable[Reaction | None]]
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One update, as every channel sees it: its id (for de-duplication) and who sent it."""
+
+    update_id: int
+    address: str
+    language_hint: str | None = None
+    display_name: str | None = None
+
+
+class ChannelBase:
+    """The shared part of a chat channel; a subclass names itself and translates updates."""
+
+    name: str
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def context(self, incoming: Incoming) -> ChatContext:
+        services = self.services
+        return ChatContext(
+            channel=self.name,
+            address=incoming.address,
+            now=services.clock.now(),
+            policy=services.policy,
+            language_hint=incoming.language_hint,
+            channels=tuple(services.invitation_channels),
+            display_name=incoming.display_name,
+        )
+
+    async def handle(self, incoming: Incoming, step: Step) -> Reaction | None:
+        """Runs `step` once per update: a redelivered update is skipped, in the same
+        transaction as the effect, so a crash before the commit lets the redelivery through."""
+        ctx = self.context(incoming)
+        async with self.services.sessions.begin() as session:
+            if not await first_time(session, self.name, incoming.update_id):
+                log.info("%s update %s seen before; skipped", self.name, incoming.update_id)
+                return None
+            reaction = await step(session, ctx)
+        self.services.wake_dispatcher()
+        return reaction

@@ -1,0 +1,279 @@
+"""The Zalo channel: Zalo Bot API updates become calls of the conversation, answers go out
+through the outbox (`bot.channels.zalo_sender`).
+
+Thin like the Telegram channel: each message is handled in one transaction with the record
+that it was seen (`bot.channels.base`). Zalo has no buttons, so everything a person sends is
+text: a command (`/start TOKEN`), or a typed answer to the open prompt. Polling (getUpdates)
+or webhook on the service's own aiohttp server with the secret header checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from bot.app import Services
+from bot.channels.base import ChannelBase, Incoming
+from bot.channels.zalo_api import TEXT_EVENT, ZaloApi, ZaloApiError, parse_update, unwrap
+from bot.channels.zalo_sender import ZaloSender
+from bot.config import token_rejected
+from bot.health import ChannelState
+from bot.logging_setup import mask
+from handlers import conversation
+from handlers.chat import ChatContext
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "zalo"
+WEBHOOK_PATH = "/zalo/webhook"
+SECRET_HEADER = "X-Bot-Api-Secret-Token"
+
+FIRST_ATTEMPT_SECONDS = 5.0
+RETRY_FIRST_SECONDS = 1.0
+# getUpdates waits this long for an update before answering with none.
+POLL_SECONDS = 30
+# Answers to a long poll that only mean "nothing came in time".
+_NO_UPDATES = (408,)
+
+
+class ZaloChannel(ChannelBase):
+    """Owns the Zalo Bot API client and the polling task for the life of the service."""
+
+    name = CHANNEL
+
+    def __init__(self, services: Services, *, poll_seconds: int = POLL_SECONDS) -> None:
+        super().__init__(services)
+        settings = services.settings
+        assert settings.zalo_token is not None
+        self.api = ZaloApi(settings.zalo_api_url, settings.zalo_token.get_secret_value())
+        self.sender = ZaloSender(self.api)
+        self.webhook = settings.zalo_mode == "webhook"
+        self.poll_seconds = poll_seconds
+        self._running: asyncio.Task[None] | None = None
+        self._up = False
+
+    def link(self, token: str) -> str:
+        """The bot's Zalo link with the case's token. Whether Zalo hands the `start` parameter
+        to the bot is not documented; the token typed or pasted as a message links as well."""
+        return f"https://zalo.me/{self.api.bot_id}?start={token}"
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Reaches Zalo, or keeps trying in the background (as the Telegram channel does): a
+        rejected token stops start-up; an unreachable platform does not."""
+        self.services.channels.set(CHANNEL, "starting")
+        first_attempt = asyncio.Event()
+        running = asyncio.create_task(self._run(first_attempt), name="zalo-channel")
+        self._running = running
+        waiting = asyncio.create_task(first_attempt.wait())
+        try:
+            await asyncio.wait(
+                {running, waiting}, timeout=FIRST_ATTEMPT_SECONDS, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            waiting.cancel()
+        if running.done() and not running.cancelled() and running.exception() is not None:
+            await self.api.close()
+            running.result()
+        running.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        assert error is not None
+        self.services.abort(error)
+
+    def _rejected(self) -> Exception:
+        settings = self.services.settings
+        return token_rejected(
+            "SIPAS_ZALO_TOKEN",
+            settings.zalo_token,
+            "Zalo",
+            settings.zalo_api_url,
+            "set the token the Zalo Bot Platform gave the bot",
+        )
+
+    def _set_state(self, state: ChannelState) -> None:
+        if self.services.channels.get(CHANNEL) != state:
+            log.info("Zalo channel is %s", state)
+        self.services.channels.set(CHANNEL, state)
+
+    def _delay(self, attempt: int) -> float:
+        first = RETRY_FIRST_SECONDS * 2.0 ** max(0, attempt - 1)
+        return float(min(first, self.services.settings.channel_retry_max.total_seconds()))
+
+    async def _run(self, first_attempt: asyncio.Event) -> None:
+        settings = self.services.settings
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                me = await self.api.call("getMe")
+                if self.webhook:
+                    secret = settings.zalo_webhook_secret
+                    assert secret is not None
+                    await self.api.call(
+                        "setWebhook",
+                        {
+                            "url": settings.public_url + WEBHOOK_PATH,
+                            "secret_token": secret.get_secret_value(),
+                        },
+                    )
+                else:
+                    await self.api.call("deleteWebhook")
+            except ZaloApiError as exc:
+                if exc.token_rejected:
+                    raise self._rejected() from None
+                delay = self._delay(attempt)
+                self._set_state("unreachable")
+                log.warning(
+                    "Zalo Bot API at %s %s (attempt %d: %s); retrying in %gs, "
+                    "messages wait in the outbox",
+                    settings.zalo_api_url,
+                    "cannot be reached" if exc.unreachable else "refused a start-up call",
+                    attempt,
+                    mask(str(exc)),
+                    delay,
+                )
+                first_attempt.set()
+                await asyncio.sleep(delay)
+                continue
+            self._up = True
+            self._set_state("ok")
+            name = (
+                me.get("display_name") or me.get("account_name")
+                if isinstance(me, Mapping)
+                else None
+            )
+            log.info("Zalo channel started (%s) as %s", settings.zalo_mode, name or "the bot")
+            first_attempt.set()
+            break
+        if not self.webhook:
+            await self._poll()
+
+    async def _poll(self) -> None:
+        failures = 0
+        while True:
+            try:
+                result = await self.api.call(
+                    "getUpdates", {"timeout": self.poll_seconds}, wait=self.poll_seconds + 15
+                )
+            except ZaloApiError as exc:
+                if exc.error_code in _NO_UPDATES:
+                    continue
+                if exc.token_rejected:
+                    raise self._rejected() from None
+                failures += 1
+                if exc.unreachable:
+                    self._set_state("unreachable")
+                log.warning("Zalo polling failed, retrying: %s", mask(str(exc)))
+                await asyncio.sleep(self._delay(failures))
+                continue
+            failures = 0
+            self._set_state("ok")
+            try:
+                updates = unwrap(result)
+            except ValueError:
+                log.warning("Zalo getUpdates answered with something that is no update")
+                continue
+            for update in updates:
+                try:
+                    await self.process(update)
+                except Exception:
+                    # One bad update must not stop the channel; it is logged with its id.
+                    log.exception("error while handling Zalo update %s", _id_of(update))
+
+    async def stop(self) -> None:
+        running, self._running = self._running, None
+        if running is not None and not running.done():
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+        self._up = False
+        await self.api.close()
+
+    # --- webhook ------------------------------------------------------------------------
+
+    async def webhook_route(self, request: web.Request) -> web.Response:
+        """Processes the update before answering, so Zalo redelivers what we did not store."""
+        secret = self.services.settings.zalo_webhook_secret
+        given = request.headers.get(SECRET_HEADER, "")
+        if secret is None or not hmac.compare_digest(
+            given.encode(), secret.get_secret_value().encode()
+        ):
+            log.warning("refused a Zalo webhook call without the right secret")
+            return web.json_response(
+                {"error": {"code": "forbidden", "message": "bad secret"}}, status=403
+            )
+        if not self._up:
+            return web.json_response(
+                {"error": {"code": "unavailable", "message": "starting"}}, status=503
+            )
+        try:
+            updates = unwrap(json.loads(await request.read()))
+        except ValueError:
+            return web.json_response(
+                {"error": {"code": "invalid_input", "message": "not a Zalo update"}}, status=400
+            )
+        for update in updates:
+            await self.process(update)
+        return web.json_response({"ok": True})
+
+    # --- updates ------------------------------------------------------------------------
+
+    async def process(self, update: Mapping[str, Any]) -> None:
+        """One update: a command, a typed answer, or something that is not text."""
+        message = parse_update(update)
+        if message is None:
+            return
+        incoming = Incoming(
+            update_id=message.update_id,
+            address=message.chat_id,
+            display_name=message.display_name,
+        )
+        text = (message.text or "").strip()
+        if message.event_name not in (TEXT_EVENT, "") or not text:
+
+            async def other(session: Any, ctx: ChatContext) -> None:
+                await conversation.other_received(session, ctx)
+
+            await self.handle(incoming, other)
+            return
+        if text.startswith("/"):
+            word, _, argument = text.partition(" ")
+            name = word.lstrip("/").lower()
+
+            async def command(session: Any, ctx: ChatContext) -> None:
+                await conversation.command_received(session, ctx, name, argument.strip() or None)
+
+            await self.handle(incoming, command)
+            return
+
+        async def typed(session: Any, ctx: ChatContext) -> None:
+            await conversation.text_received(session, ctx, text)
+
+        await self.handle(incoming, typed)
+
+
+def _id_of(update: Mapping[str, Any]) -> str:
+    message = update.get("message")
+    return str(message.get("message_id")) if isinstance(message, Mapping) else "?"
+
+
+def configure_zalo(services: Services) -> ZaloChannel:
+    """Builds the channel and plugs it into the service: link, sender, webhook route."""
+    channel = ZaloChannel(services)
+    services.link_builders[CHANNEL] = channel.link
+    services.senders[CHANNEL] = channel.sender
+    if channel.webhook:
+        services.web_routes.append(web.post(WEBHOOK_PATH, channel.webhook_route))
+    return channel
