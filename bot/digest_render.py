@@ -183,7 +183,8 @@ def chart_png(report: Report, history: Sequence[HistoryPoint], locale: str = "vi
                 fontsize=8,
             )
     bottom.set_xticks(xs, weeks, fontsize=9)
-    bottom.set_ylim(0, 105)
+    floor = min((100 * p.interval[0] for p in history if p.interval), default=0.0)
+    bottom.set_ylim(max(0, int(floor // 10) * 10 - 10), 105)
     bottom.set_ylabel("SIPAS (%)", fontsize=9)
     bottom.set_title(
         f"{HISTORY_WEEKS} tuần gần nhất (khoảng tin cậy 95%)"
