@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
+from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -27,7 +28,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from handlers.comment_themes import count_themes
 from handlers.errors import InvalidInput, NotFound
 from handlers.questionnaire import FACTORS, available_questionnaires, load_questionnaire
-from handlers.sipas_index import ItemTally, compute_index, one_decimal, trend, wilson_interval
+from handlers.sipas_index import (
+    IndexFigures,
+    ItemTally,
+    compute_index,
+    one_decimal,
+    trend,
+    wilson_interval,
+)
 from storage.repositories import reports as repo
 from storage.repositories.reports import UnitRow
 
@@ -259,6 +267,15 @@ class Figures:
     officers: tuple[dict[str, Any], ...] | None = None
     rank: tuple[int, int] | None = None
 
+    @cached_property
+    def figures(self) -> IndexFigures:
+        """The week's index figures, unrounded (computed once)."""
+        return compute_index(self.counts.tallies())
+
+    @cached_property
+    def previous_figures(self) -> IndexFigures:
+        return compute_index(self.previous.tallies())
+
     @property
     def enough(self) -> bool:
         return self.counts.responses >= self.min_responses
@@ -268,13 +285,13 @@ class Figures:
         """The unrounded SIPAS index, or None below the minimum."""
         if not self.enough:
             return None
-        return compute_index(self.counts.tallies()).sipas_index
+        return self.figures.sipas_index
 
     @property
     def previous_index(self) -> float | None:
         if self.previous.responses < self.min_responses:
             return None
-        return compute_index(self.previous.tallies()).sipas_index
+        return self.previous_figures.sipas_index
 
     @property
     def interval(self) -> tuple[float, float] | None:
@@ -292,13 +309,13 @@ class Figures:
     def factor_indices(self) -> dict[str, float | None]:
         if not self.enough:
             return dict.fromkeys(FACTORS)
-        figures = compute_index(self.counts.tallies())
+        figures = self.figures
         return {name: one_decimal(f.index) for name, f in figures.factors.items()}
 
     def previous_factor_indices(self) -> dict[str, float | None]:
         if self.previous.responses < self.min_responses:
             return dict.fromkeys(FACTORS)
-        figures = compute_index(self.previous.tallies())
+        figures = self.previous_figures
         return {name: one_decimal(f.index) for name, f in figures.factors.items()}
 
     def lowest_items(self) -> list[dict[str, Any]]:
@@ -328,7 +345,7 @@ class Figures:
         change = None if index is None or previous is None else one_decimal(index - previous)
         mean_scores: dict[str, float | None] = dict.fromkeys(FACTORS)
         if self.enough:
-            figures = compute_index(counts.tallies())
+            figures = self.figures
             mean_scores = {
                 name: None if f.mean_score is None else round(f.mean_score, 2)
                 for name, f in figures.factors.items()

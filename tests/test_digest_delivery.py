@@ -8,14 +8,21 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
 from sqlalchemy import func, select
+from telegram import Bot
 
 from bot.app import build_services, prepare_database
+from bot.channels.telegram_sender import TelegramSender
 from bot.config import WeeklySchedule
 from bot.digest_delivery import due_moment, send_due_digests
+from bot.outbox import PermanentSendError
 from bot.scheduler import SweepScheduler, sweep_registrars
 from handlers.digest import Week
+from storage.db import create_session_factory
 from storage.models import DigestDelivery, OutboxMessage, OutboxStatus
+from tests.cli_support import run_main
+from tests.conftest import engine_for
 from tests.digest_support import TREE_YAML, add_response, load_tree
 from tests.telegram_support import Rig, make_rig, rig
 
@@ -130,3 +137,62 @@ async def test_a_digest_missed_while_down_goes_out_late(rig: Rig) -> None:
     async with rig.services.sessions() as session:
         lates = (await session.scalars(select(DigestDelivery.late))).all()
     assert set(lates) == {True}
+
+
+async def test_digest_send_from_the_command_line_queues_once(
+    migrated_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    engine = engine_for(migrated_database_url)
+    sessions = create_session_factory(engine)
+    try:
+        async with sessions.begin() as session:
+            await load_tree(session, TREE_YAML)
+            await add_response(session, "HN-LB", MID_W47, (5, 5, 5, 5, 5))
+    finally:
+        await engine.dispose()
+    monkeypatch.setenv("SIPAS_DATABASE_URL", migrated_database_url)
+    monkeypatch.setenv("SIPAS_TELEGRAM_TOKEN", "123456:TEST-token-not-used")
+    argv = ["digest", "--week", "2026-W47", "--unit", "HN-LB", "--format", "json", "--send"]
+    assert await run_main(argv) == 0
+    out = capsys.readouterr().out
+    # The head of HN-LB on Telegram; the district's office has only Zalo, not configured.
+    assert out.rstrip().endswith(
+        "queued: 1 digests queued, 1 recipients unreachable, 0 already sent"
+    )
+    assert await run_main(argv) == 0
+    assert "queued: 0 digests queued, 0 recipients unreachable, 2 already sent" in (
+        capsys.readouterr().out
+    )
+    engine = engine_for(migrated_database_url)
+    try:
+        async with engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    select(OutboxMessage.address, OutboxMessage.dedupe_key).order_by(
+                        OutboxMessage.id
+                    )
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+    assert rows == [
+        ("901", "digest:head:HN-LB:2026-W47:text"),
+        ("901", "digest:head:HN-LB:2026-W47:photo"),
+        ("901", "digest:head:HN-LB:2026-W47:document"),
+    ]
+
+
+async def test_a_file_payload_without_its_bytes_is_refused_for_good() -> None:
+    sender = TelegramSender(Bot("123456:TEST-token-not-used"))
+    with pytest.raises(PermanentSendError, match="no valid photo"):
+        await sender.send(
+            "901", {"text": "chart", "photo": {"filename": "x.png"}}, clear_buttons_of=None
+        )
+    with pytest.raises(PermanentSendError, match="no valid document"):
+        await sender.send(
+            "901",
+            {"text": "book", "document": {"filename": "x.xlsx", "data_b64": "%%%"}},
+            clear_buttons_of=None,
+        )
