@@ -8,7 +8,8 @@ Entries of `units` are each unit's own cases; `overall` is the whole scope, coun
 its units' responses together (not a mean of the units' indices). A unit is ranked among its
 siblings (units with the same parent) that are in the report and have an index. Counts that
 depend on "now" (complaints still open, past their SLA) are taken at the end of the week, so
-the report of a past week never changes.
+the report of a past week does not change as they move on (cases still overdue excepted, see
+`storage.repositories.reports.case_counts`).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from storage.models import DigestDelivery, OutboxMessage, OutboxStatus
 from tests.cli_support import run_main
 from tests.conftest import engine_for
 from tests.digest_support import TREE_YAML, add_response, load_tree
-from tests.telegram_support import Rig, make_rig, rig
+from tests.telegram_support import Rig, RigFactory, make_rig, rig
 
 __all__ = ["make_rig", "rig"]  # fixtures
 
@@ -196,3 +196,23 @@ async def test_a_file_payload_without_its_bytes_is_refused_for_good() -> None:
             {"text": "book", "document": {"filename": "x.xlsx", "data_b64": "%%%"}},
             clear_buttons_of=None,
         )
+
+
+async def test_two_dispatching_processes_deliver_each_digest_once(make_rig: RigFactory) -> None:
+    first, second = await make_rig(), await make_rig()  # one database, two running services
+    await seed(first)
+    first.clock.set(MONDAY_0731)
+    outcomes = await asyncio.gather(
+        send_due_digests(first.services), send_due_digests(second.services)
+    )
+    assert sum(len(o.queued) for o in outcomes) == 4
+    first.services.wake_dispatcher()
+    second.services.wake_dispatcher()
+    digest_rows = OutboxMessage.dedupe_key.like("digest:%")
+    deadline = asyncio.get_running_loop().time() + 30
+    while await count(first, OutboxMessage, digest_rows, OutboxMessage.status == "sent") < 12:
+        assert asyncio.get_running_loop().time() < deadline, "digests not sent in 30 s"
+        await asyncio.sleep(0.05)
+    for chat in REACHABLE:
+        sent = first.api.messages_to(chat) + second.api.messages_to(chat)
+        assert sorted(m.method for m in sent) == ["sendDocument", "sendMessage", "sendPhoto"]

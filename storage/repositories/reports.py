@@ -131,23 +131,37 @@ async def _per_unit(session: AsyncSession, query: Any) -> dict[int, tuple[int, .
 async def survey_counts(
     session: AsyncSession, start: datetime, end: datetime, unit_ids: Collection[int] | None
 ) -> dict[int, tuple[int, ...]]:
-    """Per unit: (invitations sent, responses, responses whose case has an escalation)."""
-    invited = and_(Survey.invited_at >= start, Survey.invited_at < end)
-    escalated = exists().where(Escalation.case_id == Survey.case_id)
-    completed = _completed_in(start, end)
-    query = (
-        select(
-            Case.unit_id,
-            func.sum(case((invited, 1), else_=0)),
-            func.sum(case((completed, 1), else_=0)),
-            func.sum(case((and_(completed, escalated), 1), else_=0)),
-        )
+    """Per unit: (invitations sent, responses, responses whose case has an escalation).
+
+    Two queries, each on its own index (invited_at; completed_at), rather than one with an OR
+    that neither backend can answer from an index.
+    """
+    invited = (
+        select(Case.unit_id, func.count())
         .select_from(Survey)
         .join(Case, Case.id == Survey.case_id)
-        .where(or_(invited, completed), *_in_units(Case.unit_id, unit_ids))
+        .where(
+            Survey.invited_at >= start,
+            Survey.invited_at < end,
+            *_in_units(Case.unit_id, unit_ids),
+        )
         .group_by(Case.unit_id)
     )
-    return await _per_unit(session, query)
+    escalated = exists().where(Escalation.case_id == Survey.case_id)
+    completed = (
+        select(Case.unit_id, func.count(), func.sum(case((escalated, 1), else_=0)))
+        .select_from(Survey)
+        .join(Case, Case.id == Survey.case_id)
+        .where(_completed_in(start, end), *_in_units(Case.unit_id, unit_ids))
+        .group_by(Case.unit_id)
+    )
+    counts: dict[int, tuple[int, ...]] = {}
+    for unit_id, sent in await session.execute(invited):
+        counts[unit_id] = (int(sent), 0, 0)
+    for unit_id, responses, with_escalation in await session.execute(completed):
+        sent = counts.get(unit_id, (0,))[0]
+        counts[unit_id] = (sent, int(responses), int(with_escalation or 0))
+    return counts
 
 
 async def yes_counts(
@@ -307,17 +321,29 @@ async def case_counts(
 ) -> dict[int, tuple[int, ...]]:
     """Per unit: (cases overdue, apologies sent).
 
-    Overdue: resolved in [start, end) after the latest promised date, or still not resolved
-    at `end` with that date before `end`.
+    Overdue: resolved in [start, end) after the latest promised date, or still open now
+    (received or delayed) with that date before `end`. The second part reads the case's
+    current status, so an old week's count drops as its late cases get resolved.
     """
     promised = func.coalesce(Case.delay_new_due_at, Case.due_at)
-    late_resolution = and_(
-        Case.resolved_at >= start, Case.resolved_at < end, Case.resolved_at > promised
-    )
-    still_open = and_(Case.status.in_([CaseStatus.RECEIVED, CaseStatus.DELAYED]), promised < end)
-    overdue = (
+    # Two queries on two indexes (resolved_at; status, due_at), not one OR over every case.
+    resolved_late = (
         select(Case.unit_id, func.count())
-        .where(or_(late_resolution, still_open), *_in_units(Case.unit_id, unit_ids))
+        .where(
+            Case.resolved_at >= start,
+            Case.resolved_at < end,
+            Case.resolved_at > promised,
+            *_in_units(Case.unit_id, unit_ids),
+        )
+        .group_by(Case.unit_id)
+    )
+    still_open = (
+        select(Case.unit_id, func.count())
+        .where(
+            Case.status.in_([CaseStatus.RECEIVED, CaseStatus.DELAYED]),
+            promised < end,
+            *_in_units(Case.unit_id, unit_ids),
+        )
         .group_by(Case.unit_id)
     )
     apologies = (
@@ -330,8 +356,9 @@ async def case_counts(
         .group_by(Apology.unit_id)
     )
     counts: dict[int, tuple[int, ...]] = {}
-    for unit_id, count in await session.execute(overdue):
-        counts[unit_id] = (int(count), 0)
+    for query in (resolved_late, still_open):
+        for unit_id, count in await session.execute(query):
+            counts[unit_id] = (counts.get(unit_id, (0, 0))[0] + int(count), 0)
     for unit_id, count in await session.execute(apologies):
         counts[unit_id] = (counts.get(unit_id, (0, 0))[0], int(count))
     return counts
