@@ -87,6 +87,10 @@ class Rows:
         invitations = int(self.responses * 0.3)
         total = self.responses + invitations
         case_id = survey_id = answer_id = escalation_id = event_id = 0
+        # Chronological, as in service: a survey is created when its case is resolved, so a
+        # week's surveys, cases and answers lie together, in id order.
+        per_week = total // WEEKS
+        offsets = sorted(rng.randrange(7 * 86400) for _ in range(total - per_week * (WEEKS - 1)))
         for start in range(0, total, CHUNK):
             out: dict[str, list[tuple[Any, ...]]] = {
                 "cases": [],
@@ -96,10 +100,13 @@ class Rows:
                 "escalation_events": [],
             }
             for index in range(start, min(total, start + CHUNK)):
-                answered = index < self.responses
+                position = min(index // per_week, WEEKS - 1)
+                # Exactly `responses` of `total` answered, spread evenly over time.
+                answered = (index + 1) * self.responses // total > index * self.responses // total
                 unit = rng.randint(2, self.units)  # communes and districts serve people
-                week = self.weeks[index % WEEKS]
-                moment = utc(week.start(TZ)) + timedelta(seconds=rng.randrange(7 * 86400))
+                week = self.weeks[position]
+                second = offsets[index - position * per_week]
+                moment = utc(week.start(TZ)) + timedelta(seconds=second)
                 resolved = moment - timedelta(hours=rng.randint(1, 48))
                 due = resolved + timedelta(days=-1 if rng.random() < 0.03 else 2)
                 case_id += 1
@@ -297,7 +304,7 @@ def load_sqlite(path: str, rows: Rows) -> None:
         for chunk in rows.chunks():
             for table, values in chunk.items():
                 _sqlite_insert(connection, table, values)
-    connection.execute("ANALYZE")
+    # No ANALYZE: a service's SQLite file has no statistics either.
     connection.close()
 
 
@@ -329,7 +336,7 @@ async def load_postgres(dsn: str, schema: str, rows: Rows) -> None:
                     await connection.copy_records_to_table(
                         table, records=values, columns=COLUMNS[table]
                     )
-        await connection.execute("ANALYZE")
+        await connection.execute("ANALYZE")  # what autovacuum does soon after a bulk load
     finally:
         await connection.close()
 

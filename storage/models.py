@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -460,5 +461,14 @@ Index("ix_surveys_invited_at", Survey.invited_at)
 Index("ix_escalations_opened_at", Escalation.opened_at)
 Index("ix_escalations_origin_unit_id", Escalation.origin_unit_id)
 Index("ix_escalation_events_at", EscalationEvent.at)
-Index("ix_cases_resolved_at", Case.resolved_at)
+# Late resolutions of a week are counted from this index alone.
+Index("ix_cases_resolved_cover", Case.resolved_at, Case.unit_id, Case.due_at, Case.delay_new_due_at)
+# The few "yes" answers (the informal-payment question), found without reading every answer.
+Index(
+    "ix_answers_yes",
+    Answer.survey_id,
+    Answer.question_id,
+    sqlite_where=text("value_text = 'yes'"),
+    postgresql_where=text("value_text = 'yes'"),
+)
 Index("ix_cases_status_due_at", Case.status, Case.due_at)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, exists, func, or_, select
+from sqlalchemy import ColumnElement, and_, case, exists, func, literal_column, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.inserts import insert_for
@@ -182,7 +182,8 @@ async def yes_counts(
         .where(
             _completed_in(start, end),
             Answer.question_id.in_(list(question_ids)),
-            Answer.value_text == "yes",
+            # A literal, so that both backends see the partial index ix_answers_yes applies.
+            Answer.value_text == literal_column("'yes'"),
             *_in_units(Case.unit_id, unit_ids),
         )
         .group_by(Case.unit_id)

@@ -42,11 +42,22 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("answers", schema=None) as batch_op:
         batch_op.create_index(
+            "ix_answers_yes",
+            ["survey_id", "question_id"],
+            unique=False,
+            sqlite_where=sa.text("value_text = 'yes'"),
+            postgresql_where=sa.text("value_text = 'yes'"),
+        )
+        batch_op.create_index(
             "ix_answers_tally", ["survey_id", "factor", "question_id", "value_int"], unique=False
         )
 
     with op.batch_alter_table("cases", schema=None) as batch_op:
-        batch_op.create_index("ix_cases_resolved_at", ["resolved_at"], unique=False)
+        batch_op.create_index(
+            "ix_cases_resolved_cover",
+            ["resolved_at", "unit_id", "due_at", "delay_new_due_at"],
+            unique=False,
+        )
         batch_op.create_index("ix_cases_status_due_at", ["status", "due_at"], unique=False)
 
     with op.batch_alter_table("escalation_events", schema=None) as batch_op:
@@ -81,9 +92,10 @@ def downgrade() -> None:
 
     with op.batch_alter_table("cases", schema=None) as batch_op:
         batch_op.drop_index("ix_cases_status_due_at")
-        batch_op.drop_index("ix_cases_resolved_at")
+        batch_op.drop_index("ix_cases_resolved_cover")
 
     with op.batch_alter_table("answers", schema=None) as batch_op:
+        batch_op.drop_index("ix_answers_yes")
         batch_op.drop_index("ix_answers_tally")
 
     op.drop_table("digest_deliveries")
