@@ -12,5 +12,8 @@ async def weekly_report(services: Services, week_text: str | None, unit: str | N
     settings = services.settings
     tz = settings.timezone
     week = Week.parse(week_text) if week_text else Week.last(services.clock.now(), tz)
-    async with services.sessions() as session:
-        return await build_report(session, week, tz, settings.digest_min_responses, unit)
+    # Two connections: the previous week (for the trend) is counted beside this one.
+    async with services.sessions() as session, services.sessions() as side:
+        return await build_report(
+            session, week, tz, settings.digest_min_responses, unit, side_session=side
+        )

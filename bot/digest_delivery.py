@@ -97,6 +97,7 @@ def _address(
 async def _targets(services: Services, tree: UnitTree) -> list[Target]:
     channels = services.invitation_channels
     async with services.sessions() as session:
+        await repo.begin_reading(session)
         heads = await repo.heads(session)
         recipients = await repo.recipients(session)
     targets = [
@@ -131,6 +132,7 @@ async def deliver_week(
     tz, minimum, locale = settings.timezone, settings.digest_min_responses, settings.locale
     outcome = DeliveryOutcome()
     async with services.sessions() as session:
+        await repo.begin_reading(session)
         tree = await load_tree(session)
         done = await repo.delivered_keys(session, week.label)
     targets = [t for t in await _targets(services, tree) if t.key not in done]
@@ -143,6 +145,7 @@ async def deliver_week(
 
     # One count of the whole tree serves every scope: a digest is a roll-up of it.
     async with services.sessions() as session:
+        await repo.begin_reading(session)
         counts: dict[int, Counts] = await week_counts(session, week, tz, None)
         previous = await week_counts(session, week.previous(), tz, None, full=False)
         history: History = await scope_history(session, week, tz, minimum, tree, None)
@@ -169,6 +172,7 @@ async def deliver_week(
         officers = None
         if target.is_head:
             async with services.sessions() as session:
+                await repo.begin_reading(session)
                 officers = await officer_figures(session, week, tz, scope.id, minimum)
         report: Report = scope_report(
             week, tz, tree, scope, counts, previous, minimum, officers=officers

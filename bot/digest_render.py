@@ -30,6 +30,7 @@ from handlers.digest import (
 )
 from handlers.digest_text import digest_text, factor_name
 from handlers.questionnaire import FACTORS
+from storage.repositories import reports as reports_repo
 
 CHART_SIZE = (1080, 1350)
 CHART_DPI = 150
@@ -308,6 +309,7 @@ async def load_history(services: Services, report: Report) -> tuple[History, Uni
     """Per unit counts of the report's last eight weeks, for its scope (or every unit)."""
     settings = services.settings
     async with services.sessions() as session:
+        await reports_repo.begin_reading(session)
         tree = await load_tree(session)
         unit_ids = None if report.scope is None else tree.subtree(report.scope.id)
         weeks = await scope_history(

@@ -14,6 +14,7 @@ the report of a past week does not change as they move on (cases still overdue e
 
 from __future__ import annotations
 
+import asyncio
 import re
 import statistics
 from collections import Counter
@@ -204,7 +205,7 @@ async def week_counts(
             row.score_sum,
         ]
     for unit_id, (sent, responses, escalated) in (
-        await repo.survey_counts(session, start, end, unit_ids)
+        await repo.survey_counts(session, start, end, unit_ids, invitations=full)
     ).items():
         unit = of(unit_id)
         unit.surveys_sent, unit.responses, unit.escalated_responses = sent, responses, escalated
@@ -237,10 +238,8 @@ async def week_counts(
         unit.cases_overdue, unit.apologies_sent = overdue, apologies
     comment_ids = _role_question_ids("comment")
     by_unit: dict[int, list[str]] = {}
-    async for unit_id, text in repo.comments(session, start, end, comment_ids, unit_ids):
+    for unit_id, text in await repo.comments(session, start, end, comment_ids, unit_ids):
         by_unit.setdefault(unit_id, []).append(text)
-        if len(by_unit[unit_id]) >= 1000:
-            of(unit_id).themes.update(count_themes(by_unit.pop(unit_id)))
     for unit_id, texts in by_unit.items():
         of(unit_id).themes.update(count_themes(texts))
     return counts
@@ -556,17 +555,26 @@ async def build_report(
     unit_code: str | None = None,
     *,
     with_officers: bool = False,
+    side_session: AsyncSession | None = None,
 ) -> Report:
     """The report of `unit_code`'s scope (every unit when None) for `week`.
 
     `with_officers` adds per officer figures of the scope's own unit, for its head's digest
-    only, and only for officers with at least `min_responses` responses.
+    only, and only for officers with at least `min_responses` responses. With a
+    `side_session` (a second connection), the previous week is counted on it at the same time.
     """
+    for reader in (session, side_session):
+        if reader is not None:
+            await repo.begin_reading(reader)
     tree = await load_tree(session)
     scope = tree.find(unit_code) if unit_code is not None else None
     unit_ids = None if scope is None else tree.subtree(scope.id)
-    counts = await week_counts(session, week, tz, unit_ids)
-    previous = await week_counts(session, week.previous(), tz, unit_ids, full=False)
+    this_week = week_counts(session, week, tz, unit_ids)
+    last_week = week_counts(side_session or session, week.previous(), tz, unit_ids, full=False)
+    if side_session is not None:
+        counts, previous = await asyncio.gather(this_week, last_week)
+    else:
+        counts, previous = await this_week, await last_week
     officers = None
     if with_officers and scope is not None:
         officers = await officer_figures(session, week, tz, scope.id, min_responses)

@@ -457,7 +457,7 @@ class DigestDelivery(Base):
 # The answers of the week's surveys are read from this index alone (a covering index).
 Index("ix_answers_tally", Answer.survey_id, Answer.factor, Answer.question_id, Answer.value_int)
 Index("ix_surveys_completed_case", Survey.completed_at, Survey.case_id)
-Index("ix_surveys_invited_at", Survey.invited_at)
+Index("ix_surveys_invited_case", Survey.invited_at, Survey.case_id)
 Index("ix_escalations_opened_at", Escalation.opened_at)
 Index("ix_escalations_origin_unit_id", Escalation.origin_unit_id)
 Index("ix_escalation_events_at", EscalationEvent.at)

@@ -11,14 +11,15 @@ SQL cannot do portably), and the units themselves.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, exists, func, literal_column, or_, select
+from sqlalchemy import ColumnElement, and_, case, func, literal_column, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage.db import READ_ONLY
 from storage.inserts import insert_for
 from storage.models import (
     Answer,
@@ -58,6 +59,13 @@ class ItemRow:
     answered: int
     satisfied: int
     score_sum: int
+
+
+async def begin_reading(session: AsyncSession) -> None:
+    """Makes the session's transaction a reader's: on SQLite it takes no write lock, so a
+    report that reads for seconds blocks no answer or intake (storage.db.READ_ONLY)."""
+    if not session.in_transaction():
+        await session.connection(execution_options={READ_ONLY: True})
 
 
 async def units(session: AsyncSession) -> list[UnitRow]:
@@ -129,7 +137,12 @@ async def _per_unit(session: AsyncSession, query: Any) -> dict[int, tuple[int, .
 
 
 async def survey_counts(
-    session: AsyncSession, start: datetime, end: datetime, unit_ids: Collection[int] | None
+    session: AsyncSession,
+    start: datetime,
+    end: datetime,
+    unit_ids: Collection[int] | None,
+    *,
+    invitations: bool = True,
 ) -> dict[int, tuple[int, ...]]:
     """Per unit: (invitations sent, responses, responses whose case has an escalation).
 
@@ -147,20 +160,31 @@ async def survey_counts(
         )
         .group_by(Case.unit_id)
     )
-    escalated = exists().where(Escalation.case_id == Survey.case_id)
     completed = (
-        select(Case.unit_id, func.count(), func.sum(case((escalated, 1), else_=0)))
+        select(Case.unit_id, func.count())
         .select_from(Survey)
         .join(Case, Case.id == Survey.case_id)
         .where(_completed_in(start, end), *_in_units(Case.unit_id, unit_ids))
         .group_by(Case.unit_id)
     )
+    # From the (few) escalations to their surveys, not from every survey to its escalations.
+    escalated_cases = select(Escalation.case_id).distinct().subquery()
+    escalated = (
+        select(Case.unit_id, func.count())
+        .select_from(escalated_cases)
+        .join(Survey, Survey.case_id == escalated_cases.c.case_id)
+        .join(Case, Case.id == Survey.case_id)
+        .where(_completed_in(start, end), *_in_units(Case.unit_id, unit_ids))
+        .group_by(Case.unit_id)
+    )
     counts: dict[int, tuple[int, ...]] = {}
-    for unit_id, sent in await session.execute(invited):
+    for unit_id, sent in await session.execute(invited) if invitations else ():
         counts[unit_id] = (int(sent), 0, 0)
-    for unit_id, responses, with_escalation in await session.execute(completed):
-        sent = counts.get(unit_id, (0,))[0]
-        counts[unit_id] = (sent, int(responses), int(with_escalation or 0))
+    for unit_id, responses in await session.execute(completed):
+        counts[unit_id] = (counts.get(unit_id, (0,))[0], int(responses), 0)
+    for unit_id, with_escalation in await session.execute(escalated):
+        sent, responses, _ = counts.get(unit_id, (0, 0, 0))
+        counts[unit_id] = (sent, responses, int(with_escalation))
     return counts
 
 
@@ -197,10 +221,14 @@ async def comments(
     end: datetime,
     question_ids: Collection[str],
     unit_ids: Collection[int] | None,
-) -> AsyncIterator[tuple[int, str]]:
-    """(unit id, comment text) of the surveys completed in [start, end), streamed."""
+) -> list[tuple[int, str]]:
+    """(unit id, comment text) of the surveys completed in [start, end).
+
+    Fetched at once: a week's comments are a fraction of its responses, and reading them row
+    by row through the async driver costs more than holding them (a few MB at most).
+    """
     if not question_ids:
-        return
+        return []
     query = (
         select(Case.unit_id, Answer.value_text)
         .select_from(Survey)
@@ -212,12 +240,8 @@ async def comments(
             Answer.value_text.is_not(None),
             *_in_units(Case.unit_id, unit_ids),
         )
-        .execution_options(yield_per=2000)
     )
-    result = await session.stream(query)
-    async for unit_id, text in result:
-        if text is not None:
-            yield unit_id, text
+    return [(unit_id, text) for unit_id, text in await session.execute(query) if text is not None]
 
 
 async def escalation_counts(
