@@ -4,6 +4,7 @@ to the same numbers."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -13,6 +14,7 @@ from sqlalchemy import select
 from handlers.digest import Week, build_report
 from storage.db import SessionFactory
 from storage.models import Apology, Escalation, EscalationEvent, EscalationStatus, Unit
+from storage.repositories.reports import begin_reading, units
 from tests.digest_support import add_case, add_invitation, add_response, load_tree
 
 HANOI = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -295,3 +297,15 @@ async def test_officers_are_shown_only_to_their_heads_and_above_the_minimum(
     ]
     assert "officers" not in unit_of(plain, "HN-LB")
     assert "officers" not in head["overall"]
+
+
+async def test_a_report_being_read_does_not_hold_up_writers(sessions: SessionFactory) -> None:
+    async with sessions.begin() as session:
+        await load_tree(session)
+    async with sessions() as reader:
+        await begin_reading(reader)
+        assert len(await units(reader)) == 4  # the reader's transaction is open
+        async with asyncio.timeout(3), sessions.begin() as writer:
+            writer.add(Unit(code="HN-NEW", name="UBND phường mới"))
+    async with sessions() as session:
+        assert len(await units(session)) == 5
