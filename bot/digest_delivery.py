@@ -148,7 +148,7 @@ async def deliver_week(
         await repo.begin_reading(session)
         counts: dict[int, Counts] = await week_counts(session, week, tz, None)
         previous = await week_counts(session, week.previous(), tz, None, full=False)
-        history: History = await scope_history(session, week, tz, minimum, tree, None)
+        history: History = await scope_history(session, week, tz, None)
     for target in targets:
         now = services.clock.now()
         if target.address is None:

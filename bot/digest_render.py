@@ -312,9 +312,7 @@ async def load_history(services: Services, report: Report) -> tuple[History, Uni
         await reports_repo.begin_reading(session)
         tree = await load_tree(session)
         unit_ids = None if report.scope is None else tree.subtree(report.scope.id)
-        weeks = await scope_history(
-            session, report.week, settings.timezone, settings.digest_min_responses, tree, unit_ids
-        )
+        weeks = await scope_history(session, report.week, settings.timezone, unit_ids)
     return weeks, tree
 
 

@@ -622,8 +622,6 @@ async def scope_history(
     session: AsyncSession,
     week: Week,
     tz: ZoneInfo,
-    min_responses: int,
-    tree: UnitTree,
     unit_ids: Collection[int] | None,
     weeks: int = HISTORY_WEEKS,
 ) -> dict[Week, dict[int, Counts]]:
