@@ -78,7 +78,7 @@ WEEK_COLUMNS: tuple[tuple[str, str, str | None], ...] = (
     ("sipas_index", "SIPAS (%)", "0.0"),
     ("low", "KTC 95% thấp / CI low", "0.0"),
     ("high", "KTC 95% cao / CI high", "0.0"),
-    *((f"factors.{f}", f"{f} (%)", "0.0") for f in FACTORS),
+    *(column for column in SUMMARY_COLUMNS if column[0].startswith("factors.")),
 )
 
 
