@@ -192,31 +192,55 @@ async def week_counts(
     full: bool = True,
 ) -> dict[int, Counts]:
     """Per unit counts of one week; `full=False` counts only what the index needs."""
-    start, end = week.start(tz), week.end(tz)
     counts: dict[int, Counts] = {}
+    await _index_counts(session, week, tz, unit_ids, counts, invitations=full)
+    if full:
+        await _other_counts(session, week, tz, unit_ids, counts)
+    return counts
 
-    def of(unit_id: int) -> Counts:
-        return counts.setdefault(unit_id, Counts())
 
+def _of(counts: dict[int, Counts], unit_id: int) -> Counts:
+    return counts.setdefault(unit_id, Counts())
+
+
+async def _index_counts(
+    session: AsyncSession,
+    week: Week,
+    tz: ZoneInfo,
+    unit_ids: Collection[int] | None,
+    counts: dict[int, Counts],
+    *,
+    invitations: bool,
+) -> None:
+    """Ratings, responses (and invitations): what the index and its interval need."""
+    start, end = week.start(tz), week.end(tz)
     for row in await repo.item_tallies(session, start, end, unit_ids):
-        of(row.unit_id).items[(row.question_id, row.factor)] = [
+        _of(counts, row.unit_id).items[(row.question_id, row.factor)] = [
             row.answered,
             row.satisfied,
             row.score_sum,
         ]
     for unit_id, (sent, responses, escalated) in (
-        await repo.survey_counts(session, start, end, unit_ids, invitations=full)
+        await repo.survey_counts(session, start, end, unit_ids, invitations=invitations)
     ).items():
-        unit = of(unit_id)
+        unit = _of(counts, unit_id)
         unit.surveys_sent, unit.responses, unit.escalated_responses = sent, responses, escalated
-    if not full:
-        return counts
 
+
+async def _other_counts(
+    session: AsyncSession,
+    week: Week,
+    tz: ZoneInfo,
+    unit_ids: Collection[int] | None,
+    counts: dict[int, Counts],
+) -> None:
+    """Complaints, cases, informal payments and comment themes."""
+    start, end = week.start(tz), week.end(tz)
     payment_ids = _role_question_ids("informal_payment")
     for unit_id, yes in (await repo.yes_counts(session, start, end, payment_ids, unit_ids)).items():
-        of(unit_id).informal_payment_reports = yes
+        _of(counts, unit_id).informal_payment_reports = yes
     for unit_id, values in (await repo.escalation_counts(session, start, end, unit_ids)).items():
-        unit = of(unit_id)
+        unit = _of(counts, unit_id)
         (
             unit.escalations_opened,
             unit.open_now,
@@ -228,21 +252,20 @@ async def week_counts(
             unit.complaints_on_time_not_unsatisfied,
         ) = values
     for unit_id, opened, acknowledged in await repo.acknowledgements(session, start, end, unit_ids):
-        of(unit_id).ack_hours.append((acknowledged - opened).total_seconds() / 3600)
+        _of(counts, unit_id).ack_hours.append((acknowledged - opened).total_seconds() / 3600)
     for unit_id, unreached in (await repo.unreached_heads(session, start, end, unit_ids)).items():
-        of(unit_id).heads_unreachable = unreached
+        _of(counts, unit_id).heads_unreachable = unreached
     for unit_id, (overdue, apologies) in (
         await repo.case_counts(session, start, end, unit_ids)
     ).items():
-        unit = of(unit_id)
+        unit = _of(counts, unit_id)
         unit.cases_overdue, unit.apologies_sent = overdue, apologies
     comment_ids = _role_question_ids("comment")
     by_unit: dict[int, list[str]] = {}
     for unit_id, text in await repo.comments(session, start, end, comment_ids, unit_ids):
         by_unit.setdefault(unit_id, []).append(text)
     for unit_id, texts in by_unit.items():
-        of(unit_id).themes.update(count_themes(texts))
-    return counts
+        _of(counts, unit_id).themes.update(count_themes(texts))
 
 
 def _share(part: int, whole: int) -> float | None:
@@ -569,12 +592,22 @@ async def build_report(
     tree = await load_tree(session)
     scope = tree.find(unit_code) if unit_code is not None else None
     unit_ids = None if scope is None else tree.subtree(scope.id)
-    this_week = week_counts(session, week, tz, unit_ids)
-    last_week = week_counts(side_session or session, week.previous(), tz, unit_ids, full=False)
-    if side_session is not None:
-        counts, previous = await asyncio.gather(this_week, last_week)
+    if side_session is None:
+        counts = await week_counts(session, week, tz, unit_ids)
+        previous = await week_counts(session, week.previous(), tz, unit_ids, full=False)
     else:
-        counts, previous = await this_week, await last_week
+        # Two connections share the work: this week's index counts on one; the previous
+        # week's, then this week's other counts, on the other.
+        counts, previous = {}, {}
+
+        async def side() -> None:
+            await _index_counts(
+                side_session, week.previous(), tz, unit_ids, previous, invitations=False
+            )
+            await _other_counts(side_session, week, tz, unit_ids, counts)
+
+        this_week = _index_counts(session, week, tz, unit_ids, counts, invitations=True)
+        await asyncio.gather(this_week, side())
     officers = None
     if with_officers and scope is not None:
         officers = await officer_figures(session, week, tz, scope.id, min_responses)

@@ -3,14 +3,16 @@ functions against hand-computed values."""
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from handlers.comment_themes import count_themes, themes_of
+from handlers.comment_themes import _fast_fold, count_themes, themes_of
 from handlers.digest import Week
 from handlers.errors import InvalidInput
+from handlers.rendering import fold
 from handlers.sipas_index import ItemTally, compute_index, one_decimal, trend, wilson_interval
 
 HANOI = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -151,3 +153,11 @@ def test_comment_themes_fold_diacritics_and_case() -> None:
     assert themes_of("Rất tốt, cảm ơn") == set()
     counts = count_themes(["chờ lâu", "chờ đợi mệt", "hướng dẫn không rõ"])
     assert counts == {"waiting": 2, "guidance": 1}
+
+
+def test_theme_folding_by_table_equals_the_reference_fold() -> None:
+    every_letter = "".join(chr(code) for code in range(0xC0, 0x1F00) if chr(code).isalpha())
+    for text in (every_letter, "Cán bộ ĐÒI tiền bồi dưỡng, ỞỸỴ", "  Chờ lâu  "):
+        for form in ("NFC", "NFD"):
+            given = unicodedata.normalize(form, text)
+            assert _fast_fold(given) == fold(given)
