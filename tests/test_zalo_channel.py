@@ -6,11 +6,15 @@ else gets a hint and the question again (docs/contract.md section 7). On SQLite 
 
 from __future__ import annotations
 
+import asyncio
+import time
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
 
-from storage.models import Escalation
+from handlers.clock import FakeClock
+from storage.models import CitizenContact, Escalation
 from tests.fakes.zalo_api import Sent
 from tests.telegram_support import CASE, case_body
 from tests.zalo_support import ZaloRig, ZaloRigFactory, make_zalo_rig, zalo_rig
@@ -57,7 +61,7 @@ async def test_the_survey_answered_by_numbers(zalo_rig: ZaloRig) -> None:
     question = await rig.say(CITIZEN, "2")
     assert "Câu 7/7" in question.text
     thanks = await rig.say(CITIZEN, "Cán bộ hướng dẫn rất tận tình")
-    assert "Xin cảm ơn" in thanks.text and "1." not in thanks.text  # nothing left to choose
+    assert "Xin cảm ơn" in thanks.text and "\n1. " not in thanks.text  # nothing left to choose
     survey = await answers(rig)
     assert survey["status"] == "completed" and survey["channel"] == "zalo"
     assert survey["answers"] == {
@@ -68,3 +72,235 @@ async def test_the_survey_answered_by_numbers(zalo_rig: ZaloRig) -> None:
         "informal_payment": "no",
         "comment": "Cán bộ hướng dẫn rất tận tình",
     }
+
+
+async def test_the_survey_answered_by_words_with_single_updates(
+    make_zalo_rig: ZaloRigFactory,
+) -> None:
+    rig = await make_zalo_rig(updates_as="single")
+    await rig.post_case(case_body(), 201)
+    # The token pasted as a plain message links like /start TOKEN.
+    consent = await rig.say(CITIZEN, await rig.token())
+    assert "1. Đồng ý" in consent.text and "2. Từ chối" in consent.text
+    await rig.say(CITIZEN, "đồng ý")
+    mark = rig.zalo.mark()
+    await rig.post_case(case_body(**RESOLVED), 200)
+    await rig.sweep()
+    await rig.zalo.wait_for_message(CITIZEN, asks("Bắt đầu"), since=mark)
+    question = await rig.say(CITIZEN, "bat dau", asks("Câu 1/7"))
+    hint = await rig.say(CITIZEN, "tuyệt vời")  # no choice: a hint and the choices again
+    assert "chưa hiểu" in hint.text and "5. 5 - Rất hài lòng" in hint.text
+    for reply in ("5 - Rất hài lòng", "4", "4", "4"):
+        question = await rig.say(CITIZEN, reply)
+    assert "Câu 5/7" in question.text
+    question = await rig.say(CITIZEN, "bỏ qua")
+    assert "Câu 6/7" in question.text
+    question = await rig.say(CITIZEN, "Có")
+    assert "Câu 7/7" in question.text
+    thanks = await rig.say(CITIZEN, "Bỏ qua")
+    assert "Xin cảm ơn" in thanks.text
+    survey = await answers(rig)
+    assert survey["status"] == "completed"
+    assert survey["answers"]["access"] == 5 and survey["answers"]["informal_payment"] == "yes"
+    assert "comment" not in survey["answers"] and "feedback_handling" not in survey["answers"]
+
+
+async def test_a_picture_gets_please_type_and_the_question_stays_open(zalo_rig: ZaloRig) -> None:
+    rig = zalo_rig
+    await resolved_and_invited(rig)
+    await rig.say(CITIZEN, "1", asks("Câu 1/7"))
+    mark = rig.zalo.mark()
+    rig.zalo.push_event(CITIZEN, "message.image.received")
+    please = await rig.zalo.wait_for_message(CITIZEN, since=mark)
+    assert "gõ câu trả lời" in please.text
+    question = await rig.say(CITIZEN, "3")
+    assert "Câu 2/7" in question.text
+
+
+async def test_language_and_delete_by_typing(zalo_rig: ZaloRig) -> None:
+    rig = zalo_rig
+    await rig.post_case(case_body(), 201)
+    await rig.link(CITIZEN)
+    prompt = await rig.say(CITIZEN, "/lang")
+    assert "1. Tiếng Việt" in prompt.text and "2. English" in prompt.text
+    done = await rig.say(CITIZEN, "2")
+    assert "English" in done.text or "language" in done.text.lower()
+    confirm = await rig.say(CITIZEN, "/delete")
+    assert "1. Yes" in confirm.text and "2. No" in confirm.text
+    kept = await rig.say(CITIZEN, "no")
+    assert "\n1. " not in kept.text
+    await rig.say(CITIZEN, "/delete")
+    await rig.say(CITIZEN, "1")
+    async with rig.services.sessions() as session:
+        assert (await session.execute(select(CitizenContact))).scalars().all() == []
+
+
+async def test_a_word_that_is_no_choice_gets_a_hint_and_the_question_again(
+    zalo_rig: ZaloRig,
+) -> None:
+    rig = zalo_rig
+    await rig.post_case(case_body(), 201)
+    await rig.say(CITIZEN, f"/start {await rig.token()}")
+    mark = rig.zalo.mark()
+    rig.zalo.push_text(CITIZEN, "có lẽ")
+    hint = await rig.zalo.wait_for_message(CITIZEN, since=mark)
+    assert "gõ số hoặc chữ" in hint.text
+    again = await rig.zalo.wait_for_message(CITIZEN, asks("1. Đồng ý"), since=hint.seq)
+    assert CASE["case_code"] in again.text
+    accepted = await rig.say(CITIZEN, "1")
+    assert CASE["case_code"] in accepted.text
+
+
+async def test_a_redelivered_message_counts_once(zalo_rig: ZaloRig) -> None:
+    rig = zalo_rig
+    await resolved_and_invited(rig)
+    await rig.say(CITIZEN, "1", asks("Câu 1/7"))
+    mark = rig.zalo.mark()
+    rig.zalo.push_text(CITIZEN, "5", message_id="dup-1")
+    rig.zalo.push_text(CITIZEN, "5", message_id="dup-1")  # the same message again
+    rig.zalo.push_text(CITIZEN, "4", message_id="next-1")
+    third = await rig.zalo.wait_for_message(CITIZEN, asks("Câu 3/7"), since=mark)
+    # Had the copy counted, "5" would have answered question 2 and "4" question 3.
+    assert len(rig.zalo.messages_to(CITIZEN, mark)) == 2
+    survey = await answers(rig)
+    assert survey["answers"] == {"access": 5, "procedure": 4}
+    assert third.text.startswith("Hồ sơ")
+
+
+async def test_webhook_checks_the_secret_and_takes_wrapped_and_bare_updates(
+    make_zalo_rig: ZaloRigFactory,
+) -> None:
+    secret = "s3cret-webhook-token"
+    rig = await make_zalo_rig(
+        zalo_mode="webhook", zalo_webhook_secret=secret, public_url="https://sipas.example.vn"
+    )
+    assert rig.zalo.webhook == {
+        "url": "https://sipas.example.vn/zalo/webhook",
+        "secret_token": secret,
+    }
+    update = rig.zalo.make_update(CITIZEN, "/help")
+    for headers in ({}, {"X-Bot-Api-Secret-Token": "wrong-secret"}):
+        refused = await rig.client.post("/zalo/webhook", json=update, headers=headers)
+        assert refused.status == 403
+    assert rig.zalo.messages_to(CITIZEN) == []
+    good = {"X-Bot-Api-Secret-Token": secret}
+    mark = rig.zalo.mark()
+    answer = await rig.client.post(
+        "/zalo/webhook", json={"ok": True, "result": update}, headers=good
+    )
+    assert answer.status == 200
+    await rig.zalo.wait_for_message(CITIZEN, since=mark)
+    again = await rig.client.post("/zalo/webhook", json=update, headers=good)  # redelivered
+    assert again.status == 200
+    mark = rig.zalo.mark()
+    bare = rig.zalo.make_update(CITIZEN, "/help")
+    assert (await rig.client.post("/zalo/webhook", json=bare, headers=good)).status == 200
+    await rig.zalo.wait_for_message(CITIZEN, since=mark)
+    assert len(rig.zalo.messages_to(CITIZEN)) == 2  # the redelivery answered nothing
+    broken = await rig.client.post("/zalo/webhook", data=b"{not json", headers=good)
+    assert broken.status == 400
+
+
+async def test_rate_limits_and_outages_are_retried(zalo_rig: ZaloRig) -> None:
+    rig = zalo_rig
+    clock = rig.services.clock
+    assert isinstance(clock, FakeClock)
+    rig.zalo.fail_next("sendMessage", 429, "Too Many Requests", retry_after=1)
+    rig.zalo.fail_next("sendMessage", 502, "Bad Gateway")
+    mark = rig.zalo.mark()
+    rig.zalo.push_text(CITIZEN, "/help")
+    for tries in (1, 2):
+        await rig.zalo.wait_until(lambda n=tries: rig.zalo.methods().count("sendMessage") >= n)
+        clock.advance(timedelta(minutes=15))  # past any backoff the dispatcher chose
+        rig.services.wake_dispatcher()
+    help_text = await rig.zalo.wait_for_message(CITIZEN, since=mark)
+    assert "/start" in help_text.text
+    assert rig.zalo.methods().count("sendMessage") == 3
+
+
+async def test_a_user_who_blocked_the_bot_is_unreachable(zalo_rig: ZaloRig) -> None:
+    rig = zalo_rig
+    await rig.post_case(case_body(), 201)
+    await rig.link(CITIZEN)
+    rig.zalo.fail_next("sendMessage", 403, "User has blocked the bot")
+    await rig.post_case(case_body(**RESOLVED), 200)
+    await rig.sweep()
+    await rig.zalo.wait_until(lambda: rig.zalo.methods().count("sendMessage") >= 3)
+
+    async def contact_status() -> str:
+        async with rig.services.sessions() as session:
+            contact = (await session.execute(select(CitizenContact))).scalar_one()
+            return contact.status
+
+    # The dispatcher settles the failed send in its own short transaction: poll until then.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if await contact_status() != "active":
+            break
+        await asyncio.sleep(0.05)
+    assert await contact_status() == "unreachable"
+
+
+async def test_a_zalo_citizen_and_a_telegram_head_in_one_flow(
+    make_zalo_rig: ZaloRigFactory,
+) -> None:
+    rig = await make_zalo_rig(telegram=True)
+    telegram = rig.telegram
+    assert telegram is not None
+    head = 901
+    await resolved_and_invited(rig)
+    await rig.say(CITIZEN, "1", asks("Câu 1/7"))
+    for reply in ("2", "4", "4", "4", "4", "2"):
+        await rig.say(CITIZEN, reply)
+    thanks = await rig.say(CITIZEN, "Chờ quá lâu")
+    assert "người đứng đầu UBND quận Long Biên" in thanks.text
+    card = await telegram.wait_for_message(
+        head, lambda m: "Tiếp nhận" in m.text or bool(telegram.buttons(m))
+    )
+    assert CASE["case_code"] in card.text
+    mark = telegram.mark()
+    telegram.press(head, "Tiếp nhận")
+    await telegram.wait_for_message(head, since=mark)
+    mark = telegram.mark()
+    telegram.press(head, "Đã xử lý")
+    await telegram.wait_for_message(head, since=mark)
+    zalo_mark = rig.zalo.mark()
+    telegram.push_text(head, "Đã bổ sung biển chỉ dẫn")
+    outcome = await rig.zalo.wait_for_message(CITIZEN, asks("biển chỉ dẫn"), since=zalo_mark)
+    question = await rig.zalo.wait_for_message(CITIZEN, asks("5. 5 - "), since=zalo_mark)
+    assert outcome.seq <= question.seq
+    await rig.say(CITIZEN, "4")
+    async with rig.services.sessions() as session:
+        escalation = (await session.execute(select(Escalation))).scalar_one()
+    assert escalation.recovery_rating == 4 and escalation.status == "resolved"
+
+
+async def test_a_head_on_zalo_acknowledges_and_resolves_by_typing(
+    make_zalo_rig: ZaloRigFactory,
+) -> None:
+    from tests.zalo_support import UNITS_WITH_ZALO_HEAD
+
+    rig = await make_zalo_rig(units=UNITS_WITH_ZALO_HEAD)
+    head = "zl-head-901"
+    await resolved_and_invited(rig)
+    await rig.say(CITIZEN, "bắt đầu", asks("Câu 1/7"))
+    for reply in ("1", "4", "4", "4", "4", "không"):
+        await rig.say(CITIZEN, reply)
+    mark = rig.zalo.mark()
+    rig.zalo.push_text(CITIZEN, "bỏ qua")
+    card = await rig.zalo.wait_for_message(head, asks("1. Tiếp nhận"), since=mark)
+    assert CASE["case_code"] in card.text and "2. Đã xử lý" in card.text
+    acked = await rig.say(head, "1")
+    assert CASE["case_code"] in acked.text and "1. Đã xử lý" in acked.text
+    prompt = await rig.say(head, "đã xử lý")
+    assert "\n1. " not in prompt.text
+    mark = rig.zalo.mark()
+    await rig.say(head, "Đã nhắc nhở bộ phận một cửa")
+    question = await rig.zalo.wait_for_message(CITIZEN, asks("5. 5 - "), since=mark)
+    assert "1. 1 - " in question.text
+    thanks = await rig.say(CITIZEN, "5")
+    assert "\n1. " not in thanks.text
+    async with rig.services.sessions() as session:
+        escalation = (await session.execute(select(Escalation))).scalar_one()
+    assert escalation.recovery_rating == 5
+    assert escalation.resolution_note == "Đã nhắc nhở bộ phận một cửa"
