@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -435,6 +436,20 @@ class OpenPrompt(Base):
     # The payload as queued: its text (to ask again) and its buttons (the choices).
     payload: Mapped[dict[str, Any]]
     opened_at: Mapped[datetime]
+
+
+class SharedFile(Base):
+    """A file handed out as an expiring link (a digest's chart and workbook on Zalo, which
+    cannot upload files): whoever has the token may fetch it until `expires_at`."""
+
+    __tablename__ = "shared_files"
+
+    token: Mapped[str] = mapped_column(String(64), primary_key=True)
+    filename: Mapped[str] = mapped_column(String(200))
+    content_type: Mapped[str] = mapped_column(String(100))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class AuditEntry(Base):

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 
+from bot.digest_delivery import send_due_digests
 from handlers.clock import FakeClock
 from storage.models import CitizenContact, Escalation
+from tests.digest_support import TREE_YAML, add_response, load_tree
 from tests.fakes.zalo_api import Sent
 from tests.telegram_support import CASE, case_body
 from tests.zalo_support import ZaloRig, ZaloRigFactory, make_zalo_rig, zalo_rig
@@ -23,6 +25,8 @@ __all__ = ["make_zalo_rig", "zalo_rig"]  # fixtures
 
 CITIZEN = "zl-citizen-1"
 RESOLVED = {"status": "resolved", "resolved_at": "2026-11-23T08:00:00+07:00"}
+MID_W47 = datetime(2026, 11, 18, 3, 0, tzinfo=UTC)
+MONDAY_0731 = datetime(2026, 11, 23, 0, 31, tzinfo=UTC)  # 07:31 in Hà Nội, week 48
 
 
 def asks(fragment: str) -> Any:
@@ -304,3 +308,36 @@ async def test_a_head_on_zalo_acknowledges_and_resolves_by_typing(
         escalation = (await session.execute(select(Escalation))).scalar_one()
     assert escalation.recovery_rating == 5
     assert escalation.resolution_note == "Đã nhắc nhở bộ phận một cửa"
+
+
+async def test_a_recipient_on_zalo_gets_the_digest_with_chart_and_workbook_links(
+    make_zalo_rig: ZaloRigFactory,
+) -> None:
+    rig = await make_zalo_rig(telegram=True)
+    clock = rig.services.clock
+    assert isinstance(clock, FakeClock)
+    async with rig.services.sessions.begin() as session:
+        await load_tree(session, TREE_YAML)
+        for _ in range(6):
+            await add_response(session, "HN-LB", MID_W47, (5, 4, 4, 2, 5), officer_code="CB-9")
+    clock.set(MONDAY_0731)
+    outcome = await send_due_digests(rig.services)
+    assert "recipient:2" in outcome.queued and outcome.unreachable == []  # z951 is on Zalo
+    rig.services.wake_dispatcher()
+    recipient = "z951"
+    workbook = await rig.zalo.wait_for_message(recipient, asks(".xlsx"), within=20)
+    sent = rig.zalo.messages_to(recipient)
+    assert "SIPAS tuần 2026-W47" in sent[0].text
+    [photo] = [m for m in sent if m.method == "sendPhoto"]
+    public = rig.services.settings.public_url
+    assert photo.photo is not None and photo.photo.startswith(public + "/files/")
+    chart = await rig.client.get(photo.photo.removeprefix(public))
+    assert chart.status == 200 and chart.content_type == "image/png"
+    assert (await chart.read()).startswith(b"\x89PNG")
+    link = next(word for word in workbook.text.split() if word.startswith(public + "/files/"))
+    download = await rig.client.get(link.removeprefix(public))
+    assert download.status == 200 and "attachment" in download.headers["Content-Disposition"]
+    assert (await download.read()).startswith(b"PK")  # an .xlsx is a zip
+    clock.advance(timedelta(days=15))
+    expired = await rig.client.get(link.removeprefix(public))
+    assert expired.status == 404

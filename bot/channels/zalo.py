@@ -15,7 +15,9 @@ import hmac
 import json
 import logging
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -28,6 +30,7 @@ from bot.health import ChannelState
 from bot.logging_setup import mask
 from handlers import conversation
 from handlers.chat import ChatContext
+from storage.repositories import files
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,55 @@ POLL_SECONDS = 30
 _NO_UPDATES = (408,)
 
 
+# How long a digest's chart and workbook links work.
+FILE_LINK_TTL = timedelta(days=14)
+FILES_PATH = "/files/{token}/{name}"
+_CONTENT_TYPES = {
+    ".png": "image/png",
+    ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+}
+
+
+class SharedFileLinks:
+    """Files as expiring links under SIPAS_PUBLIC_URL, stored in the database so that any
+    process behind the load balancer can serve them."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def link(self, filename: str, data: bytes) -> str:
+        services = self.services
+        content_type = _CONTENT_TYPES.get(
+            filename[filename.rfind(".") :].lower(), "application/octet-stream"
+        )
+        async with services.sessions.begin() as session:
+            token = await files.share(
+                session, data, filename, content_type, services.clock.now(), FILE_LINK_TTL
+            )
+        name = quote(filename, safe="")
+        return f"{services.settings.public_url}/files/{token}/{name}"
+
+    async def route(self, request: web.Request) -> web.Response:
+        """`GET /files/<token>/<name>`: the file while its link is valid, else 404."""
+        services = self.services
+        async with services.sessions() as session:
+            found = await files.shared(session, request.match_info["token"], services.clock.now())
+        if found is None:
+            return web.json_response(
+                {"error": {"code": "not_found", "message": "no such file, or its link expired"}},
+                status=404,
+            )
+        disposition = "inline" if found.content_type.startswith("image/") else "attachment"
+        return web.Response(
+            body=found.data,
+            content_type=found.content_type,
+            headers={
+                "Content-Disposition": f"{disposition}; filename*=UTF-8''{quote(found.filename)}",
+                "Cache-Control": "private, max-age=3600",
+            },
+        )
+
+
 class ZaloChannel(ChannelBase):
     """Owns the Zalo Bot API client and the polling task for the life of the service."""
 
@@ -53,7 +105,8 @@ class ZaloChannel(ChannelBase):
         settings = services.settings
         assert settings.zalo_token is not None
         self.api = ZaloApi(settings.zalo_api_url, settings.zalo_token.get_secret_value())
-        self.sender = ZaloSender(self.api)
+        self.files = SharedFileLinks(services)
+        self.sender = ZaloSender(self.api, self.files)
         self.webhook = settings.zalo_mode == "webhook"
         self.poll_seconds = poll_seconds
         self._running: asyncio.Task[None] | None = None
@@ -274,6 +327,7 @@ def configure_zalo(services: Services) -> ZaloChannel:
     channel = ZaloChannel(services)
     services.link_builders[CHANNEL] = channel.link
     services.senders[CHANNEL] = channel.sender
+    services.web_routes.append(web.get(FILES_PATH, channel.files.route))
     if channel.webhook:
         services.web_routes.append(web.post(WEBHOOK_PATH, channel.webhook_route))
     return channel

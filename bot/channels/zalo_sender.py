@@ -3,17 +3,21 @@
 Zalo has no buttons: a payload's choices are written under its text as numbered lines
 (`handlers.rendering.numbered_lines`, the same numbering typed answers are matched with).
 It cannot edit a message either, so an edit goes out as a new message and there are no
-buttons to clear. A photo goes by URL (the platform fetches it); errors map onto the
-dispatcher's `SendError` family, which owns retries and limits.
+buttons to clear. It cannot upload files: a payload's photo (`{"photo": FILE}`, a digest's
+chart) is stored and sent by an expiring URL (sendPhoto fetches it), and a document (the
+digest's workbook) becomes a download link in the text. Errors map onto the dispatcher's
+`SendError` family, which owns retries and limits.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
-from bot.channels.zalo_api import ZaloApi, ZaloApiError, split_text
+from bot.channels.zalo_api import MAX_TEXT, ZaloApi, ZaloApiError, split_text
 from bot.outbox import PermanentSendError, RetryAfter, SendError, TransientSendError, Unreachable
 from handlers.rendering import choices_of, numbered_lines
 
@@ -59,28 +63,49 @@ def render(payload: Mapping[str, Any]) -> str:
     return "\n\n".join(part for part in parts if part)
 
 
+class FileLinks(Protocol):
+    """Hands out a file as a URL the platform (or a person) can fetch for a while."""
+
+    async def link(self, filename: str, data: bytes) -> str: ...
+
+
+def _file_of(payload: Mapping[str, Any], kind: str) -> tuple[str, bytes]:
+    """`{"filename", "data_b64"}`: the bytes travel in the outbox row (bot/outbox.py)."""
+    try:
+        file = payload[kind]
+        return str(file["filename"]), base64.b64decode(file["data_b64"], validate=True)
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise PermanentSendError(f"payload has no valid {kind}: {exc}") from None
+
+
 class ZaloSender:
     """Sends outbox payloads with the Zalo Bot API."""
 
     channel = CHANNEL
 
-    def __init__(self, api: ZaloApi) -> None:
+    def __init__(self, api: ZaloApi, files: FileLinks | None = None) -> None:
         self._api = api
+        self._files = files
 
     async def send(
         self, address: str, payload: Mapping[str, Any], *, clear_buttons_of: str | None
     ) -> str | None:
         text = render(payload)
-        photo = payload.get("photo_url")
-        if not text and not photo:
+        kind = "photo" if "photo" in payload else "document" if "document" in payload else None
+        url: str | None = None
+        if kind is not None:
+            if self._files is None:
+                raise PermanentSendError(f"cannot send a {kind} on Zalo without file links")
+            url = await self._files.link(*_file_of(payload, kind))
+            if kind == "document":
+                text = f"{text}\n{url}" if text else url
+        if not text and kind != "photo":
             raise PermanentSendError("payload has no text")
         message_id: str | None = None
         try:
-            if isinstance(photo, str) and photo:
-                result = await self._api.call(
-                    "sendPhoto", {"chat_id": address, "photo": photo, "caption": text[:2000]}
-                )
-                return _message_id(result)
+            if kind == "photo":
+                photo = {"chat_id": address, "photo": url, "caption": text[:MAX_TEXT]}
+                return _message_id(await self._api.call("sendPhoto", photo))
             for piece in split_text(text):
                 result = await self._api.call("sendMessage", {"chat_id": address, "text": piece})
                 message_id = _message_id(result)
