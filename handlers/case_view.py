@@ -9,7 +9,16 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.errors import NotFound
-from storage.models import Answer, Case, Escalation, EscalationEvent, Survey, SurveyStatus
+from handlers.escalations import due_at
+from storage.models import (
+    Answer,
+    Case,
+    Escalation,
+    EscalationEvent,
+    EscalationStatus,
+    Survey,
+    SurveyStatus,
+)
 from storage.repositories import cases as case_repo
 
 # Given the case's link token, the links every configured channel offers (telegram, zalo, web).
@@ -60,6 +69,11 @@ def escalation_view(
         "opened_at": _iso(escalation.opened_at),
         "acknowledged_at": _iso(escalation.acknowledged_at),
         "resolved_at": _iso(escalation.resolved_at),
+        # The deadline its head has now (acknowledge when open, resolve when acknowledged),
+        # or the one missed while it is overdue at the top of the hierarchy; null resolved.
+        "due_at": _iso(due_at(escalation)),
+        "overdue": escalation.overdue_since is not None
+        and escalation.status != EscalationStatus.RESOLVED,
         "events": list(events),
     }
 
