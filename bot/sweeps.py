@@ -38,7 +38,7 @@ SURVEY_SWEEP_EVERY = timedelta(seconds=10)
 # SLAs are hours of working time; a minute late is nothing, and the query is one index scan.
 ESCALATION_SWEEP_EVERY = timedelta(minutes=1)
 # "The database is away", not "this item is bad": the run stops and the next one tries again.
-_UNREACHABLE = (OperationalError, InterfaceError, DisconnectionError, OSError, TimeoutError)
+_UNREACHABLE = (OperationalError, InterfaceError, DisconnectionError, ConnectionError, TimeoutError)
 
 Step = Callable[[AsyncSession, int], Awaitable[bool]]
 
@@ -212,6 +212,10 @@ class InvitationWaker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
+    async def settle(self) -> None:
+        """Returns once every case woken so far has been handled (for tests and benchmarks)."""
+        await self._queue.join()
+
     async def invite_now(self, case_id: int) -> bool:
         services = self.services
         async with services.sessions.begin() as session:
@@ -236,6 +240,8 @@ class InvitationWaker:
             except Exception as exc:
                 # The sweep tries it again (and keeps the backoff); one line here is enough.
                 log.error("invitation for case %d failed at once: %s", case_id, _where(exc))
+            finally:
+                self._queue.task_done()
 
 
 def invitation_waker_part(
