@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.app import Services
 from bot.scheduler import SweepScheduler
 from handlers import escalations, survey_flow
+from storage.db import is_postgresql
 
 log = logging.getLogger(__name__)
 
@@ -192,13 +194,14 @@ class InvitationWaker:
 
     def __init__(self, services: Services, *, workers: int = 2) -> None:
         self.services = services
-        self._queue: asyncio.Queue[int] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
         self._workers = workers
         self._tasks: list[asyncio.Task[None]] = []
 
     def wake(self, case_ids: Iterable[int]) -> None:
+        woken = time.monotonic()
         for case_id in case_ids:
-            self._queue.put_nowait(case_id)
+            self._queue.put_nowait((case_id, woken))
 
     def start(self) -> None:
         self._tasks = [
@@ -232,9 +235,17 @@ class InvitationWaker:
 
     async def _work(self) -> None:
         while True:
-            case_id = await self._queue.get()
+            case_id, woken = await self._queue.get()
             try:
-                await self.invite_now(case_id)
+                started = time.monotonic()
+                invited = await self.invite_now(case_id)
+                log.debug(
+                    "case %d: invited=%s after %.0f ms in the queue, in %.0f ms",
+                    case_id,
+                    invited,
+                    (started - woken) * 1000,
+                    (time.monotonic() - started) * 1000,
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -245,12 +256,17 @@ class InvitationWaker:
 
 
 def invitation_waker_part(
-    workers: int = 2,
+    workers: int | None = None,
 ) -> Callable[[Services], Awaitable[Callable[[], Awaitable[None]]]]:
-    """A `Startable`: wakes invitations on commit for the life of the service."""
+    """A `Startable`: wakes invitations on commit for the life of the service.
+
+    By default one worker on SQLite (one writer at a time: a second would only wait for the
+    lock) and four on PostgreSQL, where invitations to different people commit side by side.
+    """
 
     async def start(services: Services) -> Callable[[], Awaitable[None]]:
-        waker = InvitationWaker(services, workers=workers)
+        count = workers or (4 if is_postgresql(services.engine) else 1)
+        waker = InvitationWaker(services, workers=count)
         waker.start()
         services.wake_invitations = waker.wake
 

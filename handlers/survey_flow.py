@@ -73,8 +73,12 @@ async def invite(
     contact: CitizenContact,
     now: datetime,
     policy: SurveyPolicy,
+    *,
+    case: Case | None = None,
 ) -> None:
-    case = await case_repo.get_case_by_id(session, survey.case_id)
+    """Queues the invitation (after a late case's apology); `case`, when the caller has it
+    loaded, saves loading it again."""
+    case = case or await case_repo.get_case_by_id(session, survey.case_id)
     assert case is not None
     questionnaire = load_questionnaire(survey.questionnaire)
     survey.channel = contact.channel
@@ -152,21 +156,7 @@ async def invite_one(
     if policy.sendable_at(now) != now:
         return False
     survey = await survey_repo.claim(session, survey_id)
-    if survey is None or survey.status != SurveyStatus.SCHEDULED or survey.due_at > now:
-        return False
-    case = await case_repo.get_case_by_id(session, survey.case_id)
-    citizen = case.citizen if case else None
-    if citizen is None or citizen.erased_at is not None:
-        return False
-    if citizen.opted_out_at is not None:
-        survey.status = SurveyStatus.OPTED_OUT
-        return False
-    contact = await citizen_repo.active_contact(session, citizen.id, channels)
-    if contact is None:
-        return False  # it waits for a chat to be linked (consent invites at once then)
-    survey.locale = citizen.locale
-    await invite(session, survey, contact, now, policy)
-    return True
+    return await _invite_claimed(session, survey, now, policy, channels)
 
 
 async def invite_for_case(
@@ -177,10 +167,34 @@ async def invite_for_case(
     channels: Sequence[str],
 ) -> bool:
     """Invites the case's survey at once if it is due now (a resolution was just committed)."""
-    survey_id = await survey_repo.scheduled_for_case(session, case_id)
-    if survey_id is None:
+    if policy.sendable_at(now) != now:
         return False
-    return await invite_one(session, survey_id, now, policy, channels)
+    survey = await survey_repo.claim_scheduled_for_case(session, case_id)
+    return await _invite_claimed(session, survey, now, policy, channels)
+
+
+async def _invite_claimed(
+    session: AsyncSession,
+    survey: Survey | None,
+    now: datetime,
+    policy: SurveyPolicy,
+    channels: Sequence[str],
+) -> bool:
+    if survey is None or survey.status != SurveyStatus.SCHEDULED or survey.due_at > now:
+        return False
+    case = await case_repo.get_case_by_id(session, survey.case_id)
+    citizen = case.citizen if case else None
+    if case is None or citizen is None or citizen.erased_at is not None:
+        return False
+    if citizen.opted_out_at is not None:
+        survey.status = SurveyStatus.OPTED_OUT
+        return False
+    contact = await citizen_repo.active_contact(session, citizen.id, channels)
+    if contact is None:
+        return False  # it waits for a chat to be linked (consent invites at once then)
+    survey.locale = citizen.locale
+    await invite(session, survey, contact, now, policy, case=case)
+    return True
 
 
 async def due_reminders(

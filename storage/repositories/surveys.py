@@ -84,12 +84,10 @@ async def claim(session: AsyncSession, survey_id: int) -> Survey | None:
     return (await session.execute(_claim(query))).scalar_one_or_none()
 
 
-async def scheduled_for_case(session: AsyncSession, case_id: int) -> int | None:
-    """The id of the case's survey while it waits to be invited."""
-    query = select(Survey.id).where(
-        Survey.case_id == case_id, Survey.status == SurveyStatus.SCHEDULED
-    )
-    return (await session.execute(query)).scalar_one_or_none()
+async def claim_scheduled_for_case(session: AsyncSession, case_id: int) -> Survey | None:
+    """`claim` of the case's survey while it waits to be invited, in one query."""
+    query = select(Survey).where(Survey.case_id == case_id, Survey.status == SurveyStatus.SCHEDULED)
+    return (await session.execute(_claim(query))).scalar_one_or_none()
 
 
 def _not_in(ids: Collection[int]) -> Any:
