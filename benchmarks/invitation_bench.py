@@ -154,8 +154,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "SIPAS_LOG_LEVEL": args.log_level,
         }
         profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
+        command = [args.serve_script] if args.serve_script else ["-m", "bot", "serve"]
         server = await asyncio.create_subprocess_exec(
-            sys.executable, *profile, "-m", "bot", "serve", env=env, cwd=str(ROOT)
+            sys.executable, *profile, *command, env=env, cwd=str(ROOT)
         )
         base = f"http://127.0.0.1:{port}"
         answered: dict[int, float] = {}
@@ -316,6 +317,7 @@ def main() -> None:
         "--latency", type=float, default=0.05, help="platform answer time in seconds"
     )
     parser.add_argument("--log-level", default="WARNING", help="of the serve process")
+    parser.add_argument("--serve-script", help="a script to run instead of `-m bot serve`")
     parser.add_argument("--profile", help="run serve under cProfile, writing this file")
     args = parser.parse_args()
     report(args, asyncio.run(run(args)))
