@@ -1,8 +1,9 @@
 """Complaints reach the head of the unit, climb the hierarchy past their SLA, and come back.
 
 Level 1 is the case's own unit; a unit whose head cannot be reached, or whose head is the
-officer being rated, is passed over at once (and the gap recorded). Every step is an
-`EscalationEvent`, the audit trail the case view and the digests read.
+officer being rated, is passed over at once (and the gap recorded). What each event does in
+each state is the table of `handlers/escalation_states.py`; `_fire` carries it out. Every step
+is an `EscalationEvent`, the audit trail the case view and the digests read.
 """
 
 from __future__ import annotations
