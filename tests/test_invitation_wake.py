@@ -5,6 +5,7 @@ sweep (which stays the safety net)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,8 +13,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.sweeps import InvitationWaker, survey_sweep
+from handlers import survey_flow
 from handlers.survey_flow import FRESH_INVITATION
 from storage.models import Case, OutboxMessage, Priority
 from tests.telegram_support import Rig, RigFactory, case_body, make_rig
@@ -125,3 +128,34 @@ async def test_the_wake_and_the_sweep_invite_each_survey_once(make_rig: RigFacto
             )
         ).scalar_one()
     assert count == len(codes)
+
+
+async def test_a_failing_woken_invitation_is_logged_and_the_next_goes_out(
+    make_rig: RigFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = await make_rig()
+    await rig.post_case(resolved("BAD", CHAT), 201)
+    await rig.post_case(resolved("GOOD", CHAT + 1), 201)
+    async with rig.services.sessions() as session:
+        bad, good = (await session.execute(select(Case.id).order_by(Case.id))).scalars()
+    real = survey_flow.invite_for_case
+
+    async def poisoned(session: AsyncSession, case_id: int, *args: Any) -> bool:
+        if case_id == bad:
+            raise KeyError("a text key went missing")
+        return await real(session, case_id, *args)
+
+    monkeypatch.setattr(survey_flow, "invite_for_case", poisoned)
+    waker = InvitationWaker(rig.services, workers=1)
+    waker.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="bot.sweeps"):
+            waker.wake([bad, good])
+            await asyncio.wait_for(waker.settle(), 10)
+    finally:
+        await waker.stop()
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        f"invitation for case {bad} failed at once"
+    ]
+    assert (await rig.get_case("BAD"))["survey"]["status"] == "scheduled"  # the sweep's, later
+    assert (await rig.get_case("GOOD"))["survey"]["status"] == "invited"
