@@ -1,4 +1,4 @@
-"""Time-driven work as sweeps (DESIGN.md): each run looks in the database for what is due.
+"""Time-driven work as sweeps (docs/design.md): each run looks in the database for what is due.
 
 Nothing is lost when the process was down at the due moment: the next sweep finds it. A sweep
 selects the ids of what is due, then handles each item in its own short transaction that

@@ -176,14 +176,18 @@ class _Holder:
     level: int
 
 
+# A unit passed over on the way up: the unit, why, and its level from where it started.
+Skip = tuple[Unit, str, int | None]
+
+
 async def _find_holder(
     session: AsyncSession,
     escalation: Escalation,
     case: Case,
     start_unit_id: int | None,
     channels: Sequence[str],
-) -> tuple[_Holder | None, list[tuple[str, str]]]:
-    """The first reachable head from `start_unit_id` up, and the units passed over (code, why).
+) -> tuple[_Holder | None, list[Skip]]:
+    """The first reachable head from `start_unit_id` up, and the units passed over.
 
     Only looks: the caller records the skips when it hands the escalation on, so a daily
     check at the top of the hierarchy does not fill the audit trail.
@@ -193,25 +197,26 @@ async def _find_holder(
     origin_chain = await repo.chain(session, escalation.origin_unit_id)
     levels = {unit.id: index + 1 for index, unit in enumerate(origin_chain)}
     officer_code = case.officer.code if case.officer else None
-    skipped: list[tuple[str, str]] = []
+    skipped: list[Skip] = []
     for unit in await repo.chain(session, start_unit_id):
         head = await repo.head_of(session, unit.id)
         if head is not None and officer_code and head.officer_code == officer_code:
-            skipped.append((unit.code, "head_is_officer"))
+            skipped.append((unit, "head_is_officer", levels.get(unit.id)))
             continue
         address = head_address(head, channels)
         if address is None:
-            skipped.append((unit.code, "no_reachable_head"))
+            skipped.append((unit, "no_reachable_head", levels.get(unit.id)))
             continue
         return _Holder(unit, address, levels.get(unit.id, escalation.level + 1)), skipped
     return None, skipped
 
 
 def _record_skips(
-    session: AsyncSession, escalation: Escalation, skipped: list[tuple[str, str]], now: datetime
+    session: AsyncSession, escalation: Escalation, skipped: list[Skip], now: datetime
 ) -> None:
-    for code, why in skipped:
-        repo.add_event(session, escalation, "skipped", now, detail={"unit": code, "why": why})
+    for unit, why, level in skipped:
+        detail = {"unit": unit.code, "why": why}
+        repo.add_event(session, escalation, "skipped", now, detail=detail, unit=unit, level=level)
 
 
 async def _hand_to(
@@ -219,7 +224,7 @@ async def _hand_to(
     escalation: Escalation,
     case: Case,
     holder: _Holder,
-    skipped: list[tuple[str, str]],
+    skipped: list[Skip],
     now: datetime,
     policy: SurveyPolicy,
     *,
@@ -362,7 +367,7 @@ async def _fire(
     """Carries out what `event` does in the escalation's state (`escalation_states.TABLE`)."""
     current = state(escalation)
     holder: _Holder | None = None
-    skipped: list[tuple[str, str]] = []
+    skipped: list[Skip] = []
     guard = Guard.ANY
     if needs_guard(current, event):
         lower = await repo.unit(session, escalation.unit_id)
@@ -410,7 +415,7 @@ async def _climb(
     escalation: Escalation,
     case: Case,
     holder: _Holder,
-    skipped: list[tuple[str, str]],
+    skipped: list[Skip],
     act: _Act,
     *,
     reopened: bool,
