@@ -4,8 +4,9 @@ handled in its own transaction, so one bad item holds back nothing but itself.""
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
@@ -111,7 +112,8 @@ async def test_a_poisoned_invitation_does_not_hold_back_the_others(
 async def test_a_poisoned_escalation_does_not_hold_back_the_others(
     rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    late = {"resolved_at": "2026-11-26T09:00:00+07:00", "status": "resolved"}
+    rig.clock.set(datetime(2026, 11, 26, 9, 0, tzinfo=ZoneInfo("Asia/Ho_Chi_Minh")))
+    late = {"resolved_at": "2026-11-26T09:00:00+07:00", "status": "resolved"}  # due 25/11
     for number in range(3):
         await rig.post_case(case_body(case_code=f"LATE-{number}", **late), 201)
     async with rig.services.sessions() as session:
