@@ -182,7 +182,7 @@ async def _invite_claimed(
 ) -> bool:
     if survey is None or survey.status != SurveyStatus.SCHEDULED or survey.due_at > now:
         return False
-    case = await case_repo.get_case_by_id(session, survey.case_id)
+    case = await survey_repo.case_for_invitation(session, survey.case_id)
     citizen = case.citizen if case else None
     if case is None or citizen is None or citizen.erased_at is not None:
         return False

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import joinedload
 
 from storage.models import (
     Answer,
@@ -88,6 +89,23 @@ async def claim_scheduled_for_case(session: AsyncSession, case_id: int) -> Surve
     """`claim` of the case's survey while it waits to be invited, in one query."""
     query = select(Survey).where(Survey.case_id == case_id, Survey.status == SurveyStatus.SCHEDULED)
     return (await session.execute(_claim(query))).scalar_one_or_none()
+
+
+async def case_for_invitation(session: AsyncSession, case_id: int) -> Case | None:
+    """The case with everything an invitation shows (unit, procedure, officer, citizen) in one
+    joined query: the invitation woken after intake is on the path to the citizen's chat, and
+    each round trip counts there."""
+    query = (
+        select(Case)
+        .where(Case.id == case_id)
+        .options(
+            joinedload(Case.unit),
+            joinedload(Case.procedure),
+            joinedload(Case.officer),
+            joinedload(Case.citizen),
+        )
+    )
+    return (await session.execute(query)).unique().scalar_one_or_none()
 
 
 def _not_in(ids: Collection[int]) -> Any:
