@@ -46,16 +46,6 @@ def create_engine(database_url: str | URL, *, schema: str | None = None) -> Asyn
         kwargs["pool_size"] = 10
     elif url.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 5}
-        # One connection per engine. Every transaction takes the write lock (BEGIN IMMEDIATE
-        # below), so a second connection could only wait for it in SQLite's busy handler,
-        # which polls with sleeps of up to 100 ms and hands the lock to no one in particular:
-        # under a steady load of short transactions the waits add up to seconds. Queued in
-        # the pool instead, transactions follow each other at once and in order
-        # (benchmarks/invitation_bench.py, 20 resolutions a second: resolution to invitation
-        # p99 8 s with a pool of connections, 0.12 s with one).
-        kwargs["pool_size"] = 1
-        kwargs["max_overflow"] = 0
-        kwargs["pool_timeout"] = 30
     engine = create_async_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
