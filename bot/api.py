@@ -180,6 +180,8 @@ async def post_case(request: web.Request) -> web.Response:
 
     result, view = await _retrying_races(post)
     services.wake_dispatcher()
+    if result.changed:
+        services.wake_invitations([result.case.id])  # committed: a survey due now goes now
     outcome = "created" if result.created else "updated" if result.changed else "replayed"
     CASES_POSTED.labels(outcome).inc()
     return web.json_response(view, status=201 if result.created else 200)

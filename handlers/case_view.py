@@ -9,11 +9,13 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.errors import NotFound
+from handlers.escalations import due_at
 from storage.models import (
     Answer,
     Case,
     Escalation,
     EscalationEvent,
+    EscalationStatus,
     Survey,
     SurveyStatus,
     Unit,
@@ -104,6 +106,11 @@ def escalation_view(
         "resolved_at": _iso(escalation.resolved_at),
         # What the head wrote when it was handled (also on the `resolved` event).
         "note": escalation.resolution_note,
+        # The deadline its head has now (acknowledge when open, resolve when acknowledged),
+        # or the one missed while it is overdue at the top of the hierarchy; null resolved.
+        "due_at": _iso(due_at(escalation)),
+        "overdue": escalation.overdue_since is not None
+        and escalation.status != EscalationStatus.RESOLVED,
         "events": list(events),
     }
 
