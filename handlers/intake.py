@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -506,6 +507,12 @@ async def _schedule_surveys(
     await case_repo.insert_surveys(session, rows)
 
 
+@lru_cache(maxsize=4096)
+def _courtesy_template(procedure_name: str, field: str | None) -> str | None:
+    # The shipped rules never change while the process runs; procedures repeat a lot.
+    return courtesy.template_for(procedure_name, field)
+
+
 async def _notify(
     session: AsyncSession,
     accepted: list[_Accepted],
@@ -525,7 +532,7 @@ async def _notify(
         if body.status == CaseStatus.DELAYED and values["delay_new_due_at"] != promised_before:
             delayed.add(item.case_id)
         newly_resolved = body.status == CaseStatus.RESOLVED and item.old_status not in SURVEYED
-        if newly_resolved and courtesy.template_for(body.procedure.name, body.procedure.field):
+        if newly_resolved and _courtesy_template(body.procedure.name, body.procedure.field):
             courteous.add(item.case_id)
         promised = values["delay_new_due_at"] or values["due_at"]
         if (

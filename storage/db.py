@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import Table, event, func, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -72,3 +72,25 @@ async def ping(engine: AsyncEngine) -> None:
     """Raises when the database cannot be reached; used at start-up and by /healthz."""
     async with engine.connect() as connection:
         await connection.execute(text("SELECT 1"))
+
+
+async def allocate_ids(session: AsyncSession, table: Table, count: int) -> list[int]:
+    """`count` fresh values of `table`'s integer `id`, for rows inserted many at once.
+
+    Bulk inserts need each new row's id in order, and `INSERT ... RETURNING` does not promise
+    the order on either backend (SQLAlchemy then sends one row per statement on SQLite).
+    PostgreSQL hands out ids from the column's sequence. On SQLite the transaction holds the
+    write lock from its first statement (`BEGIN IMMEDIATE` above), so no other writer can take
+    the ids after the current largest before it commits.
+    """
+    if count <= 0:
+        return []
+    if session.get_bind().dialect.name == "postgresql":
+        query = text(
+            "SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :count)"
+        )
+        rows = await session.execute(query, {"table": table.name, "count": count})
+        return [int(value) for value in rows.scalars()]
+    largest = await session.scalar(select(func.max(table.c.id)))
+    first = int(largest or 0) + 1
+    return list(range(first, first + count))

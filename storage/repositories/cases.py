@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from storage.db import allocate_ids
 from storage.models import (
     Answer,
     Case,
@@ -306,10 +307,12 @@ def _insert_ignoring(session: AsyncSession, table: Table, key: str) -> Any:
 
 async def insert_cases(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> list[int]:
     """Inserts the cases; their ids in the order of `rows`."""
-    if not rows:
-        return []
-    statement = insert(_CASES).returning(_CASES.c.id, sort_by_parameter_order=True)
-    return list((await session.execute(statement, list(rows))).scalars())
+    ids = await allocate_ids(session, _CASES, len(rows))
+    if rows:
+        await session.execute(
+            insert(_CASES), [{**row, "id": id_} for row, id_ in zip(rows, ids, strict=True)]
+        )
+    return ids
 
 
 _CASE_UPDATE_COLUMNS = (

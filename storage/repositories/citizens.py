@@ -10,6 +10,7 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage.db import allocate_ids
 from storage.models import (
     Citizen,
     CitizenContact,
@@ -193,10 +194,12 @@ async def citizens_for_intake(
 
 async def insert_citizens(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> list[int]:
     """Inserts the citizens; their ids in the order of `rows`."""
-    if not rows:
-        return []
-    statement = insert(_CITIZENS).returning(_CITIZENS.c.id, sort_by_parameter_order=True)
-    return list((await session.execute(statement, list(rows))).scalars())
+    ids = await allocate_ids(session, _CITIZENS, len(rows))
+    if rows:
+        await session.execute(
+            insert(_CITIZENS), [{**row, "id": id_} for row, id_ in zip(rows, ids, strict=True)]
+        )
+    return ids
 
 
 async def update_citizens(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
