@@ -25,6 +25,7 @@ import asyncio
 import csv
 import json
 import os
+import resource
 import secrets
 import statistics
 import subprocess
@@ -115,6 +116,11 @@ class Server:
             raise RuntimeError(f"the {kind} server did not start: {line!r}")
         self.url = f"http://127.0.0.1:{int(line.split()[1])}"
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU time the server process has used so far (all its threads)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         assert self.process.stdin is not None
         self.process.stdin.close()
@@ -184,16 +190,26 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 def report_singles(
-    label: str, wall: float, latencies: list[float], statuses: Counter[int]
+    label: str, wall: float, latencies: list[float], statuses: Counter[int], cpu: float
 ) -> float:
     rate = len(latencies) / wall
     bad = {s: n for s, n in statuses.items() if s not in (200, 201)}
     print(
         f"  {label:<28} {rate:8.0f} req/s   p50 {_quantile(latencies, 0.5) * 1000:6.1f} ms"
         f"   p99 {_quantile(latencies, 0.99) * 1000:6.1f} ms"
+        f"   server CPU {cpu / len(latencies) * 1e6:5.0f} us/req"
         + (f"   NOT 2xx: {bad}" if bad else "")
     )
     return rate
+
+
+async def timed(
+    server: Server, bodies: list[Any], concurrency: int, path: str = "/api/v1/cases"
+) -> tuple[float, list[float], Counter[int], list[Any], float]:
+    """`drive`, and the server CPU time it took."""
+    before = server.cpu_seconds()
+    wall, latencies, statuses, answers = await drive(server.url, bodies, concurrency, path)
+    return wall, latencies, statuses, answers, server.cpu_seconds() - before
 
 
 # --- one backend ---------------------------------------------------------------------------
@@ -234,33 +250,46 @@ async def bench_backend(name: str, database_url: str, args: argparse.Namespace) 
         run = secrets.token_hex(3)
         received = [case_body(i, run) for i in range(n)]
         resolved = [case_body(i, run, "resolved") for i in range(n)]
-        wall, lat, st, _ = await drive(bare.url, received, args.concurrency)
-        bare_rate = report_singles("bare aiohttp JSON", wall, lat, st)
+        wall, lat, st, _, cpu = await timed(bare, received, args.concurrency)
+        bare_rate = report_singles("bare aiohttp JSON", wall, lat, st, cpu)
         rates = []
         for label, bodies in (
             ("POST received (201)", received),
             ("POST resolved (200)", resolved),
             ("POST replay (200)", resolved),
         ):
-            wall, lat, st, _ = await drive(real.url, bodies, args.concurrency)
-            rates.append(report_singles(label, wall, lat, st))
+            wall, lat, st, _, cpu = await timed(real, bodies, args.concurrency)
+            rates.append(report_singles(label, wall, lat, st, cpu))
         print(f"  intake / bare: {min(rates) / bare_rate:.1%} (slowest phase)")
+        async with aiohttp.ClientSession(real.url) as client, client.get("/metrics") as response:
+            metrics = await response.text()
+        sums = {
+            line.split()[0]: float(line.split()[1])
+            for line in metrics.splitlines()
+            if line.startswith("sipas_intake_group_cases_")
+        }
+        groups = sums.get("sipas_intake_group_cases_count", 0.0)
+        if groups:
+            mean = sums["sipas_intake_group_cases_sum"] / groups
+            print(f"  single posts per transaction: {mean:.1f} on average ({groups:.0f} in all)")
 
         for label, status in (("batch received", "received"), ("batch resolved", "resolved")):
-            total_cases, total_wall = 0, 0.0
+            total_cases, total_wall, total_cpu = 0, 0.0, 0.0
             counts: Counter[str] = Counter()
             for b in range(args.batches):
                 batch = [case_body(i, f"{run}b{b}", status) for i in range(1000)]
-                wall, _, st, answers = await drive(real.url, [batch], 1, "/api/v1/cases:batch")
+                wall, _, st, answers, cpu = await timed(real, [batch], 1, "/api/v1/cases:batch")
                 total_cases += len(batch)
                 total_wall += wall
+                total_cpu += cpu
                 for answer in answers:
                     counts.update({k: v for k, v in answer["summary"].items() if v})
                 if set(st) != {200}:
                     print(f"    batch statuses {dict(st)}")
             print(
                 f"  {label + ' (x1000)':<28} {total_cases / total_wall:8.0f} cases/s"
-                f"   {total_wall / args.batches * 1000:6.0f} ms a batch   {dict(counts)}"
+                f"   {total_wall / args.batches * 1000:6.0f} ms a batch"
+                f"   server CPU {total_cpu / total_cases * 1e6:5.0f} us/case   {dict(counts)}"
             )
     finally:
         real.stop()
@@ -271,6 +300,8 @@ async def bench_backend(name: str, database_url: str, args: argparse.Namespace) 
         write_csv(path, args.csv_rows, secrets.token_hex(3))
         env = {**os.environ, "SIPAS_DATABASE_URL": database_url}
         started = time.perf_counter()
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_before = children.ru_utime + children.ru_stime
         done = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "bot", "cases", "import", str(path)],
@@ -280,10 +311,13 @@ async def bench_backend(name: str, database_url: str, args: argparse.Namespace) 
             text=True,
         )
         wall = time.perf_counter() - started
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = children.ru_utime + children.ru_stime - cpu_before
         summary = (done.stdout.splitlines() or ["?"])[0]
         print(
             f"  {'cases import (CSV)':<28} {args.csv_rows / wall:8.0f} cases/s"
-            f"   {wall:6.1f} s with start-up   exit {done.returncode}: {summary}"
+            f"   {wall:6.1f} s with start-up, CPU {cpu:5.1f} s"
+            f"   exit {done.returncode}: {summary}"
         )
         if done.returncode != 0:
             print(done.stderr[-2000:])

@@ -51,6 +51,11 @@ HTTP_REQUESTS = Counter(
 )
 HTTP_SECONDS = Histogram("sipas_http_request_seconds", "HTTP request duration", ["route"])
 CASES_POSTED = Counter("sipas_cases_posted_total", "Cases accepted by intake", ["outcome"])
+INTAKE_GROUP = Histogram(
+    "sipas_intake_group_cases",
+    "Cases taken in one intake transaction (single posts that arrived together, batches)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000),
+)
 
 _STATUS_FOR = {InvalidInput: 422, NotFound: 404, Conflict: 409}
 # Errors that mean "the database cannot be reached now", not "the request is wrong".
@@ -171,6 +176,7 @@ async def _post_group(
                         session,
                         [(p.case_id, p.case_code, p.unit_code, p.status) for p in posted],
                         services.links,
+                        fresh={p.case_id: p.fresh_token for p in posted if p.fresh_token},
                     )
                     answers.extend(
                         o if isinstance(o, DomainError) else (o, views[o.case_id]) for o in outcomes
@@ -233,6 +239,7 @@ class IntakeQueue:
 
     async def _settle(self, group: list[tuple[list[CaseIn], asyncio.Future[list[Answer]]]]) -> None:
         bodies = [body for submitted, _future in group for body in submitted]
+        INTAKE_GROUP.observe(len(bodies))
         try:
             answers = await _post_group(self.services, bodies, self.references)
         except asyncio.CancelledError:

@@ -92,13 +92,33 @@ async def case_view_by_code(
 
 
 async def case_views(
-    session: AsyncSession, cases: Sequence[tuple[int, str, str, str]], links: LinkBuilder
+    session: AsyncSession,
+    cases: Sequence[tuple[int, str, str, str]],
+    links: LinkBuilder,
+    *,
+    fresh: Mapping[int, str] | None = None,
 ) -> dict[int, dict[str, Any]]:
     """`case_view` of many cases at once, by case id; each case given as (id, case_code,
-    unit_code, status). A handful of queries for the lot, not five per case."""
-    ids = {case_id for case_id, _code, _unit, _status in cases}
+    unit_code, status). A handful of queries for the lot, not five per case.
+
+    `fresh`: link tokens of cases just created that have no survey and no escalation yet;
+    their views need no query.
+    """
+    fresh = fresh or {}
+    views: dict[int, dict[str, Any]] = {}
+    for case_id, case_code, unit_code, status in cases:
+        if case_id in fresh:
+            views[case_id] = {
+                "case_code": case_code,
+                "unit_code": unit_code,
+                "status": status,
+                "links": dict(links(fresh[case_id])),
+                "survey": survey_view(None, []),
+                "escalations": [],
+            }
+    ids = {case_id for case_id, _code, _unit, _status in cases if case_id not in views}
     if not ids:
-        return {}
+        return views
     tokens = await case_repo.link_tokens_of(session, ids)
     surveys = await case_repo.surveys_of(session, ids)
     answers = await case_repo.answers_of_surveys(session, [s.id for s in surveys.values()])
@@ -107,8 +127,9 @@ async def case_views(
     escalation_ids = [e.id for found in escalations.values() for e, _code in found]
     for event, code in await case_repo.escalation_events_of_cases(session, escalation_ids):
         events.setdefault(event.escalation_id, []).append(event_view(event, code))
-    views: dict[int, dict[str, Any]] = {}
     for case_id, case_code, unit_code, status in cases:
+        if case_id not in ids:
+            continue
         token = tokens.get(case_id)
         survey = surveys.get(case_id)
         views[case_id] = {

@@ -62,6 +62,9 @@ class Posted:
     status: str
     created: bool
     changed: bool
+    # A case created by this post, still without a survey or an escalation: its view is
+    # known without asking the database (its link token, nothing else yet).
+    fresh_token: str | None = None
 
 
 # Per case of a group: what intake made of it, or the reason it was refused (nothing stored).
@@ -72,20 +75,25 @@ Outcome = Posted | DomainError
 class ReferenceIds:
     """Ids of units, procedures and officers by code, kept across posts by one process.
 
-    Only the code-to-id mapping is kept: it never changes once a row exists (nothing deletes
-    these rows), so another process loading units or renaming a procedure cannot make it
-    stale; names are written through on every post that gives them. A code not here is looked
-    up. The holder clears it when a transaction fails, which may have rolled back new rows.
+    The code-to-id mapping never changes once a row exists (nothing deletes these rows), so
+    units loaded or renamed meanwhile, by this process or another, cannot make it stale; a code
+    not here is looked up. Procedure and officer names are written when a post gives other
+    ones than this process last wrote. The holder clears it all when a transaction fails,
+    which may have rolled back new rows.
     """
 
     units: dict[str, int] = field(default_factory=dict)
     procedures: dict[str, int] = field(default_factory=dict)
     officers: dict[str, int] = field(default_factory=dict)
+    procedure_names: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    officer_names: dict[str, str | None] = field(default_factory=dict)
 
     def clear(self) -> None:
         self.units.clear()
         self.procedures.clear()
         self.officers.clear()
+        self.procedure_names.clear()
+        self.officer_names.clear()
 
 
 async def case_posted(
@@ -178,6 +186,7 @@ class _Accepted:
     old_status: CaseStatus | None
     person: _Person | None = None
     case_id: int = 0
+    token: str | None = None  # the citizen's link, minted when the case is created
     values: dict[str, Any] = field(default_factory=dict)
 
 
@@ -233,6 +242,7 @@ async def _post_group(
             item.body.status.value,
             created=item.stored is None,
             changed=True,
+            fresh_token=item.token if item.body.status not in SURVEYED else None,
         )
     return [outcome for outcome in outcomes if outcome is not None]
 
@@ -286,10 +296,12 @@ async def _store(
         assert item.stored is not None
         item.case_id = item.stored.id
     await case_repo.update_cases(session, [{"id": i.case_id, **i.values} for i in updated])
+    for item in new:
+        item.token = new_token()
     await case_repo.insert_link_tokens(
         session,
         [
-            {"token": new_token(), "case_id": i.case_id, "expires_at": now + policy.link_token_ttl}
+            {"token": i.token, "case_id": i.case_id, "expires_at": now + policy.link_token_ttl}
             for i in new
         ],
     )
@@ -318,7 +330,22 @@ async def _procedure_ids(
         procedure = item.body.procedure
         earlier_field = wanted[procedure.code][1] if procedure.code in wanted else None
         wanted[procedure.code] = (procedure.name, procedure.field or earlier_field)
-    known.procedures.update(await case_repo.ensure_procedures(session, wanted, known.procedures))
+    written = known.procedure_names
+    changed = {
+        code: (name, field_)
+        for code, (name, field_) in wanted.items()
+        if code not in known.procedures
+        or code not in written
+        or written[code][0] != name
+        or (field_ is not None and written[code][1] != field_)
+    }
+    if changed:
+        known.procedures.update(
+            await case_repo.ensure_procedures(session, changed, known.procedures)
+        )
+        for code, (name, field_) in changed.items():
+            kept = written[code][1] if code in written else None
+            written[code] = (name, field_ if field_ is not None else kept)
     return known.procedures
 
 
@@ -336,8 +363,18 @@ async def _officer_ids(
             officer.name or (earlier[0] if earlier else None),
             earlier[1] if earlier else item.unit_id,
         )
-    if wanted:
-        known.officers.update(await case_repo.ensure_officers(session, wanted, known.officers))
+    written = known.officer_names
+    changed = {
+        code: (name, unit_id)
+        for code, (name, unit_id) in wanted.items()
+        if code not in known.officers
+        or code not in written
+        or (name is not None and written[code] != name)
+    }
+    if changed:
+        known.officers.update(await case_repo.ensure_officers(session, changed, known.officers))
+        for code, (name, _unit_id) in changed.items():
+            written[code] = name if name is not None else written.get(code)
     return known.officers
 
 
@@ -483,7 +520,9 @@ async def _schedule_surveys(
     ]
     if not resolved:
         return
-    existing = await case_repo.surveyed_case_ids(session, [item.case_id for item in resolved])
+    existing = await case_repo.surveyed_case_ids(
+        session, [item.case_id for item in resolved if item.stored is not None]
+    )
     due_at = policy.sendable_at(now + policy.delay)
     rows = []
     for item in resolved:
