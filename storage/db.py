@@ -15,6 +15,12 @@ from sqlalchemy.ext.asyncio import (
 
 SessionFactory = async_sessionmaker[AsyncSession]
 
+# How long a SQLite transaction waits for another one's write lock before it gives up (and
+# the API answers 503). Writers queue for the one lock; under a backlog (an import in another
+# process, a sweep, the dispatcher, intake) a wait of a few seconds is load, not an outage,
+# so the wait is longer than any of them holds the lock.
+SQLITE_BUSY_TIMEOUT_SECONDS = 15
+
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # pysqlite's own transaction handling breaks SAVEPOINT and defers BEGIN; take it over
@@ -24,7 +30,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
     cursor.close()
 
 
@@ -45,7 +51,7 @@ def create_engine(database_url: str | URL, *, schema: str | None = None) -> Asyn
         kwargs["connect_args"] = {"server_settings": settings, "timeout": 5}
         kwargs["pool_size"] = 10
     elif url.get_backend_name() == "sqlite":
-        kwargs["connect_args"] = {"timeout": 5}
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
     engine = create_async_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
