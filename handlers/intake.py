@@ -187,6 +187,7 @@ class _Accepted:
     person: _Person | None = None
     case_id: int = 0
     token: str | None = None  # the citizen's link, minted when the case is created
+    touched: set[int] = field(default_factory=set)  # `id()` of persons whose data it changes
     values: dict[str, Any] = field(default_factory=dict)
 
 
@@ -231,9 +232,20 @@ async def _post_group(
             )
             continue
         outcomes.append(None)
-        accepted.append(_Accepted(index, body, unit_id, fingerprint, case, old_status))
+        item = _Accepted(index, body, unit_id, fingerprint, case, old_status)
+        item.values = _case_values(item, now)
+        accepted.append(item)
     if accepted:
-        await _store(session, accepted, now, policy, channels, known)
+        people = await _citizens_for(session, accepted, policy)
+        cut = _first_to_notify_before_changes(accepted)
+        if cut is not None:
+            # A later case would change what this one's messages read (its citizen, their
+            # chats, its procedure's name): take the cases up to it first, then the rest.
+            return [
+                *await _post_group(session, bodies[: cut + 1], now, policy, channels, known),
+                *await _post_group(session, bodies[cut + 1 :], now, policy, channels, known),
+            ]
+        await _store(session, accepted, people, now, policy, channels, known)
     for item in accepted:
         outcomes[item.index] = Posted(
             item.case_id,
@@ -247,6 +259,68 @@ async def _post_group(
     return [outcome for outcome in outcomes if outcome is not None]
 
 
+def _case_values(item: _Accepted, now: datetime) -> dict[str, Any]:
+    """The columns of the case as this post leaves them (ids of related rows come later)."""
+    body, case = item.body, item.stored
+    values: dict[str, Any] = {
+        "unit_id": item.unit_id,
+        "status": body.status.value,
+        "received_at": body.received_at,
+        "due_at": body.due_at,
+        "resolved_at": body.resolved_at or (now if body.status in SURVEYED else None),
+        "delay_new_due_at": body.delay.new_due_at if body.delay else None,
+        "delay_reason": body.delay.reason if body.delay else None,
+        "body_hash": item.fingerprint,
+    }
+    if body.delay is None and case is not None:
+        values["delay_new_due_at"] = case.delay_new_due_at
+        values["delay_reason"] = case.delay_reason
+    return values
+
+
+def _notices(item: _Accepted) -> tuple[bool, bool, bool]:
+    """Whether the case calls for an apology (a new date), a courtesy message (a resolution
+    whose procedure has one) and a complaint (resolved after its promised date)."""
+    body, case, values = item.body, item.stored, item.values
+    promised_before = (case.delay_new_due_at or case.due_at) if case else None
+    apology = body.status == CaseStatus.DELAYED and values["delay_new_due_at"] != promised_before
+    newly_resolved = body.status == CaseStatus.RESOLVED and item.old_status not in SURVEYED
+    polite = newly_resolved and bool(_courtesy_template(body.procedure.name, body.procedure.field))
+    promised = values["delay_new_due_at"] or values["due_at"]
+    late = (
+        body.status == CaseStatus.RESOLVED
+        and item.old_status != CaseStatus.RESOLVED
+        and values["resolved_at"] is not None
+        and values["resolved_at"] > promised
+    )
+    return apology, polite, late
+
+
+def _first_to_notify_before_changes(accepted: list[_Accepted]) -> int | None:
+    """The body index of the first case that sends a message while a later case of the group
+    changes its citizen, their chats or its procedure's name; None when there is none.
+
+    Messages are written after the whole group, so they must read what their case left."""
+    last_touch: dict[int, int] = {}
+    later_names: dict[str, set[tuple[str, str | None]]] = {}
+    unsafe_names: list[bool] = [False] * len(accepted)
+    for position in range(len(accepted) - 1, -1, -1):
+        item = accepted[position]
+        for person in item.touched:
+            last_touch.setdefault(person, position)
+        procedure = item.body.procedure
+        seen = later_names.setdefault(procedure.code, set())
+        unsafe_names[position] = bool(seen - {(procedure.name, procedure.field)})
+        seen.add((procedure.name, procedure.field))
+    for position, item in enumerate(accepted[:-1]):
+        if not any(_notices(item)):
+            continue
+        touched_later = last_touch.get(id(item.person), -1) > position
+        if touched_later or unsafe_names[position]:
+            return item.index
+    return None
+
+
 async def _unit_ids(session: AsyncSession, codes: set[str], known: ReferenceIds) -> dict[str, int]:
     missing = codes - known.units.keys()
     if missing:
@@ -257,6 +331,7 @@ async def _unit_ids(session: AsyncSession, codes: set[str], known: ReferenceIds)
 async def _store(
     session: AsyncSession,
     accepted: list[_Accepted],
+    people: _People,
     now: datetime,
     policy: SurveyPolicy,
     channels: Sequence[str],
@@ -264,28 +339,18 @@ async def _store(
 ) -> None:
     procedures = await _procedure_ids(session, accepted, known)
     officers = await _officer_ids(session, accepted, known)
-    await _citizens_for(session, accepted, policy)
+    await _write_people(session, people)
 
     for item in accepted:
-        body, case = item.body, item.stored
+        body = item.body
         assert item.person is not None and item.person.id is not None
-        item.values = {
-            "unit_id": item.unit_id,
+        item.values |= {
             "procedure_id": procedures[body.procedure.code],
             "officer_id": officers[body.officer.code] if body.officer else None,
             "citizen_id": item.person.id,
-            "status": body.status.value,
-            "received_at": body.received_at,
-            "due_at": body.due_at,
-            "resolved_at": body.resolved_at or (now if body.status in SURVEYED else None),
-            "delay_new_due_at": body.delay.new_due_at if body.delay else None,
-            "delay_reason": body.delay.reason if body.delay else None,
-            "body_hash": item.fingerprint,
         }
-        if body.delay is None and case is not None:
-            item.values["delay_new_due_at"] = case.delay_new_due_at
-            item.values["delay_reason"] = case.delay_reason
     new = [item for item in accepted if item.stored is None]
+
     ids = await case_repo.insert_cases(
         session, [{"case_code": item.body.case_code, **item.values} for item in new]
     )
@@ -378,13 +443,23 @@ async def _officer_ids(
     return known.officers
 
 
+@dataclass
+class _People:
+    """The citizens and contacts a group reads and writes, as its cases leave them."""
+
+    stored: dict[int, _Person]
+    new: list[_Person]
+    contacts: dict[tuple[str, str], _Contact]
+
+
 async def _citizens_for(
     session: AsyncSession, accepted: list[_Accepted], policy: SurveyPolicy
-) -> None:
+) -> _People:
     """The person behind each case: already known by chat, by phone, or new.
 
     Decided case by case in order, on what the database holds plus what the cases before
-    decided (a phone a previous case gave finds that citizen), then written at once.
+    decided (a phone a previous case gave finds that citizen); `_write_people` stores it.
+    Each case notes whose record or contacts it changed (`touched`).
     """
     addresses: set[tuple[str, str]] = set()
     phones: set[str] = set()
@@ -457,6 +532,7 @@ async def _citizens_for(
             if (name, phone, person.erased_at) != (person.name, person.phone, None):
                 person.name, person.phone, person.erased_at = name, phone, None
                 person.changed = True
+                item.touched.add(id(person))
                 index(person)
         # A chat id from the desk was given by the citizen at the desk: it links directly.
         for channel, address in (
@@ -468,9 +544,15 @@ async def _citizens_for(
                 if contact is None:
                     contacts[(channel, address)] = _Contact(None, channel, address, person)
                 else:
+                    item.touched.add(id(contact.person))
                     contact.person, contact.changed = person, True
+                item.touched.add(id(person))
         item.person = person
+    return _People(people, new_people, contacts)
 
+
+async def _write_people(session: AsyncSession, found: _People) -> None:
+    people, new_people, contacts = found.stored, found.new, found.contacts
     new_ids = await citizen_repo.insert_citizens(
         session,
         [
@@ -566,20 +648,12 @@ async def _notify(
     courteous: set[int] = set()
     late: set[int] = set()
     for item in accepted:
-        body, case, values = item.body, item.stored, item.values
-        promised_before = (case.delay_new_due_at or case.due_at) if case else None
-        if body.status == CaseStatus.DELAYED and values["delay_new_due_at"] != promised_before:
+        apology, polite, complaint = _notices(item)
+        if apology:
             delayed.add(item.case_id)
-        newly_resolved = body.status == CaseStatus.RESOLVED and item.old_status not in SURVEYED
-        if newly_resolved and _courtesy_template(body.procedure.name, body.procedure.field):
+        if polite:
             courteous.add(item.case_id)
-        promised = values["delay_new_due_at"] or values["due_at"]
-        if (
-            body.status == CaseStatus.RESOLVED
-            and item.old_status != CaseStatus.RESOLVED
-            and values["resolved_at"] is not None
-            and values["resolved_at"] > promised
-        ):
+        if complaint:
             late.add(item.case_id)
     if courteous:
         # Only a citizen with a chat to write to can be sent courtesy.
