@@ -218,6 +218,11 @@ class IntakeQueue:
         self._waiting: list[tuple[list[CaseIn], asyncio.Future[list[Answer]]]] = []
         self._draining: asyncio.Task[None] | None = None
 
+    @property
+    def waiting(self) -> int:
+        """Submissions waiting for the transaction after the one running."""
+        return len(self._waiting)
+
     async def post(self, bodies: list[CaseIn]) -> list[Answer]:
         """The answers for `bodies`, in order, once they are committed (with other posts)."""
         if not bodies:
