@@ -273,7 +273,8 @@ async def bench_backend(name: str, database_url: str, args: argparse.Namespace) 
             mean = sums["sipas_intake_group_cases_sum"] / groups
             print(f"  single posts per transaction: {mean:.1f} on average ({groups:.0f} in all)")
 
-        for label, status in (("batch received", "received"), ("batch resolved", "resolved")):
+        batch_phases = (("batch received", "received"), ("batch resolved", "resolved"))
+        for label, status in batch_phases if args.batches else ():
             total_cases, total_wall, total_cpu = 0, 0.0, 0.0
             counts: Counter[str] = Counter()
             for b in range(args.batches):
@@ -295,6 +296,8 @@ async def bench_backend(name: str, database_url: str, args: argparse.Namespace) 
         real.stop()
         bare.stop()
 
+    if not args.csv_rows:
+        return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "cases.csv"
         write_csv(path, args.csv_rows, secrets.token_hex(3))

@@ -121,7 +121,9 @@ async def case_views(
         return views
     tokens = await case_repo.link_tokens_of(session, ids)
     surveys = await case_repo.surveys_of(session, ids)
-    answers = await case_repo.answers_of_surveys(session, [s.id for s in surveys.values()])
+    # A scheduled survey has no answers yet (most of what intake answers about).
+    asked = [s.id for s in surveys.values() if s.status != SurveyStatus.SCHEDULED]
+    answers = await case_repo.answers_of_surveys(session, asked)
     escalations = await case_repo.escalations_of_cases(session, ids)
     events: dict[int, list[dict[str, Any]]] = {}
     escalation_ids = [e.id for found in escalations.values() for e, _code in found]

@@ -339,6 +339,12 @@ async def _store(
 ) -> None:
     procedures = await _procedure_ids(session, accepted, known)
     officers = await _officer_ids(session, accepted, known)
+    new = [item for item in accepted if item.stored is None]
+    case_ids, citizen_ids = await case_repo.new_ids(session, len(new), len(people.new))
+    for person, citizen_id in zip(people.new, citizen_ids, strict=True):
+        person.id = citizen_id
+    for item, case_id in zip(new, case_ids, strict=True):
+        item.case_id = case_id
     await _write_people(session, people)
 
     for item in accepted:
@@ -349,13 +355,10 @@ async def _store(
             "officer_id": officers[body.officer.code] if body.officer else None,
             "citizen_id": item.person.id,
         }
-    new = [item for item in accepted if item.stored is None]
-
-    ids = await case_repo.insert_cases(
-        session, [{"case_code": item.body.case_code, **item.values} for item in new]
+    await case_repo.insert_cases(
+        session,
+        [{"id": item.case_id, "case_code": item.body.case_code, **item.values} for item in new],
     )
-    for item, case_id in zip(new, ids, strict=True):
-        item.case_id = case_id
     updated = [item for item in accepted if item.stored is not None]
     for item in updated:
         assert item.stored is not None
@@ -553,15 +556,13 @@ async def _citizens_for(
 
 async def _write_people(session: AsyncSession, found: _People) -> None:
     people, new_people, contacts = found.stored, found.new, found.contacts
-    new_ids = await citizen_repo.insert_citizens(
+    await citizen_repo.insert_citizens(
         session,
         [
-            {"name": p.name, "phone": p.phone, "locale": p.locale, "erased_at": None}
+            {"id": p.id, "name": p.name, "phone": p.phone, "locale": p.locale, "erased_at": None}
             for p in new_people
         ],
     )
-    for person, citizen_id in zip(new_people, new_ids, strict=True):
-        person.id = citizen_id
     await citizen_repo.update_citizens(
         session,
         [

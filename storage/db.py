@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Table, event, func, select, text
@@ -42,8 +43,11 @@ def create_engine(database_url: str | URL, *, schema: str | None = None) -> Asyn
     if "search_path" in url.query:
         schema = schema or str(url.query["search_path"])
         url = url.difference_update_query(["search_path"])
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {}
     if url.get_backend_name() == "postgresql":
+        # A server restarted meanwhile leaves dead connections in the pool; a file does not,
+        # and on SQLite the ping would be one more thread hop in every transaction.
+        kwargs["pool_pre_ping"] = True
         settings = {"application_name": "sipas-bot"}
         if schema:
             settings["search_path"] = schema
@@ -80,23 +84,35 @@ async def ping(engine: AsyncEngine) -> None:
         await connection.execute(text("SELECT 1"))
 
 
-async def allocate_ids(session: AsyncSession, table: Table, count: int) -> list[int]:
-    """`count` fresh values of `table`'s integer `id`, for rows inserted many at once.
+async def allocate_ids(
+    session: AsyncSession, counts: Mapping[Table, int]
+) -> dict[Table, list[int]]:
+    """Fresh values of each table's integer `id`, as many as asked, for rows inserted many at
+    once.
 
     Bulk inserts need each new row's id in order, and `INSERT ... RETURNING` does not promise
     the order on either backend (SQLAlchemy then sends one row per statement on SQLite).
     PostgreSQL hands out ids from the column's sequence. On SQLite the transaction holds the
     write lock from its first statement (`BEGIN IMMEDIATE` above), so no other writer can take
-    the ids after the current largest before it commits.
+    the ids after the current largest before it commits; one query reads every table's.
     """
-    if count <= 0:
-        return []
+    wanted = {table: count for table, count in counts.items() if count > 0}
+    found: dict[Table, list[int]] = {table: [] for table in counts}
+    if not wanted:
+        return found
     if session.get_bind().dialect.name == "postgresql":
         query = text(
             "SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :count)"
         )
-        rows = await session.execute(query, {"table": table.name, "count": count})
-        return [int(value) for value in rows.scalars()]
-    largest = await session.scalar(select(func.max(table.c.id)))
-    first = int(largest or 0) + 1
-    return list(range(first, first + count))
+        for table, count in wanted.items():
+            rows = await session.execute(query, {"table": table.name, "count": count})
+            found[table] = [int(value) for value in rows.scalars()]
+        return found
+    tables = list(wanted)
+    largest = (
+        await session.execute(select(*(select(func.max(t.c.id)).scalar_subquery() for t in tables)))
+    ).one()
+    for table, top in zip(tables, largest, strict=True):
+        first = int(top or 0) + 1
+        found[table] = list(range(first, first + wanted[table]))
+    return found

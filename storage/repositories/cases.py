@@ -17,6 +17,7 @@ from storage.models import (
     Answer,
     Case,
     CaseEvent,
+    Citizen,
     Escalation,
     EscalationEvent,
     LinkToken,
@@ -305,14 +306,17 @@ def _insert_ignoring(session: AsyncSession, table: Table, key: str) -> Any:
     return insert_(table).on_conflict_do_nothing(index_elements=[table.c[key]])
 
 
-async def insert_cases(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Inserts the cases; their ids in the order of `rows`."""
-    ids = await allocate_ids(session, _CASES, len(rows))
+async def new_ids(session: AsyncSession, cases: int, citizens: int) -> tuple[list[int], list[int]]:
+    """Ids for that many new cases and new citizens, to insert them many at once."""
+    citizens_table = cast(Table, Citizen.__table__)
+    found = await allocate_ids(session, {_CASES: cases, citizens_table: citizens})
+    return found[_CASES], found[citizens_table]
+
+
+async def insert_cases(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Inserts the cases; each row gives its `id` (from `new_ids`)."""
     if rows:
-        await session.execute(
-            insert(_CASES), [{**row, "id": id_} for row, id_ in zip(rows, ids, strict=True)]
-        )
-    return ids
+        await session.execute(insert(_CASES), list(rows))
 
 
 _CASE_UPDATE_COLUMNS = (

@@ -10,7 +10,6 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.db import allocate_ids
 from storage.models import (
     Citizen,
     CitizenContact,
@@ -192,14 +191,10 @@ async def citizens_for_intake(
     return [StoredCitizen(*row) for row in (await session.execute(query)).all()]
 
 
-async def insert_citizens(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Inserts the citizens; their ids in the order of `rows`."""
-    ids = await allocate_ids(session, _CITIZENS, len(rows))
+async def insert_citizens(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Inserts the citizens; each row gives its `id` (from `cases.new_ids`)."""
     if rows:
-        await session.execute(
-            insert(_CITIZENS), [{**row, "id": id_} for row, id_ in zip(rows, ids, strict=True)]
-        )
-    return ids
+        await session.execute(insert(_CITIZENS), list(rows))
 
 
 async def update_citizens(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
