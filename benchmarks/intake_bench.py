@@ -7,15 +7,20 @@ and answers JSON. Both are driven by the same aiohttp client with the same concu
 from the repository root:
 
     python benchmarks/intake_bench.py [--backend sqlite|postgresql|both] [--singles 4000]
-        [--concurrency 32] [--batches 5] [--csv-rows 20000]
+        [--concurrency 32] [--batches 5] [--csv-rows 20000] [--contention-rows 20000]
         [--postgres-url postgresql+asyncpg://postgres@127.0.0.1:5432/test]
 
 Single posts: every case is posted `received`, then again `resolved` (which schedules its
-survey), then replayed; each phase reports requests/s and the p50/p99 latency. Every answer
-must be 201 or 200, else the run reports the statuses it got. Batches: `--batches` posts of
-1000 new cases, then the same 1000 resolved. Import: `sipas-bot cases import` of a CSV of
-`--csv-rows` new cases, as a separate process, timed from start to exit (start-up included).
-PostgreSQL runs in a schema made for the run and dropped afterwards.
+survey), then replayed; each phase reports requests/s, the p50/p99 latency and the server's
+CPU time per request. Then new cases are posted while another process runs `cases import`
+into the same database (`--contention-rows`). Every answer must be 201 or 200, else the run
+reports the statuses it got. Batches: `--batches` posts of 1000 new cases, then the same 1000
+resolved. Import: `sipas-bot cases import` of a CSV of `--csv-rows` new cases, as a separate
+process, timed from start to exit (start-up included). PostgreSQL runs in a schema made for
+the run and dropped afterwards.
+
+The machine's other work shows in requests/s; the server's CPU time per request or case
+(from /proc) moves much less with it, and says what one core would carry.
 """
 
 from __future__ import annotations
@@ -273,6 +278,33 @@ async def bench_backend(name: str, database_url: str, args: argparse.Namespace) 
             mean = sums["sipas_intake_group_cases_sum"] / groups
             print(f"  single posts per transaction: {mean:.1f} on average ({groups:.0f} in all)")
 
+        if args.contention_rows:
+            # Another process writes the same database meanwhile: SQLite's one write lock is
+            # shared between the two; every post must still be answered 2xx.
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "cases.csv"
+                write_csv(path, args.contention_rows, f"{run}i")
+                importer = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "bot",
+                    "cases",
+                    "import",
+                    str(path),
+                    env={**os.environ, "SIPAS_DATABASE_URL": database_url},
+                    cwd=ROOT,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                )
+                during = [case_body(i, f"{run}c") for i in range(n)]
+                wall, lat, st, _, cpu = await timed(real, during, args.concurrency)
+                report_singles("POST during cases import", wall, lat, st, cpu)
+                out, err = await importer.communicate()
+                print(
+                    f"    the import meanwhile: exit {importer.returncode}, "
+                    f"{(out.decode().splitlines() or [err.decode()[-300:]])[0]}"
+                )
+
         batch_phases = (("batch received", "received"), ("batch resolved", "resolved"))
         for label, status in batch_phases if args.batches else ():
             total_cases, total_wall, total_cpu = 0, 0.0, 0.0
@@ -367,6 +399,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--batches", type=int, default=5)
     parser.add_argument("--csv-rows", type=int, default=20000)
+    parser.add_argument(
+        "--contention-rows",
+        type=int,
+        default=20000,
+        help="rows of a `cases import` run by another process during a phase of single posts",
+    )
     parser.add_argument(
         "--postgres-url",
         default=os.environ.get(
