@@ -1,4 +1,4 @@
-"""The HTTP API of CONTRACT.md section 4 (aiohttp): case intake, case view, QR code, health.
+"""The HTTP API of docs/contract.md section 4 (aiohttp): case intake, case view, QR code, health.
 
 Every route answers JSON; domain errors, bad JSON and an unreachable database are mapped to
 the contract's error shape in one middleware. A 2xx answer is sent only after the commit.
@@ -28,7 +28,7 @@ from sqlalchemy.exc import (
 )
 
 from bot.app import Services
-from handlers.case_view import case_view_by_code, case_views
+from handlers.case_view import case_view_by_code, case_views, shown_code
 from handlers.errors import Conflict, DomainError, InvalidInput, NotFound
 from handlers.intake import Posted, ReferenceIds, cases_posted, without_repeats
 from handlers.intake_schema import CaseIn, parse_case, storable_text
@@ -67,7 +67,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def error_response(
     status: int, code: str, message: str, fields: dict[str, str] | None = None
 ) -> web.Response:
-    # `fields` is always there (empty when no field is to blame): CONTRACT.md section 4's shape.
+    # `fields` is always there (empty when no field is to blame): docs/contract.md section 4.
     error = {"code": code, "message": message, "fields": dict(fields or {})}
     return web.json_response({"error": error}, status=status)
 
@@ -335,7 +335,7 @@ def _case_code(request: web.Request) -> str:
     """The path's case code; one intake could never have stored is simply not found."""
     code = request.match_info["case_code"]
     if not storable_text(code):
-        raise NotFound(f"no case {code!r}")
+        raise NotFound(f"no case {shown_code(code)}")
     return code
 
 
@@ -356,7 +356,7 @@ async def get_case_qr(request: web.Request) -> web.Response:
     async with services.sessions() as session:
         case = await case_repo.get_case(session, code)
         if case is None:
-            raise NotFound(f"no case {code!r}")
+            raise NotFound(f"no case {shown_code(code)}")
         token = await case_repo.link_token_for_case(session, case.id)
     links = services.links(token.token) if token else {}
     link = next((links[name] for name in PRIMARY_LINK_ORDER if name in links), None)
@@ -375,18 +375,22 @@ async def get_case_qr(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 while the database answers (intake works), 503 when not. Each configured chat
+    channel is named with its state (`ok`, `starting`, `unreachable`): a channel that is not
+    up holds its messages in the outbox but does not make the service unhealthy."""
     services = request.app[SERVICES]
+    channels = services.channels.as_dict()
     try:
         await ping(services.engine)
     except Exception as exc:
         if not _database_unreachable(exc):
             raise
         response = web.json_response(
-            {"status": "unavailable", "database": "unreachable"}, status=503
+            {"status": "unavailable", "database": "unreachable", **channels}, status=503
         )
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
-    return web.json_response({"status": "ok", "database": "ok"})
+    return web.json_response({"status": "ok", "database": "ok", **channels})
 
 
 async def metrics(_request: web.Request) -> web.Response:

@@ -1,9 +1,9 @@
 """The outbox dispatcher: sends every outgoing message from the outbox, within the platform limits.
 
 Handlers never call a platform; they write outbox rows in the transaction of the change that
-caused them (DESIGN.md, "transactional outbox"). The dispatcher claims due rows, paces them
+caused them (docs/design.md, "transactional outbox"). The dispatcher claims due rows, paces them
 (a token bucket per channel for the bot-wide limit, spacing per chat), sends them through a
-channel's `Sender`, and settles each row in its own short transaction (DESIGN.md, "the
+channel's `Sender`, and settles each row in its own short transaction (docs/design.md, "the
 dispatcher owns the platform limits"). Replies to a person who is answering go first: rows are
 claimed and sent in (priority, id) order, and a `wake()` after a commit makes the next claim
 immediate.

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers import apologies, courtesy, escalations, surveys
 from handlers.errors import Conflict, DomainError, InvalidInput
-from handlers.intake_schema import CaseIn
+from handlers.intake_schema import CaseIn, times_ahead
 from handlers.policy import SurveyPolicy
 from storage.models import Case, CaseStatus, Channel, ContactStatus, SurveyStatus
 from storage.repositories import cases as case_repo
@@ -204,6 +204,9 @@ async def _post_group(
     outcomes: list[Outcome | None] = []
     accepted: list[_Accepted] = []
     for index, body in enumerate(bodies):
+        if ahead := times_ahead(body, now):
+            outcomes.append(InvalidInput(ahead))
+            continue
         unit_id = units.get(body.unit_code)
         if unit_id is None:
             outcomes.append(

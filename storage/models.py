@@ -1,4 +1,4 @@
-"""SQLAlchemy models: every piece of state the service keeps (DESIGN.md: state lives here).
+"""SQLAlchemy models: every piece of state the service keeps (docs/design.md: state lives here).
 
 All datetimes are aware and stored as UTC. Platform addresses (Telegram chat ids, Zalo user
 ids) are strings, so one column serves every channel.

@@ -64,7 +64,7 @@ async def test_demo_seeds_and_its_curl_works_against_the_api(
     assert "sipas-bot serve" in out
     assert "/healthz" in out
     assert "/metrics" in out
-    assert "qr.png" in out
+    assert "QR code for the citizen's receipt" in out
 
     token, body = printed_curl(out)
     settings = load_settings(database_url=migrated_database_url, api_tokens=token)

@@ -266,7 +266,7 @@ async def test_an_opted_out_citizen_is_not_invited(db: SessionFactory) -> None:
 async def test_one_survey_per_case_however_often_it_is_resolved(db: SessionFactory) -> None:
     result = await post(db, resolved_body("S-1"))
     first = await survey_of(db, result.case)
-    await post(db, resolved_body("S-1", "2026-11-23T09:00:00+07:00"))
+    await post(db, resolved_body("S-1", "2026-11-23T07:30:00+07:00"))
     async with db() as session:
         surveys = (await session.execute(select(Survey))).scalars().all()
     assert first is not None
@@ -275,6 +275,8 @@ async def test_one_survey_per_case_however_often_it_is_resolved(db: SessionFacto
 
 # --- many cases at once ------------------------------------------------------------------------
 
+# Late enough for the scripts' resolutions after their due date (25 November) to be in the past.
+FRIDAY_0800_LOCAL = datetime(2026, 11, 27, 1, 0, tzinfo=UTC)
 PHONES = ("0912345678", "0987654321", None)
 CHATS = (5551, 5552, None)
 NAMES = ("Trần Văn Minh", "Lê Thị Hoa", None)
@@ -297,7 +299,7 @@ def scripted_body(code: str, status: str, variant: int, namespace: str) -> dict[
         body["procedure"] = {"code": "1.000894", "name": f"Đăng ký kết hôn {variant % 2}"}
         body["officer"] = {"code": "CB-9", "name": None if variant % 2 else "Phạm Văn Đức"}
     if status == "resolved" and variant % 2:
-        body["resolved_at"] = "2026-11-27T09:00:00+07:00"  # after its due date: late
+        body["resolved_at"] = "2026-11-26T09:00:00+07:00"  # after its due date: late
     if status == "delayed" and variant % 3 == 0:
         body["delay"]["new_due_at"] = "2026-11-30T17:00:00+07:00"
     return body
@@ -309,7 +311,7 @@ async def outcome_kinds(
     parsed = [parse_case(body) for body in bodies]
     if together:
         outcomes = await cases_posted(
-            session, parsed, MONDAY_0800_LOCAL, POLICY, channels=["telegram"]
+            session, parsed, FRIDAY_0800_LOCAL, POLICY, channels=["telegram"]
         )
     else:
         outcomes = []
@@ -317,7 +319,7 @@ async def outcome_kinds(
             try:
                 async with session.begin_nested():
                     result = await case_posted(
-                        session, body, MONDAY_0800_LOCAL, POLICY, channels=["telegram"]
+                        session, body, FRIDAY_0800_LOCAL, POLICY, channels=["telegram"]
                     )
             except DomainError as exc:
                 outcomes.append(exc)

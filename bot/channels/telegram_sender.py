@@ -2,7 +2,7 @@
 
 It translates python-telegram-bot's errors into the dispatcher's `SendError` family, so the
 dispatcher decides about retries and limits in one place for every channel. It does no rate
-limiting of its own (DESIGN.md: the dispatcher owns the platform limits).
+limiting of its own (docs/design.md: the dispatcher owns the platform limits).
 """
 
 from __future__ import annotations
