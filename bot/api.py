@@ -28,6 +28,7 @@ from sqlalchemy.exc import (
 )
 
 from bot.app import Services
+from bot.digest_api import weekly_report
 from handlers.case_view import case_view_by_code, case_views, shown_code
 from handlers.errors import Conflict, DomainError, InvalidInput, NotFound
 from handlers.intake import Posted, ReferenceIds, cases_posted, without_repeats
@@ -409,12 +410,21 @@ async def openapi(_request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
+async def get_weekly_report(request: web.Request) -> web.Response:
+    """`?week=2026-W47[&unit=CODE]`: docs/contract.md section 6; no week means last week."""
+    services = request.app[SERVICES]
+    query = request.query
+    report = await weekly_report(services, query.get("week") or None, query.get("unit") or None)
+    return web.json_response(report.as_json())
+
+
 def api_routes() -> list[web.RouteDef]:
     return [
         web.post("/api/v1/cases", post_case),
         web.post("/api/v1/cases:batch", post_cases_batch),
         web.get("/api/v1/cases/{case_code}", get_case, allow_head=False),
         web.get("/api/v1/cases/{case_code}/qr.png", get_case_qr, allow_head=False),
+        web.get("/api/v1/reports/weekly", get_weekly_report, allow_head=False),
         web.get("/api/v1/openapi.json", openapi, allow_head=False),
         web.get("/healthz", healthz, allow_head=False),
         web.get("/metrics", metrics, allow_head=False),

@@ -108,6 +108,16 @@ async def cmd_cases_import(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_FAILED if report.rejected else EXIT_OK
 
 
+async def cmd_digest(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.digest_cli import print_lines, run_digest
+    from bot.serve import opened_services
+
+    async with opened_services(settings) as services:
+        lines = await run_digest(services, args)
+    print_lines(lines)
+    return EXIT_OK
+
+
 def _chunks(rows: Iterable[T], size: int = IMPORT_CHUNK_ROWS) -> Iterator[list[T]]:
     chunk: list[T] = []
     for row in rows:
@@ -213,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     import_.add_argument("file", type=Path, metavar="FILE.csv")
     import_.set_defaults(run=cmd_cases_import)
+
+    from bot.digest_cli import add_digest_parser
+
+    add_digest_parser(commands)
+    commands.choices["digest"].set_defaults(run=cmd_digest)
     return parser
 
 

@@ -165,9 +165,18 @@ async def pick_story(context: DemoContext) -> None:
 
 def seed_steps() -> list[SeedStep]:
     """Every seeding step, in order; add new concerns here."""
+    from bot.demo_digest import seed_digest_weeks, write_demo_digest
     from bot.demo_feedback import seed_feedback
 
-    return [seed_units, seed_cases, seed_feedback, pick_sample, pick_story]
+    return [
+        seed_units,
+        seed_cases,
+        seed_feedback,
+        seed_digest_weeks,
+        pick_sample,
+        pick_story,
+        write_demo_digest,
+    ]
 
 
 @dataclass(frozen=True)

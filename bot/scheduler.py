@@ -95,9 +95,10 @@ Registrar = Callable[[SweepScheduler], None]
 
 def sweep_registrars(services: Services) -> list[Registrar]:
     """Every sweep of the service, in registration order; add new sweeps here."""
+    from bot.digest_delivery import register_digest_sweep
     from bot.sweeps import register_survey_sweeps
 
-    registrars: list[Registrar] = [register_survey_sweeps]
+    registrars: list[Registrar] = [register_survey_sweeps, register_digest_sweep]
     return registrars
 
 
