@@ -37,7 +37,7 @@ from handlers.digest import (
     scope_report,
     week_counts,
 )
-from storage.models import Priority
+from storage.models import DigestRecipient, Priority, UnitHead
 from storage.repositories import reports as repo
 
 log = logging.getLogger(__name__)
@@ -83,14 +83,12 @@ def due_moment(now: datetime, schedule: WeeklySchedule, services: Services) -> d
     return moment
 
 
-def _address(
-    telegram: str | None, zalo: str | None, channels: Sequence[str]
-) -> tuple[str, str] | None:
+def _address(person: UnitHead | DigestRecipient, channels: Sequence[str]) -> tuple[str, str] | None:
+    """The first of the configured channels, in preference order, on which they have an address."""
     for channel in channels:
-        if channel == "telegram" and telegram:
-            return channel, telegram
-        if channel == "zalo" and zalo:
-            return channel, zalo
+        address = person.address_on(channel)
+        if address:
+            return channel, address
     return None
 
 
@@ -104,7 +102,7 @@ async def _targets(services: Services, tree: UnitTree) -> list[Target]:
         Target(
             key=f"head:{tree.by_id[head.unit_id].code}",
             scope_unit_id=head.unit_id,
-            address=_address(head.telegram_chat_id, head.zalo_user_id, channels),
+            address=_address(head, channels),
             is_head=True,
         )
         for head in heads
@@ -113,7 +111,7 @@ async def _targets(services: Services, tree: UnitTree) -> list[Target]:
         Target(
             key=f"recipient:{recipient.id}",
             scope_unit_id=recipient.scope_unit_id,
-            address=_address(recipient.telegram_chat_id, recipient.zalo_user_id, channels),
+            address=_address(recipient, channels),
             is_head=False,
         )
         for recipient in recipients

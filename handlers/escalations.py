@@ -62,10 +62,9 @@ def head_address(head: UnitHead | None, channels: Sequence[str]) -> tuple[str, s
     if head is None:
         return None
     for channel in channels:
-        if channel == "telegram" and head.telegram_chat_id:
-            return channel, head.telegram_chat_id
-        if channel == "zalo" and head.zalo_user_id:
-            return channel, head.zalo_user_id
+        address = head.address_on(channel)
+        if address:
+            return channel, address
     return None
 
 

@@ -58,10 +58,7 @@ async def head_start(session: AsyncSession, ctx: ChatContext, token: str) -> boo
     if head is None:
         head = UnitHead(unit_id=unit.id, name=ctx.display_name or unit.name)
         session.add(head)
-    if ctx.channel == "telegram":
-        head.telegram_chat_id = ctx.address
-    elif ctx.channel == "zalo":
-        head.zalo_user_id = ctx.address
+    head.set_address(ctx.channel, ctx.address)
     invite.used_at = ctx.now
     invite.used_by = f"{ctx.channel}:{ctx.address}"
     await session.flush()

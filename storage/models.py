@@ -113,7 +113,49 @@ class Unit(Base):
     head: Mapped[UnitHead | None] = relationship(back_populates="unit", lazy="raise")
 
 
-class UnitHead(Base):
+class _ChatContacts:
+    """An address per chat channel, kept as rows `(channel, address)` in `contacts`.
+
+    The units file names them `telegram_chat_id` and `zalo_user_id`; those stay as
+    properties over the rows. Contacts load with their owner (`selectin`).
+    """
+
+    contacts: list[Any]
+
+    def _contact_row(self, channel: str, address: str) -> Any:
+        raise NotImplementedError
+
+    def address_on(self, channel: str) -> str | None:
+        return next((c.address for c in self.contacts if c.channel == channel), None)
+
+    def set_address(self, channel: str, address: str | None) -> None:
+        existing = next((c for c in self.contacts if c.channel == channel), None)
+        if address is None:
+            if existing is not None:
+                self.contacts.remove(existing)
+        elif existing is None:
+            self.contacts.append(self._contact_row(channel, address))
+        else:
+            existing.address = address
+
+    @property
+    def telegram_chat_id(self) -> str | None:
+        return self.address_on(Channel.TELEGRAM)
+
+    @telegram_chat_id.setter
+    def telegram_chat_id(self, address: str | None) -> None:
+        self.set_address(Channel.TELEGRAM, address)
+
+    @property
+    def zalo_user_id(self) -> str | None:
+        return self.address_on(Channel.ZALO)
+
+    @zalo_user_id.setter
+    def zalo_user_id(self, address: str | None) -> None:
+        self.set_address(Channel.ZALO, address)
+
+
+class UnitHead(_ChatContacts, Base):
     """The person answerable for a unit; escalations about the unit reach them in chat."""
 
     __tablename__ = "unit_heads"
@@ -122,11 +164,28 @@ class UnitHead(Base):
     unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), unique=True)
     name: Mapped[str] = mapped_column(String(255))
     officer_code: Mapped[str | None] = mapped_column(String(64))
-    telegram_chat_id: Mapped[str | None] = mapped_column(Address, index=True)
-    zalo_user_id: Mapped[str | None] = mapped_column(Address, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     unit: Mapped[Unit] = relationship(back_populates="head", lazy="raise")
+    contacts: Mapped[list[HeadContact]] = relationship(
+        lazy="selectin", cascade="all, delete-orphan", order_by="HeadContact.channel"
+    )
+
+    def _contact_row(self, channel: str, address: str) -> HeadContact:
+        return HeadContact(channel=channel, address=address)
+
+
+class HeadContact(Base):
+    """A unit head's chat address on one channel (like a citizen's contact)."""
+
+    __tablename__ = "head_contacts"
+    __table_args__ = (Index("ix_head_contacts_address", "channel", "address"),)
+
+    head_id: Mapped[int] = mapped_column(
+        ForeignKey("unit_heads.id", ondelete="CASCADE"), primary_key=True
+    )
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    address: Mapped[str] = mapped_column(Address)
 
 
 class HeadInvite(Base):
@@ -142,16 +201,33 @@ class HeadInvite(Base):
     used_by: Mapped[str | None] = mapped_column(String(80))
 
 
-class DigestRecipient(Base):
+class DigestRecipient(_ChatContacts, Base):
     __tablename__ = "digest_recipients"
     __table_args__ = (UniqueConstraint("name", "scope_unit_id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(255))
     scope_unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"))
-    telegram_chat_id: Mapped[str | None] = mapped_column(Address)
-    zalo_user_id: Mapped[str | None] = mapped_column(Address)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    contacts: Mapped[list[RecipientContact]] = relationship(
+        lazy="selectin", cascade="all, delete-orphan", order_by="RecipientContact.channel"
+    )
+
+    def _contact_row(self, channel: str, address: str) -> RecipientContact:
+        return RecipientContact(channel=channel, address=address)
+
+
+class RecipientContact(Base):
+    """A digest recipient's chat address on one channel."""
+
+    __tablename__ = "recipient_contacts"
+
+    recipient_id: Mapped[int] = mapped_column(
+        ForeignKey("digest_recipients.id", ondelete="CASCADE"), primary_key=True
+    )
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    address: Mapped[str] = mapped_column(Address)
 
 
 class Officer(Base):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -39,3 +39,31 @@ async def test_models_and_migrations_agree(engine: AsyncEngine) -> None:
     async with engine.connect() as connection:
         differences = await connection.run_sync(diff)
     assert differences == [], "models changed without a migration: " + repr(differences)
+
+
+async def test_heads_and_recipients_addresses_move_to_contact_rows(database_url: str) -> None:
+    engine = engine_for(database_url)
+    try:
+        await upgrade(engine, "3f1c2a7d9e10")
+        async with engine.begin() as connection:
+            for statement in (
+                "INSERT INTO units (id, code, name, created_at, updated_at) "
+                "VALUES (1, 'HN', 'Hà Nội', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+                "INSERT INTO unit_heads (id, unit_id, name, telegram_chat_id, zalo_user_id, "
+                "updated_at) VALUES (7, 1, 'An', '900', 'zl-900', CURRENT_TIMESTAMP)",
+                "INSERT INTO digest_recipients (id, name, scope_unit_id, telegram_chat_id, "
+                "zalo_user_id, updated_at) VALUES (3, 'Sở', 1, NULL, 'z950', CURRENT_TIMESTAMP)",
+            ):
+                await connection.execute(text(statement))
+        await upgrade(engine)
+        async with engine.connect() as connection:
+            heads = await connection.execute(
+                text("SELECT head_id, channel, address FROM head_contacts ORDER BY channel")
+            )
+            recipients = await connection.execute(
+                text("SELECT recipient_id, channel, address FROM recipient_contacts")
+            )
+            assert [tuple(row) for row in heads] == [(7, "telegram", "900"), (7, "zalo", "zl-900")]
+            assert [tuple(row) for row in recipients] == [(3, "zalo", "z950")]
+    finally:
+        await engine.dispose()

@@ -13,6 +13,7 @@ from storage.models import (
     Escalation,
     EscalationEvent,
     EscalationStatus,
+    HeadContact,
     HeadInvite,
     Unit,
     UnitHead,
@@ -110,8 +111,12 @@ async def chain(session: AsyncSession, unit_id: int) -> list[Unit]:
 
 
 async def heads_by_address(session: AsyncSession, channel: str, address: str) -> Sequence[UnitHead]:
-    column = UnitHead.telegram_chat_id if channel == "telegram" else UnitHead.zalo_user_id
-    return (await session.execute(select(UnitHead).where(column == address))).scalars().all()
+    query = (
+        select(UnitHead)
+        .join(HeadContact, HeadContact.head_id == UnitHead.id)
+        .where(HeadContact.channel == channel, HeadContact.address == address)
+    )
+    return (await session.execute(query)).scalars().all()
 
 
 def add_event(
