@@ -259,7 +259,7 @@ async def test_a_zalo_citizen_and_a_telegram_head_in_one_flow(
     thanks = await rig.say(CITIZEN, "Chờ quá lâu")
     assert "người đứng đầu UBND quận Long Biên" in thanks.text
     card = await telegram.wait_for_message(
-        head, lambda m: "Tiếp nhận" in m.text or bool(telegram.buttons(m))
+        head, lambda m: "Tiếp nhận" in [label for label, _ in telegram.buttons(m)]
     )
     assert CASE["case_code"] in card.text
     mark = telegram.mark()
@@ -341,3 +341,32 @@ async def test_a_recipient_on_zalo_gets_the_digest_with_chart_and_workbook_links
     clock.advance(timedelta(days=15))
     expired = await rig.client.get(link.removeprefix(public))
     assert expired.status == 404
+
+
+async def test_a_citizen_is_invited_on_the_channel_linked_last(
+    make_zalo_rig: ZaloRigFactory,
+) -> None:
+    rig = await make_zalo_rig(telegram=True)
+    telegram = rig.telegram
+    assert telegram is not None
+    clock = rig.services.clock
+    assert isinstance(clock, FakeClock)
+    chat = 5557001
+    first, second = case_body(), case_body(case_code="000.00.12.H26-261122-0002")
+    await rig.post_case(first, 201)
+    await rig.post_case(second, 201)  # the same citizen (same phone)
+    token = (await rig.get_case())["links"]["telegram"].split("start=", 1)[1]
+    mark = telegram.mark()
+    telegram.push_text(chat, f"/start {token}")
+    await telegram.wait_for_message(chat, lambda m: bool(telegram.buttons(m)), since=mark)
+    mark = telegram.mark()
+    telegram.press(chat, "Đồng ý")
+    await telegram.wait_for_message(chat, since=mark)
+    clock.advance(timedelta(minutes=5))
+    await rig.link(CITIZEN, second["case_code"])  # later, on Zalo
+    mark = rig.zalo.mark()
+    await rig.post_case({**first, **RESOLVED}, 200)
+    await rig.sweep()
+    invitation = await rig.zalo.wait_for_message(CITIZEN, asks("1. Bắt đầu"), since=mark)
+    assert first["case_code"] in invitation.text
+    assert (await rig.get_case())["survey"]["channel"] == "zalo"
