@@ -39,9 +39,19 @@ async def bot_username(services: Services) -> str:
 
 
 async def heads_invite(services: Services, unit_code: str) -> str:
-    """Mints the invite and returns the link to hand to the head (valid for 7 days, once)."""
-    username = await bot_username(services)
+    """Mints the invite and returns the link to hand to the head (valid for 7 days, once).
+
+    With Zalo as the only chat channel the link opens the Zalo bot, and the head sends the
+    token (the link's `start` value) to the bot as a message.
+    """
+    settings = services.settings
+    zalo_only = settings.telegram_token is None and not settings.telegram_bot_username
+    username = None if zalo_only and settings.zalo_token else await bot_username(services)
     async with services.sessions.begin() as session:
         invite = await invite_head(session, unit_code, services.clock.now(), services.policy)
         token = invite.token
+    if username is None:
+        assert settings.zalo_token is not None
+        bot_id = settings.zalo_token.get_secret_value().split(":", 1)[0]
+        return f"https://zalo.me/{bot_id}?start={token}"
     return f"https://t.me/{username}?start={token}"

@@ -14,8 +14,10 @@ from typing import Any
 from sqlalchemy import select
 
 from bot.digest_delivery import send_due_digests
+from bot.heads_cli import heads_invite
 from handlers.clock import FakeClock
 from storage.models import CitizenContact, Escalation
+from storage.repositories.escalations import heads_by_address
 from tests.digest_support import TREE_YAML, add_response, load_tree
 from tests.fakes.zalo_api import Sent
 from tests.telegram_support import CASE, case_body
@@ -370,3 +372,15 @@ async def test_a_citizen_is_invited_on_the_channel_linked_last(
     invitation = await rig.zalo.wait_for_message(CITIZEN, asks("1. Bắt đầu"), since=mark)
     assert first["case_code"] in invitation.text
     assert (await rig.get_case())["survey"]["channel"] == "zalo"
+
+
+async def test_a_head_links_on_zalo_by_sending_the_invite_token(zalo_rig: ZaloRig) -> None:
+    rig = zalo_rig
+    link = await heads_invite(rig.services, "HN-LB")
+    assert link.startswith("https://zalo.me/2718281828?start=")
+    welcome = await rig.say("zl-new-head", link.split("start=", 1)[1])
+    assert "UBND quận Long Biên" in welcome.text
+    async with rig.services.sessions() as session:
+        heads = await heads_by_address(session, "zalo", "zl-new-head")
+    assert [head.unit_id for head in heads] != []
+    assert heads[0].telegram_chat_id == "901"  # the Telegram address from the units file stays
