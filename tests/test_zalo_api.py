@@ -6,6 +6,7 @@ import pytest
 
 from bot.channels.zalo_api import ZaloApiError, ZaloMessage, parse_update, split_text, unwrap
 from bot.channels.zalo_sender import render, translate_error
+from bot.config import SettingsError, load_settings
 from bot.outbox import PermanentSendError, RetryAfter, TransientSendError, Unreachable
 from handlers.rendering import Choice, match_typed_choice, numbered, numbered_lines
 
@@ -124,3 +125,11 @@ def test_choices_are_written_as_numbered_lines_under_the_text() -> None:
         "buttons": [[{"label": "Đồng ý", "data": "c:t:y"}, {"label": "Từ chối", "data": "c:t:n"}]],
     }
     assert render(payload) == "Ông/Bà có đồng ý không?\n\n1. Đồng ý\n2. Từ chối"
+
+
+def test_zalo_send_limits_have_conservative_defaults_and_are_checked() -> None:
+    settings = load_settings()
+    assert (settings.zalo_send_rate_global, settings.zalo_send_rate_per_chat) == (5.0, 0.5)
+    assert load_settings(zalo_send_rate_per_chat="2").zalo_send_rate_per_chat == 2.0
+    with pytest.raises(SettingsError, match="SIPAS_ZALO_SEND_RATE_GLOBAL"):
+        load_settings(zalo_send_rate_global="0")
