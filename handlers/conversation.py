@@ -52,14 +52,11 @@ async def command_received(
 
 
 async def choice_pressed(session: AsyncSession, ctx: ChatContext, data: str) -> Reaction:
-    """A choice taken (pressed or typed); a prompt answered is no longer open."""
+    """A choice taken (pressed or typed). The prompt it belongs to is no longer open: it was
+    answered, or refused as out of date; a handler that asks again opens a new one."""
     prompt = await prompts.open_at(session, ctx.channel, ctx.address)
     reaction = await _route_choice(session, ctx, data)
-    if (
-        prompt is not None
-        and reaction.chosen is not None
-        and any(choice.data == data for choice in choices_of(prompt.payload))
-    ):
+    if prompt is not None and any(choice.data == data for choice in choices_of(prompt.payload)):
         await prompts.close(session, ctx.channel, ctx.address, prompt.outbox_id)
     return reaction
 

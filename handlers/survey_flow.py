@@ -37,6 +37,7 @@ from storage.models import (
 )
 from storage.repositories import cases as case_repo
 from storage.repositories import citizens as citizen_repo
+from storage.repositories import prompts
 from storage.repositories import surveys as survey_repo
 
 log = logging.getLogger(__name__)
@@ -267,10 +268,18 @@ async def expire_one(session: AsyncSession, survey_id: int, now: datetime) -> bo
     ):
         return False
     survey.status = SurveyStatus.EXPIRED
+    await _close_prompts(session, survey)
     return True
 
 
 # --- the conversation -------------------------------------------------------------------
+
+
+async def _close_prompts(session: AsyncSession, survey: Survey) -> None:
+    """A survey that is over leaves no question open for a typed reply to answer."""
+    if survey.channel is not None and survey.address is not None:
+        refs = (f"a:{survey.ref}:", f"s:{survey.ref}:")
+        await prompts.close_if_for(session, survey.channel, survey.address, refs)
 
 
 def _owned_by(survey: Survey, ctx: ChatContext) -> bool:
@@ -422,6 +431,7 @@ async def _apply(
         return
     survey.status = SurveyStatus.COMPLETED
     survey.completed_at = ctx.now
+    await _close_prompts(session, survey)
     await session.flush()
     answers = await case_repo.answers_of(session, survey.id)
     opened = await escalations.survey_completed(

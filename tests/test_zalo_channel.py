@@ -68,6 +68,8 @@ async def test_the_survey_answered_by_numbers(zalo_rig: ZaloRig) -> None:
     assert "Câu 7/7" in question.text
     thanks = await rig.say(CITIZEN, "Cán bộ hướng dẫn rất tận tình")
     assert "Xin cảm ơn" in thanks.text and "\n1. " not in thanks.text  # nothing left to choose
+    after = await rig.say(CITIZEN, "6")  # the survey is over: no question is open any more
+    assert "Hiện chưa có câu hỏi" in after.text
     survey = await answers(rig)
     assert survey["status"] == "completed" and survey["channel"] == "zalo"
     assert survey["answers"] == {
@@ -384,3 +386,16 @@ async def test_a_head_links_on_zalo_by_sending_the_invite_token(zalo_rig: ZaloRi
         heads = await heads_by_address(session, "zalo", "zl-new-head")
     assert [head.unit_id for head in heads] != []
     assert heads[0].telegram_chat_id == "901"  # the Telegram address from the units file stays
+
+
+async def test_an_expired_survey_leaves_no_question_to_answer(zalo_rig: ZaloRig) -> None:
+    rig = zalo_rig
+    clock = rig.services.clock
+    assert isinstance(clock, FakeClock)
+    await resolved_and_invited(rig)
+    await rig.say(CITIZEN, "1", asks("Câu 1/7"))
+    clock.advance(timedelta(days=8))
+    await rig.sweep()
+    assert (await answers(rig))["status"] == "expired"
+    reply = await rig.say(CITIZEN, "5")
+    assert "Hiện chưa có câu hỏi" in reply.text

@@ -60,3 +60,18 @@ async def forget_address(session: AsyncSession, channel: str, address: str) -> N
     await session.execute(
         delete(OpenPrompt).where(OpenPrompt.channel == channel, OpenPrompt.address == address)
     )
+
+
+async def close_if_for(
+    session: AsyncSession, channel: str, address: str, prefixes: tuple[str, ...]
+) -> None:
+    """Closes the open prompt if its choices belong to what `prefixes` name (one survey's,
+    say): once that is over, a typed reply must not be taken for one of them."""
+    prompt = await open_at(session, channel, address)
+    if prompt is None:
+        return
+    datas = [
+        str(button.get("data", "")) for row in prompt.payload.get("buttons") or [] for button in row
+    ]
+    if any(data.startswith(prefixes) for data in datas):
+        await close(session, channel, address, prompt.outbox_id)
