@@ -11,8 +11,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
+from bot.config import SettingsError
 from bot.digest_delivery import send_due_digests
 from bot.heads_cli import heads_invite
 from handlers.clock import FakeClock
@@ -399,3 +401,36 @@ async def test_an_expired_survey_leaves_no_question_to_answer(zalo_rig: ZaloRig)
     assert (await answers(rig))["status"] == "expired"
     reply = await rig.say(CITIZEN, "5")
     assert "Hiện chưa có câu hỏi" in reply.text
+
+
+async def test_a_token_zalo_rejects_stops_start_up_naming_the_variable(
+    make_zalo_rig: ZaloRigFactory,
+) -> None:
+    with pytest.raises(SettingsError, match="SIPAS_ZALO_TOKEN") as raised:
+        await make_zalo_rig(zalo_token="31415:NOT-THE-BOTS-TOKEN")
+    assert "NOT-THE-BOTS-TOKEN" not in str(raised.value)
+
+
+async def test_an_unreachable_zalo_is_retried_and_health_follows(
+    make_zalo_rig: ZaloRigFactory,
+) -> None:
+    from tests.fakes.zalo_api import FakeZaloAPI
+
+    up = asyncio.Event()
+    original_start = FakeZaloAPI.start
+
+    async def failing_first(self: FakeZaloAPI) -> None:
+        await original_start(self)
+        self.fail_next("getMe", 502, "Bad Gateway")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FakeZaloAPI, "start", failing_first)
+        rig = await make_zalo_rig()
+    assert rig.services.channels.get("zalo") == "unreachable"
+    health = await (await rig.client.get("/healthz")).json()
+    assert health["zalo"] == "unreachable"
+    rig.services.channels.listen(lambda channel, state: up.set() if state == "ok" else None)
+    if rig.services.channels.get("zalo") != "ok":
+        await asyncio.wait_for(up.wait(), 10)
+    reply = await rig.say(CITIZEN, "/help")  # and what arrives now is answered
+    assert "/start" in reply.text
