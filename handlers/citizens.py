@@ -19,7 +19,6 @@ from handlers.texts import t
 from storage.models import Citizen, SurveyStatus
 from storage.repositories import cases as case_repo
 from storage.repositories import citizens as citizen_repo
-from storage.repositories import prompts
 from storage.repositories import surveys as survey_repo
 
 log = logging.getLogger(__name__)
@@ -170,7 +169,6 @@ async def delete_confirmed(session: AsyncSession, ctx: ChatContext, confirmed: b
             survey.status = SurveyStatus.OPTED_OUT
         await case_repo.detach_citizen(session, citizen.id)
         await citizen_repo.forget_contacts(session, citizen.id)
-        await prompts.forget_address(session, ctx.channel, ctx.address)
         await session.delete(citizen)
         await session.flush()
         log.info("personal data erased on request (%s)", ctx.channel)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, insert, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import (
@@ -15,6 +15,7 @@ from storage.models import (
     CitizenContact,
     ContactStatus,
     LinkToken,
+    OpenPrompt,
     OutboxMessage,
     OutboxStatus,
     Survey,
@@ -106,7 +107,8 @@ async def attach_contact(
 
 
 async def forget_contacts(session: AsyncSession, citizen_id: int) -> None:
-    """Erases every trace of the citizen's chat addresses: surveys, messages, link tokens.
+    """Erases every trace of the citizen's chat addresses: surveys, messages, link tokens,
+    open prompts.
 
     Messages already sent lose their text too (an apology letter names the person); messages
     still waiting are cancelled. The contacts themselves go with the citizen row.
@@ -136,6 +138,9 @@ async def forget_contacts(session: AsyncSession, citizen_id: int) -> None:
             update(LinkToken)
             .where(LinkToken.used_by == f"{channel}:{address}")
             .values(used_by=ERASED)
+        )
+        await session.execute(
+            delete(OpenPrompt).where(OpenPrompt.channel == channel, OpenPrompt.address == address)
         )
 
 

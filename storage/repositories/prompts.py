@@ -56,12 +56,6 @@ async def close(session: AsyncSession, channel: str, address: str, outbox_id: in
     )
 
 
-async def forget_address(session: AsyncSession, channel: str, address: str) -> None:
-    await session.execute(
-        delete(OpenPrompt).where(OpenPrompt.channel == channel, OpenPrompt.address == address)
-    )
-
-
 async def close_if_for(
     session: AsyncSession, channel: str, address: str, prefixes: tuple[str, ...]
 ) -> None:
