@@ -96,8 +96,8 @@ def parse_update(update: Mapping[str, Any]) -> ZaloMessage | None:
     message_id = message.get("message_id")
     if user_id is None or message_id is None:
         return None
-    if isinstance(chat, Mapping) and chat.get("chat_type") not in (None, "PRIVATE", "private"):
-        return None  # groups are not surveyed
+    if isinstance(chat, Mapping) and "group" in str(chat.get("chat_type") or "").lower():
+        return None  # groups are not surveyed: only a person's own chat
     if isinstance(sender, Mapping) and sender.get("is_bot"):
         return None
     text = message.get("text")
