@@ -273,13 +273,6 @@ class Settings(BaseSettings):
             raise SettingsError(
                 "SIPAS_ZALO_WEBHOOK_SECRET is required when SIPAS_ZALO_MODE=webhook"
             )
-        zalo_secret = (
-            self.zalo_webhook_secret.get_secret_value() if self.zalo_webhook_secret else ""
-        )
-        if self.zalo_token and self.zalo_mode == "webhook" and not 8 <= len(zalo_secret) <= 256:
-            raise SettingsError(
-                "SIPAS_ZALO_WEBHOOK_SECRET must be 8 to 256 characters (the Zalo Bot API's rule)"
-            )
 
     def api_token_values(self) -> frozenset[str]:
         return frozenset(token.get_secret_value() for token in self.api_tokens)

@@ -174,6 +174,11 @@ class ZaloChannel(ChannelBase):
                 if self.webhook:
                     secret = settings.zalo_webhook_secret
                     assert secret is not None
+                    if not 8 <= len(secret.get_secret_value()) <= 256 and attempt == 1:
+                        log.warning(
+                            "SIPAS_ZALO_WEBHOOK_SECRET should be 8 to 256 characters; "
+                            "Zalo may refuse the webhook"
+                        )
                     await self.api.call(
                         "setWebhook",
                         {
