@@ -293,12 +293,13 @@ class AdvisoryLockLeadership:
                     logger.info("outbox: this process is now the sender for %s", self._name)
                     return True
                 self.contended = True
-            except (SQLAlchemyError, OSError, Exception) as exc:  # asyncpg errors included
+            except Exception as exc:  # SQLAlchemy, asyncpg and network errors alike
                 await self._close()
                 self._failures += 1
                 if self._failures in (1, 10) or self._failures % 60 == 0:
                     logger.error("outbox: cannot try the sender lock: %s", _describe(exc))
             await self._pacing.wait(stop, self._retry_interval)
+        await self._close()
         return False
 
     async def _try_lock(self) -> bool:

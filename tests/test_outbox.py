@@ -22,16 +22,18 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
 
 from bot.outbox import (
+    AdvisoryLockLeadership,
     Dispatcher,
     PermanentSendError,
     RetryAfter,
+    SoleSender,
     TransientSendError,
     Unreachable,
     global_pace,
     mask_address,
 )
 from handlers.clock import FakeClock
-from storage.db import SessionFactory
+from storage.db import SessionFactory, create_session_factory
 from storage.models import (
     Case,
     Citizen,
@@ -46,6 +48,7 @@ from storage.models import (
     Unit,
 )
 from storage.repositories import outbox
+from tests.conftest import engine_for
 
 CHANNEL = "telegram"
 T = TypeVar("T")
@@ -749,7 +752,8 @@ async def test_a_reply_behind_a_send_in_flight_follows_it(
 
 
 async def test_two_dispatchers_share_the_outbox(sessions: SessionFactory, clock: FakeClock) -> None:
-    """Two processes on one database: every message once, each chat's messages in order."""
+    """Two claimants on one database (as for a moment when a leader hands over): every
+    message once, each chat's messages in order."""
     expected: dict[str, list[str]] = {}
     for i in range(60):
         address = str(16_000 + i % 20)
@@ -762,7 +766,13 @@ async def test_two_dispatchers_share_the_outbox(sessions: SessionFactory, clock:
     senders = [FakeSender(latency=0.05, changed=progress) for _ in range(2)]
     dispatchers = [
         make_dispatcher(
-            sessions, sender, clock, batch_size=8, per_chat_rate=100.0, idle_interval=0.02
+            sessions,
+            sender,
+            clock,
+            batch_size=8,
+            per_chat_rate=100.0,
+            idle_interval=0.02,
+            leadership=SoleSender(),  # both send: the claims alone keep them apart
         )
         for sender in senders
     ]
@@ -809,3 +819,208 @@ async def test_keeps_running_when_the_database_is_briefly_away(
         stop.set()
         await running
     assert "outbox claim failed" in caplog.text
+
+
+async def test_one_busy_address_does_not_starve_the_others(
+    sessions: SessionFactory, clock: FakeClock, pacing: FakePacing
+) -> None:
+    """500 complaints for one head, then 100 other chats: each claim takes one row per chat."""
+    async with sessions.begin() as session:
+        rows = [("900", f"complaint {i}") for i in range(500)]
+        rows += [(str(30_000 + i), f"invitation {i}") for i in range(100)]
+        await session.execute(
+            insert(OutboxMessage),
+            [
+                {
+                    "channel": CHANNEL,
+                    "address": address,
+                    "priority": Priority.NOTICE,
+                    "payload": {"text": text},
+                    "status": OutboxStatus.PENDING,
+                    "attempts": 0,
+                    "not_before": clock.now(),
+                }
+                for address, text in rows
+            ],
+        )
+    async with sessions.begin() as session:
+        first = await outbox.claim_due(session, clock.now(), 30, timedelta(seconds=60))
+    assert [m.payload["text"] for m in first.messages][:2] == ["complaint 0", "invitation 0"]
+    assert len({m.address for m in first.messages}) == 30
+    assert first.more_behind == {(CHANNEL, "900")}
+    async with sessions.begin() as session:
+        second = await outbox.claim_due(session, clock.now(), 200, timedelta(seconds=60))
+    # The head's next complaint waits for the first to be settled; the 71 others all come.
+    assert len(second.messages) == 71
+    assert "900" not in {m.address for m in second.messages}
+    async with sessions.begin() as session:
+        await outbox.release_claims(session, [m.id for m in first.messages + second.messages])
+
+    sender = FakeSender(clock=pacing.monotonic)
+    dispatcher = make_dispatcher(
+        sessions, sender, clock, global_rate=50.0, per_chat_rate=1.0, pacing=pacing
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(dispatcher.run(stop))
+    try:
+        async with asyncio.timeout(60):
+            await pacing.run(lambda: len(sender.texts()) - len(sender.texts("900")) == 100)
+    finally:
+        stop.set()
+        await running
+    # Every other chat was served within the first seconds, the head at one a second.
+    assert len(sender.texts("900")) <= 4
+    assert sender.texts("900") == [f"complaint {i}" for i in range(len(sender.texts("900")))]
+
+
+async def test_a_send_that_outlived_its_lease_is_not_settled_by_its_old_holder(
+    sessions: SessionFactory, clock: FakeClock
+) -> None:
+    first = await put(sessions, clock, "31001", "slow one")
+    behind = await put(sessions, clock, "31001", "behind it")
+    lease = timedelta(seconds=60)
+    async with sessions.begin() as session:
+        old = await outbox.claim_due(session, clock.now(), 10, lease)
+    assert [m.id for m in old.messages] == [first]
+    clock.advance(lease + timedelta(seconds=1))  # the old holder stalled past its lease
+    async with sessions.begin() as session:
+        new = await outbox.claim_due(session, clock.now(), 10, lease)
+    assert [m.id for m in new.messages] == [first]
+    assert new.token != old.token
+
+    async with sessions.begin() as session:
+        assert not await outbox.mark_sent(
+            session, first, token=old.token, now=clock.now(), platform_message_id="late"
+        )
+        assert not await outbox.mark_retry(
+            session, first, token=old.token, not_before=clock.now(), error="x"
+        )
+        assert not await outbox.mark_failed(session, first, token=old.token, error="x")
+        await outbox.release_claims(session, [first], token=old.token)
+    held = await row(sessions, first)
+    assert held.status == OutboxStatus.PENDING
+    assert held.claim_token == new.token
+    assert held.claimed_until == clock.now() + lease
+    # Still held by the new claimant: nothing of that chat can be claimed, nothing overtakes.
+    async with sessions.begin() as session:
+        assert (await outbox.claim_due(session, clock.now(), 10, lease)).messages == []
+        assert await outbox.mark_sent(
+            session, first, token=new.token, now=clock.now(), platform_message_id="m1"
+        )
+    assert (await row(sessions, first)).platform_message_id == "m1"
+    async with sessions.begin() as session:
+        after = await outbox.claim_due(session, clock.now(), 10, lease)
+    assert [m.id for m in after.messages] == [behind]
+
+
+async def test_a_dispatcher_that_lost_its_claim_does_not_settle_it(
+    sessions: SessionFactory, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    message = await put(sessions, clock, "32001", "stalled")
+    taken_over: list[str] = []
+
+    class StallingSender(FakeSender):
+        async def send(
+            self, address: str, payload: Mapping[str, Any], *, clear_buttons_of: str | None
+        ) -> str | None:
+            # While this send hangs, its lease runs out and another process claims the row.
+            clock.advance(timedelta(seconds=61))
+            async with sessions.begin() as session:
+                other = await outbox.claim_due(session, clock.now(), 10, timedelta(seconds=60))
+            taken_over.extend(m.claim_token or "" for m in other.messages)
+            return await super().send(address, payload, clear_buttons_of=clear_buttons_of)
+
+    dispatcher = make_dispatcher(sessions, StallingSender(), clock)
+    await dispatcher.run_once()
+
+    stored = await row(sessions, message)
+    assert len(taken_over) == 1
+    assert stored.status == OutboxStatus.PENDING  # the new holder settles it, not we
+    assert stored.claim_token == taken_over[0]
+    assert "claim was lost" in caplog.text
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+async def test_dispatchers_on_one_postgresql_hold_the_limits_together(
+    sessions: SessionFactory, clock: FakeClock, pacing: FakePacing, processes: int
+) -> None:
+    """Several dispatchers (one per process) send as one bot: never more than 10 in any
+    second nor two to a chat within a second, also when the sender stops and another takes
+    over. Every message once, each chat's in order."""
+    if sessions.kw["bind"].dialect.name != "postgresql":
+        pytest.skip("SQLite has one process by definition")
+    expected: dict[str, list[str]] = {}
+    for i in range(60):
+        address = str(33_000 + i % 20)
+        text = f"{address}-{i // 20}"
+        expected.setdefault(address, []).append(text)
+        await put(sessions, clock, address, text)
+    senders = [FakeSender(clock=pacing.monotonic) for _ in range(processes)]
+    dispatchers = [
+        make_dispatcher(sessions, sender, clock, global_rate=10.0, per_chat_rate=1.0, pacing=pacing)
+        for sender in senders
+    ]
+    stops = [asyncio.Event() for _ in dispatchers]
+    running = [asyncio.create_task(d.run(stop)) for d, stop in zip(dispatchers, stops, strict=True)]
+
+    def delivered() -> int:
+        return sum(len(s.deliveries) for s in senders)
+
+    try:
+        async with asyncio.timeout(90):
+            await pacing.run(lambda: delivered() >= 15)
+            leader = next(i for i, s in enumerate(senders) if s.deliveries)
+            stops[leader].set()  # the sender goes away mid-backlog; another takes over
+            await pacing.run(lambda: delivered() >= 60)
+    finally:
+        for stop in stops:
+            stop.set()
+        await pacing.complete(asyncio.gather(*running))
+
+    deliveries = sorted((d for s in senders for d in s.deliveries), key=lambda d: d.at)
+    assert len(deliveries) == 60
+    assert sum(1 for s in senders if s.deliveries) == 2  # the first sender, then one other
+    assert most_in_a_window([d.at for d in deliveries]) <= 10
+    for address, texts in expected.items():
+        mine = [d for d in deliveries if d.address == address]
+        assert [d.text for d in mine] == texts
+        assert most_in_a_window([d.at for d in mine]) == 1
+
+
+async def test_a_notify_wakes_the_sender_in_another_process(
+    migrated_database_url: str,
+    sessions: SessionFactory,
+    sender: FakeSender,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reply queued by another process (no wake() here) leaves at once, not after the
+    sender's idle interval: the enqueue NOTIFYs on commit and the sender LISTENs."""
+    if sessions.kw["bind"].dialect.name != "postgresql":
+        pytest.skip("SQLite has one process: the in-process wake() is the notification")
+    idle = asyncio.Event()
+    real_claim_due = outbox.claim_due
+
+    async def claim_due(*args: Any, **kwargs: Any) -> outbox.Claim:
+        claimed = await real_claim_due(*args, **kwargs)
+        if not claimed.messages:
+            idle.set()  # found nothing: the next look is 30 s away unless something wakes it
+        return claimed
+
+    monkeypatch.setattr(outbox, "claim_due", claim_due)
+    dispatcher = make_dispatcher(sessions, sender, clock, idle_interval=30.0)
+    stop = asyncio.Event()
+    running = asyncio.create_task(dispatcher.run(stop))
+    other_process = engine_for(migrated_database_url)
+    try:
+        async with asyncio.timeout(5):
+            await idle.wait()
+        await put(create_session_factory(other_process), clock, "34001", "answer")
+        async with asyncio.timeout(5):  # far less than the 30 s idle interval
+            await sender.wait_until(lambda: bool(sender.deliveries))
+    finally:
+        stop.set()
+        await running
+        await other_process.dispose()
+    assert sender.texts() == ["answer"]
+    assert isinstance(dispatcher._leadership, AdvisoryLockLeadership)
