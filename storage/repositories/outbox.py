@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, text, update
+from sqlalchemy import and_, case, delete, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -107,6 +107,30 @@ class Claim:
     # Addresses with further rows behind the one claimed (or behind a row we hold already):
     # the claimant comes back for them after sending what it holds.
     more_behind: set[tuple[str, str]]
+
+
+async def fill_in(
+    session: AsyncSession, message_id: int, payload: Mapping[str, Any] | None
+) -> bool:
+    """Gives a message queued ahead of its content its payload, or drops it (None).
+
+    For a message whose place in the transaction matters but whose text is known only at its
+    end (the edit of a pressed button: queued before the handler runs, so that an erasure by
+    that handler erases it too). Touches only a still pending row; False when there was none.
+    """
+    condition = (OutboxMessage.id == message_id, OutboxMessage.status == OutboxStatus.PENDING)
+    if payload is None:
+        result = await session.execute(
+            delete(OutboxMessage).where(*condition).execution_options(synchronize_session=False)
+        )
+    else:
+        result = await session.execute(
+            update(OutboxMessage)
+            .where(*condition)
+            .values(payload=dict(payload))
+            .execution_options(synchronize_session=False)
+        )
+    return _rowcount(result) > 0
 
 
 async def claim_due(
