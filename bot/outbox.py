@@ -217,6 +217,9 @@ class Leadership(Protocol):
     """Who of the processes sharing a database sends for the bot (see the module docstring)."""
 
     lost: asyncio.Event
+    # True when no one else can be sending while this one leads: a new leader then frees
+    # the claims its predecessor left, instead of waiting for their leases to run out.
+    exclusive: bool
 
     async def acquire(self, stop: asyncio.Event, on_notify: Callable[[], None]) -> bool:
         """Waits until this process is the sender (True) or `stop` is set (False).
@@ -235,12 +238,16 @@ class Leadership(Protocol):
 
 
 class SoleSender:
-    """One process (SQLite, or a test): always the sender, at once."""
+    """One process (SQLite, or a test): always the sender, at once.
+
+    `exclusive=False` for a test that runs several dispatchers on one database on purpose.
+    """
 
     contended = False
 
-    def __init__(self) -> None:
+    def __init__(self, *, exclusive: bool = True) -> None:
         self.lost = asyncio.Event()
+        self.exclusive = exclusive
 
     async def acquire(self, stop: asyncio.Event, on_notify: Callable[[], None]) -> bool:
         return not stop.is_set()
@@ -255,6 +262,8 @@ class AdvisoryLockLeadership:
     The key is the schema and `name` (the channels sent), hashed by the server, so two
     deployments in one database (or two test schemas) elect their senders independently.
     """
+
+    exclusive = True
 
     def __init__(
         self,
@@ -534,7 +543,7 @@ class Dispatcher:
                     break
                 lost = asyncio.create_task(relay(leadership.lost))
                 try:
-                    await self._lead(stop, leadership.lost, leadership.contended)
+                    await self._lead(stop, leadership)
                 finally:
                     lost.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -546,16 +555,20 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
 
-    async def _lead(self, stop: asyncio.Event, lost: asyncio.Event, contended: bool) -> None:
+    async def _lead(self, stop: asyncio.Event, leadership: Leadership) -> None:
+        lost = leadership.lost
+
         def finished() -> bool:
             return stop.is_set() or lost.is_set()
 
-        if contended:
+        if leadership.contended:
             # Another process sent until moments ago: let its last window pass first.
             deadline = self._pacing.monotonic() + self._takeover_wait
             while not finished() and self._pacing.monotonic() < deadline:
                 self._signal.clear()
                 await self._pacing.wait(self._signal, deadline - self._pacing.monotonic())
+        if leadership.exclusive and not finished():
+            await self._take_over_claims()
         self._claim_needed = True
         while not finished():
             try:
@@ -565,6 +578,19 @@ class Dispatcher:
                 logger.exception("outbox dispatcher loop failed; resuming shortly")
                 self._signal.clear()
                 await self._pacing.wait(self._signal, self._idle_interval)
+
+    async def _take_over_claims(self) -> None:
+        """Frees what a sender before this one held (it died, or lost its connection): sent
+        from now on, not a lease later. A row it had sent but not yet marked goes out again,
+        as it would after the lease: the at-least-once window of the module docstring."""
+        try:
+            async with self._sessions.begin() as session:
+                freed = await repository.void_claims(session, self._clock.now(), self._senders)
+        except (SQLAlchemyError, OSError) as exc:
+            logger.error("outbox: could not free earlier claims: %s", _describe(exc))
+            return
+        if freed:
+            logger.warning("outbox: took over %d messages claimed by an earlier sender", freed)
 
     # The name is the brief's public API; asyncio.timeout() would not read better at call sites.
     async def drain(self, timeout: float) -> int:  # noqa: ASYNC109

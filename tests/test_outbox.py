@@ -772,7 +772,7 @@ async def test_two_dispatchers_share_the_outbox(sessions: SessionFactory, clock:
             batch_size=8,
             per_chat_rate=100.0,
             idle_interval=0.02,
-            leadership=SoleSender(),  # both send: the claims alone keep them apart
+            leadership=SoleSender(exclusive=False),  # both send: the claims keep them apart
         )
         for sender in senders
     ]

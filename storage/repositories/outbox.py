@@ -375,6 +375,22 @@ async def release_claims(
     )
 
 
+async def void_claims(session: AsyncSession, now: datetime, channels: Collection[str]) -> int:
+    """Frees every live claim on these channels at once (a new elected sender takes over: the
+    only one that sends, so any claim left is of a sender that is gone). Returns how many."""
+    result = await session.execute(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.status == OutboxStatus.PENDING,
+            OutboxMessage.channel.in_(list(channels)),
+            OutboxMessage.claimed_until > now,
+        )
+        .values(claimed_until=None, claim_token=None)
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(result)
+
+
 async def mark_address_unreachable(
     session: AsyncSession, channel: str, address: str, now: datetime
 ) -> int:
