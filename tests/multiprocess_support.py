@@ -101,9 +101,11 @@ async def start_serves(
             SIPAS_TELEGRAM_MODE="webhook",
             SIPAS_TELEGRAM_WEBHOOK_SECRET=WEBHOOK_SECRET,
             SIPAS_PUBLIC_URL=settings.pop("public_url", "https://sipas.example"),
-            SIPAS_QUIET_HOURS="none",
-            SIPAS_LOG_LEVEL="INFO",
-            **{f"SIPAS_{key.upper()}": value for key, value in settings.items()},
+            **{
+                "SIPAS_QUIET_HOURS": "none",
+                "SIPAS_LOG_LEVEL": "INFO",
+                **{f"SIPAS_{key.upper()}": value for key, value in settings.items()},
+            },
         )
         with log.open("wb") as output:
             process = await asyncio.create_subprocess_exec(
@@ -190,6 +192,26 @@ async def post_cases(serves: list[Serve], numbers: Iterable[int], concurrency: i
                 assert answer.status in (200, 201), await answer.text()
 
         await asyncio.gather(*(post(number) for number in queue))
+
+
+async def post_batches(serves: list[Serve], numbers: Iterable[int], size: int = 50) -> None:
+    """Posts the cases in batches (`POST /api/v1/cases:batch`), one request per process at a
+    time, round-robin: quick enough that the invitations make a backlog."""
+    ordered = list(numbers)
+    chunks = [ordered[start : start + size] for start in range(0, len(ordered), size)]
+    async with aiohttp.ClientSession() as client:
+
+        async def post_via(index: int) -> None:
+            serve = serves[index]
+            for chunk in chunks[index :: len(serves)]:
+                body = {"cases": [resolved_case(number) for number in chunk]}
+                url = f"{serve.url}/api/v1/cases:batch"
+                async with client.post(url, json=body, headers=AUTH) as answer:
+                    assert answer.status == 200, await answer.text()
+                    summary = (await answer.json())["summary"]
+                    assert not summary.get("rejected"), summary
+
+        await asyncio.gather(*(post_via(index) for index in range(len(serves))))
 
 
 def message_calls(api: FakeTelegramAPI) -> list[SentCall]:

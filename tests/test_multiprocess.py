@@ -45,7 +45,7 @@ async def test_serve_processes_share_one_bot_across_a_kill(
 ) -> None:
     """Three `serve` on an empty PostgreSQL, started together; cases posted to all of them;
     the elected sender killed with SIGKILL mid-backlog. Every invitation arrives, once (but
-    for one in flight at the kill, the documented at-least-once window), and the platform
+    for those in flight at the kill: the documented at-least-once window), and the platform
     never sees more than the bot's limit in a second, nor two messages to a chat in one."""
     if not database_url.startswith("postgresql"):
         pytest.skip("several processes share PostgreSQL; SQLite is one process")
@@ -78,7 +78,7 @@ async def test_serve_processes_share_one_bot_across_a_kill(
             first = calls[0].timestamp
             assert killed_at - 0.5 <= first <= killed_at, texts
     duplicates = sum(len(calls) - 1 for calls in received.values())
-    assert duplicates <= 1
+    assert duplicates <= 2  # the sends in flight at the kill, at most
     calls = message_calls(api)
     assert most_in_a_window(call.timestamp for call in calls) <= 10
     assert per_chat_most(calls) == 1
