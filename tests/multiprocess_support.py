@@ -236,10 +236,16 @@ def most_in_a_calendar_second(times: Iterable[float]) -> int:
     return max(counts.values(), default=0)
 
 
-def per_chat_most(calls: list[SentCall]) -> int:
+def arrival(call: SentCall, latency: float = 0.0) -> float:
+    """When the call reached the platform: the fake stamps a sendMessage after its answer
+    delay (`FakeTelegramAPI(latency=...)`), every other call at once."""
+    return call.timestamp - (latency if call.method == "sendMessage" else 0.0)
+
+
+def per_chat_most(calls: list[SentCall], latency: float = 0.0) -> int:
     by_chat: dict[Any, list[float]] = {}
     for call in calls:
-        by_chat.setdefault(call.chat_id, []).append(call.timestamp)
+        by_chat.setdefault(call.chat_id, []).append(arrival(call, latency))
     return max((most_in_a_window(times) for times in by_chat.values()), default=0)
 
 
