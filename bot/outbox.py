@@ -61,6 +61,7 @@ then sends makes two platform calls and is paced as two.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import math
@@ -205,6 +206,18 @@ class _Pace:
 
     def take(self, now: float, cost: int = 1) -> None:
         self._starts.extend([now] * cost)
+
+    def started_late(self, decided: float, started: float, cost: int = 1) -> None:
+        """The send decided at `decided` really started at `started` (the event loop was busy
+        in between): count it then, or the next window could take a full share besides it."""
+        if started <= decided:
+            return
+        starts = list(self._starts)
+        for _ in range(cost):
+            if decided in starts:
+                starts.remove(decided)
+                bisect.insort(starts, started)
+        self._starts = deque(starts)
 
 
 def global_pace(rate: float, margin: float) -> _Pace:
@@ -702,7 +715,7 @@ class Dispatcher:
             # from the platform's answer would add a round trip to every gap, and a person
             # answering once a second would fall further behind with every answer.
             self._next_at[key] = mono + self._spacing * claim.cost
-            task = asyncio.create_task(self._deliver(claim), name=f"outbox-{claim.id}")
+            task = asyncio.create_task(self._deliver(claim, mono), name=f"outbox-{claim.id}")
             task.add_done_callback(_log_crash)
             self._inflight[claim.id] = task
             started.append(task)
@@ -768,10 +781,11 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ one send
 
-    async def _deliver(self, claim: _Claim) -> bool:
+    async def _deliver(self, claim: _Claim, decided: float) -> bool:
         sender = self._senders[claim.channel]
         try:
             clear = await self._message_to_clear(claim)
+            self._started(claim, decided)
             try:
                 started = time.perf_counter()
                 message_id = await sender.send(claim.address, claim.payload, clear_buttons_of=clear)
@@ -826,6 +840,14 @@ class Dispatcher:
             self._inflight.pop(claim.id, None)
             self._after(claim.key)
             self._signal.set()
+
+    def _started(self, claim: _Claim, decided: float) -> None:
+        """Pacing counts when a send starts: moves its count if it starts later than paced."""
+        started = self._pacing.monotonic()
+        if started - decided > 0.001:
+            self._paces[claim.channel].started_late(decided, started, claim.cost)
+            spaced = started + self._spacing * claim.cost
+            self._next_at[claim.key] = max(self._next_at.get(claim.key, 0.0), spaced)
 
     def _after(self, key: tuple[str, str]) -> None:
         """Asks for a claim when rows of this address may have been left behind."""

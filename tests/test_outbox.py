@@ -278,6 +278,18 @@ async def test_global_rate_is_held(
     assert max(times) - min(times) <= 3 * 1.03 + 1.0
 
 
+def test_a_send_that_starts_late_is_counted_when_it_starts() -> None:
+    """A busy event loop between the decision and the send must not let the next window
+    take a full share on top of it."""
+    pace = global_pace(2.0, 0.0)  # 2 in any second, at least 0.25 s apart
+    pace.take(0.0)
+    pace.take(0.3)
+    assert pace.ready_at(0.5) == 1.0
+    pace.started_late(0.0, 0.45)  # the first only went out at 0.45
+    assert pace.ready_at(0.5) == 1.3
+    assert pace.ready_at(1.3) == 1.3
+
+
 async def test_pace_counts_starts_in_a_sliding_window() -> None:
     pace = global_pace(30.0, 0.0)
     taken = []
