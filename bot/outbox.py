@@ -518,6 +518,8 @@ class Dispatcher:
         # Addresses whose further rows a claim had to leave (one row per address per claim,
         # or our own claim blocked them): claim again as soon as we let go of the address.
         self._more_behind: set[tuple[str, str]] = set()
+        # In-flight rows claimed again by ourselves (see _claim): their current token.
+        self._renewed: dict[int, str] = {}
         self._claim_needed = True
         self._last_claim = float("-inf")
         self._more_due = False
@@ -674,7 +676,10 @@ class Dispatcher:
         # Whatever came back, there may be more: the next refill finds out (cheaply).
         self._more_due = bool(claims)
         for claim in claims:
-            if claim.id in self._held or claim.id in self._inflight:
+            if claim.id in self._inflight:
+                # Our own send, whose lease ran out on the wall clock while it was in flight:
+                # it is ours again under the new claim, and settles with its token.
+                self._renewed[claim.id] = claim.token
                 continue
             self._held[claim.id] = claim
         ours = {claim.key for claim in self._held.values()} | self._busy
@@ -815,7 +820,7 @@ class Dispatcher:
                 settled = await repository.mark_sent(
                     session,
                     claim.id,
-                    token=claim.token,
+                    token=self._token(claim),
                     now=self._clock.now(),
                     platform_message_id=message_id,
                 )
@@ -838,6 +843,7 @@ class Dispatcher:
         finally:
             self._busy.discard(claim.key)
             self._inflight.pop(claim.id, None)
+            self._renewed.pop(claim.id, None)
             self._after(claim.key)
             self._signal.set()
 
@@ -863,6 +869,9 @@ class Dispatcher:
         for claim in dropped:
             del self._held[claim.id]
         return dropped
+
+    def _token(self, claim: _Claim) -> str:
+        return self._renewed.get(claim.id, claim.token)
 
     def _claim_lost(self, claim: _Claim) -> None:
         """The row was taken over (our lease ran out) or settled by someone else: whatever
@@ -916,7 +925,7 @@ class Dispatcher:
             settled = await repository.mark_retry(
                 session,
                 claim.id,
-                token=claim.token,
+                token=self._token(claim),
                 not_before=self._clock.now() + timedelta(seconds=error.seconds),
                 error=_describe(error),
                 count_attempt=False,
@@ -929,7 +938,7 @@ class Dispatcher:
         now = self._clock.now()
         async with self._sessions.begin() as session:
             await repository.mark_failed(
-                session, claim.id, token=claim.token, error=_describe(error)
+                session, claim.id, token=self._token(claim), error=_describe(error)
             )
             # True whoever holds the row now: the platform said the person is gone.
             cancelled = await repository.mark_address_unreachable(
@@ -948,7 +957,7 @@ class Dispatcher:
     async def _give_up(self, claim: _Claim, reason: str, error: BaseException) -> None:
         async with self._sessions.begin() as session:
             settled = await repository.mark_failed(
-                session, claim.id, token=claim.token, error=_describe(error)
+                session, claim.id, token=self._token(claim), error=_describe(error)
             )
         if not settled:
             self._claim_lost(claim)
@@ -968,7 +977,7 @@ class Dispatcher:
             settled = await repository.mark_retry(
                 session,
                 claim.id,
-                token=claim.token,
+                token=self._token(claim),
                 not_before=self._clock.now() + delay,
                 error=_describe(error),
             )
