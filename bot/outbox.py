@@ -518,8 +518,6 @@ class Dispatcher:
         # Addresses whose further rows a claim had to leave (one row per address per claim,
         # or our own claim blocked them): claim again as soon as we let go of the address.
         self._more_behind: set[tuple[str, str]] = set()
-        # In-flight rows claimed again by ourselves (see _claim): their current token.
-        self._renewed: dict[int, str] = {}
         self._claim_needed = True
         self._last_claim = float("-inf")
         self._more_due = False
@@ -671,16 +669,14 @@ class Dispatcher:
                 self._lease,
                 channels=list(self._senders),
                 holding=holding,
+                # Never what we hold: not even a send in flight whose lease ran out meanwhile
+                # (it settles under its own claim, or finds that someone else took it).
+                exclude=[*self._held, *self._inflight],
             )
             claims = [_Claim.of(row) for row in result.messages]
         # Whatever came back, there may be more: the next refill finds out (cheaply).
         self._more_due = bool(claims)
         for claim in claims:
-            if claim.id in self._inflight:
-                # Our own send, whose lease ran out on the wall clock while it was in flight:
-                # it is ours again under the new claim, and settles with its token.
-                self._renewed[claim.id] = claim.token
-                continue
             self._held[claim.id] = claim
         ours = {claim.key for claim in self._held.values()} | self._busy
         self._more_behind.update(result.more_behind & ours)
@@ -820,7 +816,7 @@ class Dispatcher:
                 settled = await repository.mark_sent(
                     session,
                     claim.id,
-                    token=self._token(claim),
+                    token=claim.token,
                     now=self._clock.now(),
                     platform_message_id=message_id,
                 )
@@ -843,7 +839,6 @@ class Dispatcher:
         finally:
             self._busy.discard(claim.key)
             self._inflight.pop(claim.id, None)
-            self._renewed.pop(claim.id, None)
             self._after(claim.key)
             self._signal.set()
 
@@ -869,9 +864,6 @@ class Dispatcher:
         for claim in dropped:
             del self._held[claim.id]
         return dropped
-
-    def _token(self, claim: _Claim) -> str:
-        return self._renewed.get(claim.id, claim.token)
 
     def _claim_lost(self, claim: _Claim) -> None:
         """The row was taken over (our lease ran out) or settled by someone else: whatever
@@ -925,7 +917,7 @@ class Dispatcher:
             settled = await repository.mark_retry(
                 session,
                 claim.id,
-                token=self._token(claim),
+                token=claim.token,
                 not_before=self._clock.now() + timedelta(seconds=error.seconds),
                 error=_describe(error),
                 count_attempt=False,
@@ -938,7 +930,7 @@ class Dispatcher:
         now = self._clock.now()
         async with self._sessions.begin() as session:
             await repository.mark_failed(
-                session, claim.id, token=self._token(claim), error=_describe(error)
+                session, claim.id, token=claim.token, error=_describe(error)
             )
             # True whoever holds the row now: the platform said the person is gone.
             cancelled = await repository.mark_address_unreachable(
@@ -957,7 +949,7 @@ class Dispatcher:
     async def _give_up(self, claim: _Claim, reason: str, error: BaseException) -> None:
         async with self._sessions.begin() as session:
             settled = await repository.mark_failed(
-                session, claim.id, token=self._token(claim), error=_describe(error)
+                session, claim.id, token=claim.token, error=_describe(error)
             )
         if not settled:
             self._claim_lost(claim)
@@ -977,7 +969,7 @@ class Dispatcher:
             settled = await repository.mark_retry(
                 session,
                 claim.id,
-                token=self._token(claim),
+                token=claim.token,
                 not_before=self._clock.now() + delay,
                 error=_describe(error),
             )

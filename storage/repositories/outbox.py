@@ -141,6 +141,7 @@ async def claim_due(
     *,
     channels: Collection[str] | None = None,
     holding: int = 0,
+    exclude: Collection[int] = (),
 ) -> Claim:
     """Claims up to `limit` due messages for `lease`: at most one per address, most urgent first.
 
@@ -163,7 +164,9 @@ async def claim_due(
     that outlived its lease cannot settle the row another claimant took over.
 
     `holding` is how many rows the caller holds already: that many addresses blocked by a
-    live claim and with more rows behind it are reported in `more_behind` too.
+    live claim and with more rows behind it are reported in `more_behind` too. Rows in
+    `exclude` (those the caller holds) count as held: never claimed again, even with their
+    lease over, and nothing behind them is claimed either.
 
     The UPDATE re-checks that each row is still free, so concurrent claimants never share a
     row (PostgreSQL makes the second wait for the first, then skips the row).
@@ -191,6 +194,8 @@ async def claim_due(
     front_where = [OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.not_before <= now]
     if channels is not None:
         front_where.append(OutboxMessage.channel.in_(list(channels)))
+    if exclude:
+        front_where.append(OutboxMessage.id.not_in(list(exclude)))
     front = (
         await session.execute(
             select(OutboxMessage.channel, OutboxMessage.address)
@@ -205,7 +210,9 @@ async def claim_due(
     if len(front) < front_size or len(addresses) >= limit:
         where.append(OutboxMessage.address.in_(sorted(addresses)))
     per_address = (OutboxMessage.channel, OutboxMessage.address)
-    held = case((OutboxMessage.claimed_until > now, 1), else_=0)
+    live = OutboxMessage.claimed_until > now
+    # A row the caller holds blocks its address like a live claim, even with its lease over.
+    held = case((or_(live, OutboxMessage.id.in_(list(exclude))) if exclude else live, 1), else_=0)
     queues = (
         select(
             OutboxMessage.id,
