@@ -1,4 +1,4 @@
-"""The HTTP API of CONTRACT.md section 4 (aiohttp): case intake, case view, QR code, health.
+"""The HTTP API of docs/contract.md section 4 (aiohttp): case intake, case view, QR code, health.
 
 Every route answers JSON; domain errors, bad JSON and an unreachable database are mapped to
 the contract's error shape in one middleware. A 2xx answer is sent only after the commit.
@@ -28,7 +28,8 @@ from sqlalchemy.exc import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.app import Services
-from handlers.case_view import case_view, case_view_by_code
+from bot.digest_api import weekly_report
+from handlers.case_view import case_view, case_view_by_code, shown_code
 from handlers.errors import Conflict, DomainError, InvalidInput, NotFound
 from handlers.intake import IntakeResult, case_posted
 from handlers.intake_schema import CaseIn, parse_case, storable_text
@@ -62,7 +63,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def error_response(
     status: int, code: str, message: str, fields: dict[str, str] | None = None
 ) -> web.Response:
-    # `fields` is always there (empty when no field is to blame): CONTRACT.md section 4's shape.
+    # `fields` is always there (empty when no field is to blame): docs/contract.md section 4.
     error = {"code": code, "message": message, "fields": dict(fields or {})}
     return web.json_response({"error": error}, status=status)
 
@@ -234,7 +235,7 @@ def _case_code(request: web.Request) -> str:
     """The path's case code; one intake could never have stored is simply not found."""
     code = request.match_info["case_code"]
     if not storable_text(code):
-        raise NotFound(f"no case {code!r}")
+        raise NotFound(f"no case {shown_code(code)}")
     return code
 
 
@@ -255,7 +256,7 @@ async def get_case_qr(request: web.Request) -> web.Response:
     async with services.sessions() as session:
         case = await case_repo.get_case(session, code)
         if case is None:
-            raise NotFound(f"no case {code!r}")
+            raise NotFound(f"no case {shown_code(code)}")
         token = await case_repo.link_token_for_case(session, case.id)
     links = services.links(token.token) if token else {}
     link = next((links[name] for name in PRIMARY_LINK_ORDER if name in links), None)
@@ -274,18 +275,22 @@ async def get_case_qr(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 while the database answers (intake works), 503 when not. Each configured chat
+    channel is named with its state (`ok`, `starting`, `unreachable`): a channel that is not
+    up holds its messages in the outbox but does not make the service unhealthy."""
     services = request.app[SERVICES]
+    channels = services.channels.as_dict()
     try:
         await ping(services.engine)
     except Exception as exc:
         if not _database_unreachable(exc):
             raise
         response = web.json_response(
-            {"status": "unavailable", "database": "unreachable"}, status=503
+            {"status": "unavailable", "database": "unreachable", **channels}, status=503
         )
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
-    return web.json_response({"status": "ok", "database": "ok"})
+    return web.json_response({"status": "ok", "database": "ok", **channels})
 
 
 async def metrics(_request: web.Request) -> web.Response:
@@ -304,12 +309,21 @@ async def openapi(_request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
+async def get_weekly_report(request: web.Request) -> web.Response:
+    """`?week=2026-W47[&unit=CODE]`: docs/contract.md section 6; no week means last week."""
+    services = request.app[SERVICES]
+    query = request.query
+    report = await weekly_report(services, query.get("week") or None, query.get("unit") or None)
+    return web.json_response(report.as_json())
+
+
 def api_routes() -> list[web.RouteDef]:
     return [
         web.post("/api/v1/cases", post_case),
         web.post("/api/v1/cases:batch", post_cases_batch),
         web.get("/api/v1/cases/{case_code}", get_case, allow_head=False),
         web.get("/api/v1/cases/{case_code}/qr.png", get_case_qr, allow_head=False),
+        web.get("/api/v1/reports/weekly", get_weekly_report, allow_head=False),
         web.get("/api/v1/openapi.json", openapi, allow_head=False),
         web.get("/healthz", healthz, allow_head=False),
         web.get("/metrics", metrics, allow_head=False),

@@ -17,6 +17,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.config import Settings
+from bot.health import ChannelStates
 from bot.outbox import Sender
 from handlers.clock import Clock, SystemClock
 from handlers.policy import EscalationPolicy, SurveyPolicy
@@ -40,7 +41,7 @@ class Services:
     sessions: SessionFactory
     clock: Clock
     policy: SurveyPolicy
-    # Each configured channel adds its citizen link here (CONTRACT.md section 4, `links`);
+    # Each configured channel adds its citizen link here (docs/contract.md section 4, `links`);
     # a builder answers None while it cannot make its link yet (the bot's name is unknown).
     link_builders: dict[str, Callable[[str], str | None]] = field(default_factory=dict)
     # Each configured channel's sender, by channel name, for the outbox dispatcher.
@@ -48,6 +49,11 @@ class Services:
     # Called after a commit that queued messages, so they leave without waiting for a poll.
     wake_dispatcher: Callable[[], None] = lambda: None
     web_routes: list[web.RouteDef] = field(default_factory=list)
+    # Each configured channel's state (ok, starting, unreachable) for /healthz and /metrics.
+    channels: ChannelStates = field(default_factory=ChannelStates)
+    # A part that fails after start-up (a channel whose token is rejected once its platform
+    # answers) stops the whole service with this error; `run_services` raises it.
+    abort: Callable[[BaseException], None] = lambda error: None
 
     def links(self, token: str) -> Mapping[str, str]:
         built = {name: build(token) for name, build in self.link_builders.items()}
@@ -121,7 +127,18 @@ async def run_services(
     parts: list[Startable],
     stop: asyncio.Event,
 ) -> None:
-    """Starts each part, waits for `stop`, then stops them in reverse order."""
+    """Starts each part, waits for `stop`, then stops them in reverse order.
+
+    A part may call `services.abort(error)` while running: the service then stops as on a
+    signal, and `error` is raised once every part is stopped.
+    """
+    failures: list[BaseException] = []
+
+    def abort(error: BaseException) -> None:
+        failures.append(error)
+        stop.set()
+
+    services.abort = abort
     async with AsyncExitStack() as stack:
         stack.push_async_callback(services.engine.dispose)
         for start in parts:
@@ -129,3 +146,5 @@ async def run_services(
             stack.push_async_callback(stop_part)
         await stop.wait()
         log.info("shutting down")
+    if failures:
+        raise failures[0]

@@ -1,4 +1,4 @@
-"""The `sipas-bot` command line (CONTRACT.md section 3): the parser and one function per command.
+"""The `sipas-bot` command line (docs/contract.md section 3): the parser, one function a command.
 
 Exit codes: 0 done; 1 the input or the environment is wrong (rejected rows, an unreachable
 database), with the reasons printed; 2 a usage or configuration error naming what to fix.
@@ -106,6 +106,16 @@ async def cmd_cases_import(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_FAILED if report.rejected else EXIT_OK
 
 
+async def cmd_digest(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.digest_cli import print_lines, run_digest
+    from bot.serve import opened_services
+
+    async with opened_services(settings) as services:
+        lines = await run_digest(services, args)
+    print_lines(lines)
+    return EXIT_OK
+
+
 def _chunks(rows: Iterable[T], size: int = IMPORT_CHUNK_ROWS) -> Iterator[list[T]]:
     chunk: list[T] = []
     for row in rows:
@@ -115,6 +125,22 @@ def _chunks(rows: Iterable[T], size: int = IMPORT_CHUNK_ROWS) -> Iterator[list[T
             chunk = []
     if chunk:
         yield chunk
+
+
+MAX_DEMO_CASES = 100_000
+
+
+def case_count(text: str) -> int:
+    """`--cases N`: a whole number of sample cases, at least 1."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number, e.g. 300") from None
+    if not 1 <= count <= MAX_DEMO_CASES:
+        raise argparse.ArgumentTypeError(
+            f"{count} is out of range: seed between 1 and {MAX_DEMO_CASES:,} cases"
+        )
+    return count
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--cases",
-        type=int,
+        type=case_count,
         default=demo_data.CASES,
         metavar="N",
         help=f"how many sample cases to seed (default {demo_data.CASES})",
@@ -195,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     import_.add_argument("file", type=Path, metavar="FILE.csv")
     import_.set_defaults(run=cmd_cases_import)
+
+    from bot.digest_cli import add_digest_parser
+
+    add_digest_parser(commands)
+    commands.choices["digest"].set_defaults(run=cmd_digest)
     return parser
 
 
@@ -204,6 +235,7 @@ def _print_error(message: str, stream: TextIO) -> None:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Parses `argv`, builds the settings, runs the command; returns the exit code."""
+    from bot.heads_cli import TelegramUnreachable
     from bot.serve import StartupError
 
     args = build_parser().parse_args(argv)
@@ -220,7 +252,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         for name, reason in exc.fields.items():
             print(f"  {name}: {reason}", file=sys.stderr)
         return EXIT_FAILED
-    except (DomainError, StartupError) as exc:
+    except (DomainError, StartupError, TelegramUnreachable) as exc:
         _print_error(str(exc), sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""Typed settings from the `SIPAS_*` environment (CONTRACT.md section 2).
+"""Typed settings from the `SIPAS_*` environment (docs/contract.md section 2).
 
 One `Settings` object is built in `__main__` and passed down; nothing reads the environment
 anywhere else. A bad value stops start-up with a message naming the variable.
@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from datetime import date, time, timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
@@ -32,12 +32,12 @@ class SettingsError(Exception):
 
 
 def parse_duration(value: object) -> timedelta:
-    """`30s`, `10m`, `8h`, `2d` (a bare number is seconds)."""
+    """`30s`, `10m`, `8h`, `2d`. A bare number is refused: `5` could mean any of them."""
     if isinstance(value, timedelta):
         return value
     text = str(value).strip().lower()
     if text.isdigit():
-        return timedelta(seconds=int(text))
+        raise ValueError(f"{text!r} has no unit; write {text}s, {text}m, {text}h or {text}d")
     match = _DURATION.match(text)
     if not match:
         raise ValueError(f"{value!r} is not a duration; write it like 30s, 10m, 8h or 2d")
@@ -126,12 +126,52 @@ def _parse_timezone(value: object) -> ZoneInfo:
         raise ValueError(f"{value!r} is not an IANA time zone, e.g. Asia/Ho_Chi_Minh") from exc
 
 
+def masked_token(token: SecretStr | str | None) -> str:
+    """A bot token as it may be shown: the bot's public id before the colon, the secret hidden."""
+    if token is None:
+        return "(not set)"
+    text = token.get_secret_value() if isinstance(token, SecretStr) else token
+    head, colon, _ = text.partition(":")
+    if colon and head.isdigit():
+        return f"{head}:***"
+    return "***"
+
+
+def token_rejected(
+    variable: str,
+    token: SecretStr | None,
+    platform: str,
+    api_url: str,
+    advice: str = "set the token the platform gave the bot",
+) -> SettingsError:
+    """The one line an operator reads when a platform refuses a bot token (exit code 2)."""
+    return SettingsError(
+        f"{variable} ({masked_token(token)}) was rejected by {platform} at {api_url}: {advice}"
+    )
+
+
+def _parse_bot_token(value: object) -> SecretStr | None:
+    """A token pasted with quotes, spaces or a line break inside is refused, never echoed."""
+    if value is None:
+        return None
+    text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    text = text.strip()
+    if not text:
+        return None
+    if any(char.isspace() or char in "\"'<>" for char in text):
+        raise ValueError(
+            "holds spaces, quotes or a line break; paste the token alone, e.g. 123456789:AAH..."
+        )
+    return SecretStr(text)
+
+
+BotToken = Annotated[SecretStr | None, BeforeValidator(_parse_bot_token)]
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 OptionalDuration = Annotated[timedelta | None, BeforeValidator(_optional_duration)]
 
 
 class Settings(BaseSettings):
-    """Every setting of the service; see CONTRACT.md section 2 for the meaning of each."""
+    """Every setting of the service; see docs/contract.md section 2 for the meaning of each."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, extra="ignore", frozen=True, arbitrary_types_allowed=True
@@ -146,15 +186,15 @@ class Settings(BaseSettings):
     locale: Literal["vi", "en"] = "vi"
     units_file: Path | None = None
 
-    telegram_token: SecretStr | None = None
+    telegram_token: BotToken = None
     telegram_api_url: str = "https://api.telegram.org/bot"
     telegram_mode: Literal["polling", "webhook"] = "polling"
     telegram_webhook_secret: SecretStr | None = None
     # Known from getMe once the bot is up; setting it avoids a call at start-up.
     telegram_bot_username: str | None = None
 
-    zalo_token: SecretStr | None = None
-    zalo_api_url: str = "https://bot-api.zapps.me/bot"
+    zalo_token: BotToken = None
+    zalo_api_url: str = "https://bot-api.zaloplatforms.com/bot"
     zalo_mode: Literal["polling", "webhook"] = "polling"
     zalo_webhook_secret: SecretStr | None = None
 
@@ -179,10 +219,12 @@ class Settings(BaseSettings):
     )
     digest_min_responses: int = Field(default=5, ge=1)
 
-    # Dispatcher limits (DESIGN.md: the limit is configuration).
+    # Dispatcher limits (docs/design.md: the limit is configuration).
     send_rate_global: float = Field(default=30.0, gt=0)
     send_rate_per_chat: float = Field(default=1.0, gt=0)
     link_token_ttl: Duration = timedelta(days=90)
+    # A chat platform unreachable at start-up is retried with backoff up to this interval.
+    channel_retry_max: Duration = timedelta(seconds=60)
     log_level: str = "INFO"
 
     @field_validator("public_url", "telegram_api_url", "zalo_api_url")
@@ -233,6 +275,16 @@ class Settings(BaseSettings):
         return frozenset(token.get_secret_value() for token in self.api_tokens)
 
 
+def telegram_token_rejected(settings: Settings) -> SettingsError:
+    return token_rejected(
+        "SIPAS_TELEGRAM_TOKEN",
+        settings.telegram_token,
+        "Telegram",
+        settings.telegram_api_url,
+        "set the token @BotFather gave the bot",
+    )
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment; errors name the `SIPAS_*` variable."""
     try:
@@ -241,8 +293,41 @@ def load_settings(**overrides: object) -> Settings:
         lines = []
         for error in exc.errors():
             field = str(error["loc"][0]) if error["loc"] else "?"
-            message = str(error["msg"]).removeprefix("Value error, ")
-            lines.append(f"{ENV_PREFIX}{field.upper()}: {message}")
+            lines.append(f"{ENV_PREFIX}{field.upper()}: {_in_our_words(field, error)}")
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
     settings.check_webhooks()
     return settings
+
+
+# An example of a good value, for the fields whose errors come from pydantic's own checks.
+_EXAMPLES = {
+    "http_port": "8080",
+    "digest_min_responses": "5",
+    "send_rate_global": "30",
+    "send_rate_per_chat": "1",
+}
+
+
+def _in_our_words(field: str, error: Any) -> str:
+    """pydantic's message for a bad value, said as the project says it (what is allowed)."""
+    kind = error["type"]
+    given = error.get("input")
+    context = error.get("ctx") or {}
+    example = f", e.g. {_EXAMPLES[field]}" if field in _EXAMPLES else ""
+    shown = repr(given) if isinstance(given, str | int | float) and "token" not in field else "it"
+    if kind == "int_parsing":
+        return f"{shown} is not a whole number{example}"
+    if kind == "float_parsing":
+        return f"{shown} is not a number{example}"
+    bounds = {
+        "greater_than_equal": ("at least", "ge"),
+        "greater_than": ("more than", "gt"),
+        "less_than_equal": ("at most", "le"),
+        "less_than": ("less than", "lt"),
+    }
+    if kind in bounds:
+        words, key = bounds[kind]
+        return f"{shown} is out of range: it must be {words} {context.get(key)}{example}"
+    if kind == "literal_error":
+        return f"{shown} is not allowed; use {context.get('expected')}"
+    return str(error["msg"]).removeprefix("Value error, ")

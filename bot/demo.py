@@ -23,6 +23,7 @@ from typing import TextIO
 
 from pydantic import SecretStr
 from sqlalchemy import select
+from sqlalchemy.orm import aliased
 
 from bot import demo_data
 from bot.app import Services
@@ -32,7 +33,16 @@ from handlers.errors import DomainError
 from handlers.intake import case_posted
 from handlers.intake_schema import parse_case
 from handlers.units import UnitsFile, load_units
-from storage.models import Case, LinkToken
+from storage.models import (
+    Answer,
+    Case,
+    Escalation,
+    EscalationStatus,
+    LinkToken,
+    Survey,
+    SurveyStatus,
+    Unit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +63,16 @@ class DemoContext:
     summary: list[str] = field(default_factory=list)
     # A received sample case and its citizen link token, to try the chat with.
     sample: tuple[str, str] | None = None
+    # The case to open first: answered, complained about, handled by the head with a note.
+    story: StoryCase | None = None
+
+
+@dataclass(frozen=True)
+class StoryCase:
+    case_code: str
+    unit_name: str
+    reason: str
+    note: str
 
 
 SeedStep = Callable[[DemoContext], Awaitable[None]]
@@ -114,11 +134,49 @@ async def pick_sample(context: DemoContext) -> None:
     context.sample = (row[0], row[1]) if row else None
 
 
+async def pick_story(context: DemoContext) -> None:
+    """The case a newcomer should open first: a citizen answered and complained (preferably
+    with a comment), and the unit head acknowledged and handled it, with a note."""
+    comment = aliased(Answer)
+    query = (
+        select(Case.case_code, Unit.name, Escalation.reason, Escalation.resolution_note)
+        .join(Escalation, Escalation.case_id == Case.id)
+        .join(Unit, Unit.id == Escalation.unit_id)
+        .join(Survey, Survey.case_id == Case.id)
+        .outerjoin(
+            comment,
+            (comment.survey_id == Survey.id)
+            & (comment.question_id == "comment")
+            & comment.value_text.is_not(None),
+        )
+        .where(
+            Survey.status == SurveyStatus.COMPLETED,
+            Escalation.status == EscalationStatus.RESOLVED,
+            Escalation.resolution_note.is_not(None),
+        )
+        .order_by(comment.id.is_(None), Escalation.resolved_at.desc(), Case.id)
+        .limit(1)
+    )
+    async with context.services.sessions() as session:
+        row = (await session.execute(query)).first()
+    if row is not None:
+        context.story = StoryCase(row[0], row[1], row[2], row[3] or "")
+
+
 def seed_steps() -> list[SeedStep]:
     """Every seeding step, in order; add new concerns here."""
+    from bot.demo_digest import seed_digest_weeks, write_demo_digest
     from bot.demo_feedback import seed_feedback
 
-    return [seed_units, seed_cases, seed_feedback, pick_sample]
+    return [
+        seed_units,
+        seed_cases,
+        seed_feedback,
+        seed_digest_weeks,
+        pick_sample,
+        pick_story,
+        write_demo_digest,
+    ]
 
 
 @dataclass(frozen=True)
@@ -218,6 +276,16 @@ def instructions(setup: DemoSetup, context: DemoContext, base_url: str, *, servi
         f"  {token_line}",
         "",
     ]
+    if context.story is not None:
+        story = context.story
+        lines += [
+            f"Open this case first: {story.case_code}. Its citizen answered the survey and "
+            f"complained ({story.reason}); the head of {story.unit_name} acknowledged it and "
+            f"handled it with the note «{story.note}». The case view shows the answers and "
+            "every step of the escalation:",
+            f"  curl -sS -H {auth} {base_url}/api/v1/cases/{story.case_code}",
+            "",
+        ]
     if serving:
         lines += [f"The server is running at {base_url}. Try it from another terminal:", ""]
     else:
@@ -238,14 +306,13 @@ def instructions(setup: DemoSetup, context: DemoContext, base_url: str, *, servi
         "View it (status, citizen links, survey, escalations):",
         f"  curl -sS -H {auth} {base_url}/api/v1/cases/{code}",
         "",
-        "QR code for the citizen's receipt (needs a chat channel, e.g. SIPAS_TELEGRAM_TOKEN):",
-        f"  curl -sS -H {auth} -o receipt-qr.png {base_url}/api/v1/cases/{code}/qr.png",
+        *_qr_lines(settings, auth, base_url, code),
         "",
         f"Health:   {base_url}/healthz",
         f"Metrics:  {base_url}/metrics",
         f"API docs: {base_url}/api/v1/openapi.json",
         "",
-        _channel_line(settings),
+        _channel_line(settings, context.services.channels.get("telegram")),
     ]
     telegram_link = _sample_link(context) if serving else None
     if telegram_link is not None and context.sample is not None:
@@ -258,6 +325,19 @@ def instructions(setup: DemoSetup, context: DemoContext, base_url: str, *, servi
     if serving:
         lines += ["", "Press Ctrl+C to stop."]
     return "\n".join(lines)
+
+
+def _qr_lines(settings: Settings, auth: str, base_url: str, code: str) -> list[str]:
+    """The QR code encodes the citizen's chat link: without a chat channel there is none."""
+    if settings.telegram_token is None:
+        return [
+            "QR code for the citizen's receipt: it encodes the case's chat link, so it needs a",
+            "chat channel; set SIPAS_TELEGRAM_TOKEN and start the demo again to get one.",
+        ]
+    return [
+        "QR code for the citizen's receipt:",
+        f"  curl -sS --fail -H {auth} -o receipt-qr.png {base_url}/api/v1/cases/{code}/qr.png",
+    ]
 
 
 def _sample_link(context: DemoContext) -> str | None:
@@ -276,7 +356,18 @@ def _serve_env(setup: DemoSetup) -> str:
     return "".join(parts)
 
 
-def _channel_line(settings: Settings) -> str:
+def _channel_line(settings: Settings, state: str | None) -> str:
+    if settings.telegram_token is not None and state == "unreachable":
+        line = (
+            "Telegram: enabled (SIPAS_TELEGRAM_TOKEN) but the Bot API cannot be reached yet; "
+            "it is retried in the background, and messages wait until it answers."
+        )
+        if not settings.telegram_bot_username:
+            line += (
+                " Citizen links and QR codes need the bot's name: set "
+                "SIPAS_TELEGRAM_BOT_USERNAME to have them at once."
+            )
+        return line
     if settings.telegram_token is not None:
         return "Telegram: enabled (SIPAS_TELEGRAM_TOKEN); citizens open the links above."
     return (

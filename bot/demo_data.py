@@ -189,7 +189,7 @@ DELAY_REASONS = (
 
 
 def units_file() -> dict[str, Any]:
-    """The sample units in the units-file shape of CONTRACT.md section 5."""
+    """The sample units in the units-file shape of docs/contract.md section 5."""
     units: list[dict[str, Any]] = []
     for unit in UNITS:
         entry: dict[str, Any] = {

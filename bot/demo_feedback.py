@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from bot.demo import DemoContext
 
 ANSWER_SHARE = 0.65  # of resolved cases whose citizen answered
+STORY_HORIZON = timedelta(hours=1)
 PRAISE = (
     "Cán bộ hướng dẫn tận tình, dễ hiểu.",
     "Thủ tục nhanh, đúng hẹn. Cảm ơn!",
@@ -75,7 +76,7 @@ async def seed_feedback(context: DemoContext) -> None:
                 session, survey, answers, moment, services.policy, channels=["telegram"]
             )
             answered += 1
-        handled = await _heads_handle_some(session, rng, context.now)
+        handled = await _heads_keep_up(session, rng, context.now)
     context.summary.append(
         f"Surveys:   {answered} answered by citizens; complaints: {_describe(handled)}"
     )
@@ -106,24 +107,51 @@ def _answers(rng: random.Random, survey: Survey, mood: float, moment: datetime) 
     return answers
 
 
-async def _heads_handle_some(
-    session: AsyncSession, rng: random.Random, now: datetime
-) -> Counter[str]:
-    """About half of the complaints older than two days were acknowledged and resolved."""
+async def _heads_keep_up(session: AsyncSession, rng: random.Random, now: datetime) -> Counter[str]:
+    """The heads did their job in the weeks before the demo, so the sweeps find nothing overdue
+    when it starts: what was due to be acknowledged was acknowledged in time, what was due to
+    be resolved was resolved in time (with a note), and about half of the other complaints
+    older than two days too. Only complaints still inside their deadlines stay open."""
     states: Counter[str] = Counter()
-    for escalation in (await session.execute(select(Escalation))).scalars():
-        old_enough = now - escalation.opened_at > timedelta(days=2)
-        if old_enough and rng.random() < 0.55:
-            acknowledged = escalation.opened_at + timedelta(hours=rng.uniform(1, 6))
-            resolved = acknowledged + timedelta(hours=rng.uniform(4, 40))
-            escalation.status = EscalationStatus.RESOLVED
-            escalation.acknowledged_at = acknowledged
-            escalation.resolved_at = resolved
-            escalation.resolution_note = rng.choice(NOTES)
-            escalation_repo.add_event(session, escalation, "acknowledged", acknowledged)
-            escalation_repo.add_event(session, escalation, "resolved", resolved)
+    query = select(Escalation).order_by(Escalation.id)
+    for escalation in (await session.execute(query)).scalars():
+        if escalation.status == EscalationStatus.OPEN and escalation.ack_due_at is not None:
+            _handle(escalation, rng, now, session)
         states[escalation.status] += 1
     return states
+
+
+def _between(rng: random.Random, start: datetime, end: datetime) -> datetime:
+    """A moment between `start` and `end` (`start` when there is no room)."""
+    span = max(timedelta(0), end - start)
+    return start + span * rng.uniform(0.15, 0.85)
+
+
+def _handle(
+    escalation: Escalation, rng: random.Random, now: datetime, session: AsyncSession
+) -> None:
+    assert escalation.ack_due_at is not None
+    # Deadlines within the next hour count as passed: the story must still hold when a
+    # newcomer looks at it a while after the demo started.
+    horizon = now + STORY_HORIZON
+    ack_overdue = escalation.ack_due_at <= horizon
+    old_enough = now - escalation.opened_at > timedelta(days=2)
+    if not ack_overdue and not (old_enough and rng.random() < 0.55):
+        return  # a fresh complaint: its head still has time to acknowledge it
+    acknowledged = _between(rng, escalation.opened_at, min(escalation.ack_due_at, now))
+    escalation.status = EscalationStatus.ACKNOWLEDGED
+    escalation.acknowledged_at = acknowledged
+    escalation_repo.add_event(session, escalation, "acknowledged", acknowledged)
+    resolve_due = escalation.resolve_due_at
+    resolve_overdue = resolve_due is not None and resolve_due <= horizon
+    if not resolve_overdue and not (old_enough and rng.random() < 0.55):
+        return  # acknowledged, being looked into, within its deadline
+    resolved = _between(rng, acknowledged, min(resolve_due or now, now))
+    note = rng.choice(NOTES)
+    escalation.status = EscalationStatus.RESOLVED
+    escalation.resolved_at = resolved
+    escalation.resolution_note = note
+    escalation_repo.add_event(session, escalation, "resolved", resolved, detail={"note": note})
 
 
 def _describe(states: Counter[str]) -> str:

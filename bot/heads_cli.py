@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from telegram import Bot
+from telegram.error import InvalidToken, TelegramError
 
 from bot.app import Services
-from handlers.errors import InvalidInput
+from bot.config import SettingsError, telegram_token_rejected
+from bot.logging_setup import mask
 from handlers.heads import invite_head
+
+
+class TelegramUnreachable(Exception):
+    """The Bot API could not be asked for the bot's name (exit code 1)."""
 
 
 async def bot_username(services: Services) -> str:
@@ -15,12 +21,21 @@ async def bot_username(services: Services) -> str:
     if settings.telegram_bot_username:
         return settings.telegram_bot_username
     if settings.telegram_token is None:
-        raise InvalidInput(
-            {"SIPAS_TELEGRAM_TOKEN": "is not set: the invite opens the bot in Telegram"}
+        raise SettingsError(
+            "SIPAS_TELEGRAM_TOKEN is not set: the invite opens the bot in Telegram; set it, "
+            "or set SIPAS_TELEGRAM_BOT_USERNAME to the bot's name"
         )
     bot = Bot(settings.telegram_token.get_secret_value(), base_url=settings.telegram_api_url)
-    async with bot:
-        return bot.username
+    try:
+        async with bot:
+            return bot.username
+    except InvalidToken:
+        raise telegram_token_rejected(settings) from None
+    except TelegramError as exc:
+        raise TelegramUnreachable(
+            f"cannot reach the Telegram Bot API at {settings.telegram_api_url} to learn the "
+            f"bot's name ({mask(str(exc))}); try again, or set SIPAS_TELEGRAM_BOT_USERNAME"
+        ) from None
 
 
 async def heads_invite(services: Services, unit_code: str) -> str:

@@ -1,9 +1,9 @@
 """The outbox dispatcher: sends every outgoing message from the outbox, within the platform limits.
 
 Handlers never call a platform; they write outbox rows in the transaction of the change that
-caused them (DESIGN.md, "transactional outbox"). The dispatcher claims due rows, paces them,
+caused them (docs/design.md, "transactional outbox"). The dispatcher claims due rows, paces them,
 sends them through a channel's `Sender`, and settles each row in its own short transaction
-(DESIGN.md, "the dispatcher owns the platform limits"). Replies to a person who is answering
+(docs/design.md, "the dispatcher owns the platform limits"). Replies to a person who is answering
 go first: rows are claimed and sent in (priority, id) order, and a `wake()` after a commit
 makes the next claim immediate.
 
@@ -25,7 +25,7 @@ Why not limits kept in the database (a shared token bucket row)? Every send woul
 lock and a round trip on the hottest row of the deployment, a stalled process holding tokens
 would still need leases, and 30 a second is one process's easy work; the election costs one
 idle connection. SQLite is one process by definition (the file's write lock is per host and
-`serve` at scale is PostgreSQL, DESIGN.md): there the dispatcher is its own leader.
+`serve` at scale is PostgreSQL, docs/design.md): there the dispatcher is its own leader.
 
 Pacing counts the starts of calls to the platform: at most `global_rate` in any window of one
 second (a sliding log, plus a minimum gap so a window's sends are spread, not bunched), and

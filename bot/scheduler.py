@@ -2,7 +2,7 @@
 
 Every sweep (reminders, expiries, escalation SLAs, digests) is an `async def sweep(services)`
 that looks in the database for what is due, so nothing is lost while the process was down
-(DESIGN.md). A module that owns a sweep adds its registrar to `sweep_registrars` below, the
+(docs/design.md). A module that owns a sweep adds its registrar to `sweep_registrars` below, the
 one visible list of everything that runs on a timer:
 
     def register_reminders(scheduler: SweepScheduler) -> None:
@@ -95,9 +95,10 @@ Registrar = Callable[[SweepScheduler], None]
 
 def sweep_registrars(services: Services) -> list[Registrar]:
     """Every sweep of the service, in registration order; add new sweeps here."""
+    from bot.digest_delivery import register_digest_sweep
     from bot.sweeps import register_survey_sweeps
 
-    registrars: list[Registrar] = [register_survey_sweeps]
+    registrars: list[Registrar] = [register_survey_sweeps, register_digest_sweep]
     return registrars
 
 

@@ -1,4 +1,4 @@
-"""Time-driven work as sweeps (DESIGN.md): each run looks in the database for what is due.
+"""Time-driven work as sweeps (docs/design.md): each run looks in the database for what is due.
 
 Nothing is lost when the process was down at the due moment: the next sweep finds it. Each
 step is its own transaction, so one failing step does not hold back the others.

@@ -1,4 +1,4 @@
-"""Loading the units file (CONTRACT.md section 5) from a path: CLI and start-up share this."""
+"""Loading the units file (docs/contract.md section 5) from a path: CLI and start-up share this."""
 
 from __future__ import annotations
 

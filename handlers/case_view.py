@@ -1,4 +1,4 @@
-"""The case view of CONTRACT.md section 4: what the API answers about one case."""
+"""The case view of docs/contract.md section 4: what the API answers about one case."""
 
 from __future__ import annotations
 
@@ -9,11 +9,30 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.errors import NotFound
-from storage.models import Answer, Case, Escalation, EscalationEvent, Survey, SurveyStatus
+from storage.models import (
+    Answer,
+    Case,
+    Escalation,
+    EscalationEvent,
+    Survey,
+    SurveyStatus,
+    Unit,
+)
 from storage.repositories import cases as case_repo
+from storage.repositories import escalations as escalation_repo
 
 # Given the case's link token, the links every configured channel offers (telegram, zalo, web).
 LinkBuilder = Callable[[str], Mapping[str, str]]
+
+
+SHOWN_CODE_CHARACTERS = 100
+
+
+def shown_code(case_code: str) -> str:
+    """A case code as an error message may quote it: cut short when it is too long to be one."""
+    if len(case_code) <= SHOWN_CODE_CHARACTERS:
+        return repr(case_code)
+    return f"{case_code[:SHOWN_CODE_CHARACTERS]!r}… ({len(case_code)} characters)"
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -42,9 +61,32 @@ def survey_view(survey: Survey | None, answers: Sequence[Answer]) -> dict[str, A
     }
 
 
-def event_view(event: EscalationEvent, unit_code: str | None) -> dict[str, Any]:
-    # Who acted is a chat address, personal data: the view says which level, not which chat.
-    return {"kind": event.kind, "level": event.level, "unit_code": unit_code, "at": _iso(event.at)}
+def event_view(
+    event: EscalationEvent, unit_code: str | None, levels: Mapping[str, int] | None = None
+) -> dict[str, Any]:
+    """One step of an escalation's audit trail: what happened, at which unit and level, when.
+
+    An event about another unit than the one holding the escalation (a head passed over on
+    the way up) names that unit and its level. A resolution carries the head's note; a skip
+    or a climb says why. Who acted is a chat address, personal data: the view says which
+    level, not which chat.
+    """
+    detail = event.detail or {}
+    level = event.level
+    named = detail.get("unit")
+    if isinstance(named, str) and named:
+        unit_code = named
+        level = (levels or {}).get(named, level)
+    view: dict[str, Any] = {
+        "kind": event.kind,
+        "level": level,
+        "unit_code": unit_code,
+        "at": _iso(event.at),
+    }
+    for key in ("note", "why", "severity", "rating"):
+        if detail.get(key) is not None:
+            view[key] = detail[key]
+    return view
 
 
 def escalation_view(
@@ -60,6 +102,8 @@ def escalation_view(
         "opened_at": _iso(escalation.opened_at),
         "acknowledged_at": _iso(escalation.acknowledged_at),
         "resolved_at": _iso(escalation.resolved_at),
+        # What the head wrote when it was handled (also on the `resolved` event).
+        "note": escalation.resolution_note,
         "events": list(events),
     }
 
@@ -69,12 +113,22 @@ async def case_view(session: AsyncSession, case: Case, links: LinkBuilder) -> di
     survey = await case_repo.survey_for_case(session, case.id)
     answers = await case_repo.answers_of(session, survey.id) if survey else []
     escalations = await case_repo.escalations_of(session, case.id)
+    # The level of each unit on the way up from where each escalation started.
+    levels: dict[int, dict[str, int]] = {}
+    for escalation, _code in escalations:
+        chain = await escalation_repo.chain(session, escalation.origin_unit_id)
+        levels[escalation.id] = {unit.code: index + 1 for index, unit in enumerate(chain)}
     events: dict[int, list[dict[str, Any]]] = {}
     for event, code in await case_repo.escalation_events_of(session, case.id):
-        events.setdefault(event.escalation_id, []).append(event_view(event, code))
+        view = event_view(event, code, levels.get(event.escalation_id))
+        events.setdefault(event.escalation_id, []).append(view)
+    # By id, not through `case.unit`: a case just moved to another unit may still hold the
+    # old unit in its loaded relationship, and the answer must show what was committed.
+    unit = await session.get(Unit, case.unit_id)
+    assert unit is not None
     return {
         "case_code": case.case_code,
-        "unit_code": case.unit.code,
+        "unit_code": unit.code,
         "status": case.status,
         "links": dict(links(token.token)) if token else {},
         "survey": survey_view(survey, answers),
@@ -87,5 +141,5 @@ async def case_view_by_code(
 ) -> dict[str, Any]:
     case = await case_repo.get_case(session, case_code)
     if case is None:
-        raise NotFound(f"no case {case_code!r}")
+        raise NotFound(f"no case {shown_code(case_code)}")
     return await case_view(session, case, links)

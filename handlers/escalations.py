@@ -176,6 +176,8 @@ async def _route(
                 "skipped",
                 now,
                 detail={"unit": unit.code, "why": "head_is_officer"},
+                unit=unit,
+                level=levels.get(unit.id),
             )
             continue
         if address is None:
@@ -185,6 +187,8 @@ async def _route(
                 "skipped",
                 now,
                 detail={"unit": unit.code, "why": "no_reachable_head"},
+                unit=unit,
+                level=levels.get(unit.id),
             )
             continue
         escalation.unit_id = unit.id

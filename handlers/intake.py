@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers import apologies, courtesy, escalations, surveys
 from handlers.errors import Conflict, InvalidInput
-from handlers.intake_schema import CaseIn
+from handlers.intake_schema import CaseIn, times_ahead
 from handlers.policy import SurveyPolicy
 from storage.models import Case, CaseStatus, Channel, Citizen, LinkToken
 from storage.repositories import cases as case_repo
@@ -58,6 +58,8 @@ async def case_posted(
     `channels`: the chat channels that can reach citizens, best first (for apologies and
     courtesy messages, which go out at once).
     """
+    if ahead := times_ahead(body, now):
+        raise InvalidInput(ahead)
     unit = await case_repo.unit_by_code(session, body.unit_code)
     if unit is None:
         raise InvalidInput(

@@ -1,4 +1,4 @@
-"""The case intake body of CONTRACT.md section 4, validated field by field.
+"""The case intake body of docs/contract.md section 4, validated field by field.
 
 The same validation serves the HTTP API and the CSV import, so a row and a request are
 judged alike. Every problem is reported under its dotted field path.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -217,9 +217,28 @@ class _FieldProblems(ValueError):
         self.problems = problems
 
 
+# A good value of each field, for messages that say what is allowed.
+EXAMPLES = {
+    "case_code": "000.00.12.H26-261122-0001",
+    "unit_code": "HN-LB",
+    "procedure.code": "1.001193",
+    "officer.code": "CB-017",
+    "citizen.telegram_chat_id": "123456789",
+    "citizen.zalo_user_id": "5678901234",
+}
+_DATE_EXAMPLE = "2026-11-20T08:05:00+07:00"
+# Times in the future by more than this are refused: the one-stop system's clock may run a
+# little ahead, but a case cannot have been received or resolved next year.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
 def _describe(error: Any) -> tuple[str, str]:
+    """pydantic's error for one field, said as the project says it: what is allowed, and an
+    example; never the library's wording (`String should match pattern ...`)."""
     path = ".".join(str(part) for part in error["loc"]) or "body"
     kind = error["type"]
+    context = error.get("ctx") or {}
+    example = f", e.g. {EXAMPLES[path]}" if path in EXAMPLES else ""
     if kind == "missing":
         return path, "is required"
     if kind == "extra_forbidden":
@@ -227,8 +246,38 @@ def _describe(error: Any) -> tuple[str, str]:
     if kind == "enum":
         allowed = ", ".join(status.value for status in CaseStatus)
         return path, f"must be one of {allowed}"
+    if kind == "string_pattern_mismatch":
+        if path.endswith("telegram_chat_id"):
+            return path, f"must be a number (a Telegram chat id){example}"
+        return path, f"must not contain spaces or '/'{example}"
+    if kind == "string_too_short":
+        return path, f"must not be empty{example}"
+    if kind == "string_too_long":
+        return path, f"is longer than {context.get('max_length')} characters{example}"
+    if kind == "string_type":
+        return path, f"must be text{example}"
+    if kind == "literal_error":
+        return path, f"must be {context.get('expected', '').replace(chr(39), '')}"
+    if kind in {"model_type", "model_attributes_type", "dict_type"}:
+        return path, "must be an object with its fields, as in the API's example"
+    if kind.startswith(("datetime", "date")):
+        return path, f"is not a date and time; write it like {_DATE_EXAMPLE}"
     message = str(error["msg"]).removeprefix("Value error, ")
     return path, message
+
+
+def times_ahead(body: CaseIn, now: datetime) -> dict[str, str]:
+    """The times that cannot have happened yet (received or resolved in the future)."""
+    problems: dict[str, str] = {}
+    for name in ("received_at", "resolved_at"):
+        moment: datetime | None = getattr(body, name)
+        if moment is not None and moment > now + CLOCK_SKEW:
+            problems[name] = (
+                f"{moment.isoformat()} is in the future (more than "
+                f"{int(CLOCK_SKEW.total_seconds() // 60)} minutes ahead of this server's clock); "
+                "send the time it happened"
+            )
+    return problems
 
 
 def parse_case(data: object) -> CaseIn:

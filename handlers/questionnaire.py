@@ -1,6 +1,6 @@
 """SIPAS questionnaires: loaded from the YAML files in ``handlers/data/questionnaires/``.
 
-A questionnaire is data, validated once when it is first loaded; see SIPAS.md section 2.
+A questionnaire is data, validated once when it is first loaded; see docs/sipas.md section 2.
 """
 
 from __future__ import annotations

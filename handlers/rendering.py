@@ -39,7 +39,7 @@ def choices_of(body: Payload) -> list[Choice]:
 
 
 def local_date(moment: datetime | None, tz: ZoneInfo) -> str:
-    """Dates shown to people: dd/mm/yyyy in local time (CONTRACT.md section 7.8)."""
+    """Dates shown to people: dd/mm/yyyy in local time (docs/contract.md section 7.8)."""
     return moment.astimezone(tz).strftime("%d/%m/%Y") if moment else ""
 
 

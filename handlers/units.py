@@ -1,4 +1,4 @@
-"""Units, their heads and digest recipients, from the units file (CONTRACT.md section 5).
+"""Units, their heads and digest recipients, from the units file (docs/contract.md section 5).
 
 Loading is an upsert keyed on unit codes: loading the same file twice changes nothing, and a
 changed file updates names, parents, heads and recipients in place.

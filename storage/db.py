@@ -53,7 +53,16 @@ def create_engine(database_url: str | URL, *, schema: str | None = None) -> Asyn
     return engine
 
 
+READ_ONLY = "sipas_read_only"
+"""Execution option of a connection that only reads (reports): on SQLite it begins a plain
+(deferred) transaction, a WAL snapshot that holds no lock, so a long report never blocks
+writers nor waits for them."""
+
+
 def _sqlite_begin(connection: Any) -> None:
+    if connection.get_execution_options().get(READ_ONLY):
+        connection.exec_driver_sql("BEGIN")
+        return
     # IMMEDIATE takes the write lock up front: a transaction that reads and then writes cannot
     # fail half-way with SQLITE_BUSY because another one wrote in between (WAL readers still
     # proceed). One process on SQLite is the small deployment; PostgreSQL is for concurrency.

@@ -1,4 +1,4 @@
-"""SQLAlchemy models: every piece of state the service keeps (DESIGN.md: state lives here).
+"""SQLAlchemy models: every piece of state the service keeps (docs/design.md: state lives here).
 
 All datetimes are aware and stored as UTC. Platform addresses (Telegram chat ids, Zalo user
 ids) are strings, so one column serves every channel.
@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -430,3 +431,46 @@ class AuditEntry(Base):
     entity: Mapped[str] = mapped_column(String(32))
     entity_id: Mapped[str | None] = mapped_column(String(100))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class DigestDelivery(Base):
+    """A weekly digest handed to the outbox for one recipient: once per (recipient, week).
+
+    `recipient` is `head:<unit code>` or `recipient:<digest_recipients.id>`. A row with no
+    channel records a recipient who could not be reached, so that it is counted once, not on
+    every run of the sweep.
+    """
+
+    __tablename__ = "digest_deliveries"
+    __table_args__ = (UniqueConstraint("recipient", "week"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recipient: Mapped[str] = mapped_column(String(80))
+    week: Mapped[str] = mapped_column(String(10))  # ISO week, e.g. 2026-W47
+    scope_unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"))
+    channel: Mapped[str | None] = mapped_column(String(16))
+    address: Mapped[str | None] = mapped_column(Address)
+    late: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# Indexes of the digest's aggregate queries (storage/repositories/reports.py), declared here
+# rather than in the classes above so that the digest's schema reads as one addition.
+# The answers of the week's surveys are read from this index alone (a covering index).
+Index("ix_answers_tally", Answer.survey_id, Answer.factor, Answer.question_id, Answer.value_int)
+Index("ix_surveys_completed_case", Survey.completed_at, Survey.case_id)
+Index("ix_surveys_invited_case", Survey.invited_at, Survey.case_id)
+Index("ix_escalations_opened_at", Escalation.opened_at)
+Index("ix_escalations_origin_unit_id", Escalation.origin_unit_id)
+Index("ix_escalation_events_at", EscalationEvent.at)
+# Late resolutions of a week are counted from this index alone.
+Index("ix_cases_resolved_cover", Case.resolved_at, Case.unit_id, Case.due_at, Case.delay_new_due_at)
+# The few "yes" answers (the informal-payment question), found without reading every answer.
+Index(
+    "ix_answers_yes",
+    Answer.survey_id,
+    Answer.question_id,
+    sqlite_where=text("value_text = 'yes'"),
+    postgresql_where=text("value_text = 'yes'"),
+)
+Index("ix_cases_status_due_at", Case.status, Case.due_at)

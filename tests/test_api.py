@@ -1,4 +1,4 @@
-"""The HTTP API of CONTRACT.md section 4, through a real aiohttp server on both databases."""
+"""The HTTP API of docs/contract.md section 4, through a real aiohttp server on both databases."""
 
 from __future__ import annotations
 
@@ -170,7 +170,7 @@ RESOLVED = "resolved"
 REJECTED = "rejected"
 WITHDRAWN = "withdrawn"
 STATUSES = (RECEIVED, DELAYED, RESOLVED, REJECTED, WITHDRAWN)
-# CONTRACT.md: received -> (delayed)* -> resolved | rejected | withdrawn; the end is final.
+# docs/contract.md: received -> (delayed)* -> resolved | rejected | withdrawn; the end is final.
 ALLOWED = {
     RECEIVED: {RECEIVED, DELAYED, RESOLVED, REJECTED, WITHDRAWN},
     DELAYED: {DELAYED, RESOLVED, REJECTED, WITHDRAWN},

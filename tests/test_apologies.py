@@ -170,6 +170,7 @@ async def test_a_late_resolution_apologises_just_before_the_invitation(rig: Rig)
 
 async def test_on_time_is_no_apology(rig: Rig) -> None:
     await linked(rig)
+    rig.clock.set(datetime(2026, 11, 25, 10, 0, tzinfo=UTC))  # 17:00 local, just after
     await rig.post_case(building_case(status="resolved", resolved_at="2026-11-25T16:59:00+07:00"))
     mark = rig.api.mark()
     assert await rig.sweep() == 1

@@ -216,3 +216,18 @@ async def test_an_imported_delay_queues_the_apology_as_the_api_would(
     finally:
         await engine.dispose()
     assert queued == [("telegram", "777001")]
+
+
+async def test_rejections_say_what_is_allowed_in_the_projects_words(
+    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spaced_code = GOOD_ROWS[0].replace("000.00.12.H26-261120-0001", "000 00 12")
+    future = GOOD_ROWS[1].replace("0002", "0105").replace("2026-11-20 10:30", "2031-11-20 10:30")
+    capsys.readouterr()
+    assert await import_file(tmp_path / "cases.csv", csv_text(spaced_code, future)) == 1
+    out = capsys.readouterr().out
+    assert (
+        "line 2: case_code: must not contain spaces or '/', e.g. 000.00.12.H26-261122-0001" in out
+    )
+    assert "line 3: resolved_at: 2031-11-20T10:30:00+07:00 is in the future" in out
+    assert "should" not in out.lower()

@@ -1,4 +1,4 @@
-"""The command line of CONTRACT.md section 3: help, exit codes, and the database commands
+"""The command line of docs/contract.md section 3: help, exit codes, and the database commands
 run in-process against each backend."""
 
 from __future__ import annotations
@@ -223,3 +223,17 @@ def test_masking_applies_to_arguments_and_tracebacks(caplog: pytest.LogCaptureFi
     assert record.getMessage() == "intake failed for <phone>"
     assert record.exc_text is not None
     assert "0987654321" not in record.exc_text
+
+
+@pytest.mark.parametrize("count", ["-5", "0", "many", "1000000"])
+def test_demo_refuses_a_case_count_that_makes_no_sense(
+    count: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["demo", "--cases", count])
+    assert exited.value.code == 2
+    assert "--cases" in capsys.readouterr().err
+
+
+def test_demo_takes_a_sensible_case_count() -> None:
+    assert build_parser().parse_args(["demo", "--cases", "40"]).cases == 40

@@ -21,6 +21,7 @@ from bot import demo_data
 from bot.api import create_web_app
 from bot.app import build_services
 from bot.config import load_settings
+from bot.demo_digest import HISTORY_PREFIX
 from handlers.intake_schema import parse_case
 from storage.models import Case, Unit, UnitHead
 from tests.cli_support import PYTHON, free_port, run_main, subprocess_env
@@ -41,7 +42,9 @@ async def counts(database_url: str) -> tuple[int, int, int]:
         async with engine.connect() as connection:
             units = await connection.scalar(select(func.count()).select_from(Unit))
             heads = await connection.scalar(select(func.count()).select_from(UnitHead))
-            cases = await connection.scalar(select(func.count()).select_from(Case))
+            # Not the surveys of earlier weeks the digest needs (bot/demo_digest.py).
+            sample = ~Case.case_code.startswith(HISTORY_PREFIX)
+            cases = await connection.scalar(select(func.count()).select_from(Case).where(sample))
     finally:
         await engine.dispose()
     return units or 0, heads or 0, cases or 0
@@ -64,7 +67,7 @@ async def test_demo_seeds_and_its_curl_works_against_the_api(
     assert "sipas-bot serve" in out
     assert "/healthz" in out
     assert "/metrics" in out
-    assert "qr.png" in out
+    assert "QR code for the citizen's receipt" in out
 
     token, body = printed_curl(out)
     settings = load_settings(database_url=migrated_database_url, api_tokens=token)

@@ -275,6 +275,12 @@ async def test_a_unit_without_a_reachable_head_goes_to_its_parent_at_once(rig: R
     item = (await escalations(rig))[0]
     assert item["level"] == 2 and item["unit_code"] == "HN"
     assert await events(rig) == ["opened", "skipped", "sent"]
+    trail = [(e["kind"], e["level"], e["unit_code"], e.get("why")) for e in item["events"]]
+    assert trail == [
+        ("opened", 1, "HN-TT", None),
+        ("skipped", 1, "HN-TT", "no_reachable_head"),
+        ("sent", 2, "HN", None),
+    ]
 
 
 async def test_resolve_sla_reminds_once_then_climbs(make_rig: RigFactory) -> None:
@@ -337,11 +343,14 @@ async def test_the_case_view_shows_the_audit_trail(make_rig: RigFactory) -> None
         ("sent", 2, "HN"),
         ("acknowledged", 2, "HN"),
     ]
-    assert all(set(e) == {"kind", "level", "unit_code", "at"} for e in item["events"])
+    # No chat address (personal data) in the trail; a skip or climb says why, a note is kept.
+    allowed = {"kind", "level", "unit_code", "at", "why", "note", "severity", "rating"}
+    assert all({"kind", "level", "unit_code", "at"} <= set(e) <= allowed for e in item["events"])
 
 
 async def test_a_case_resolved_late_escalates_once(rig: Rig) -> None:
     late = {"status": "resolved", "resolved_at": "2026-11-26T09:00:00+07:00"}  # due 25/11
+    rig.clock.set(datetime(2026, 11, 26, 2, 5, tzinfo=UTC))  # posted just after, 09:05 local
     await rig.post_case(case_body(**late), 201)
     card = await rig.api.wait_for_message(DISTRICT_HEAD, is_card)
     assert "Hồ sơ trả kết quả trễ hẹn" in card.text and "(trễ hạn)" in card.text

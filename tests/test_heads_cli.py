@@ -8,8 +8,9 @@ import pytest
 from sqlalchemy import select
 
 from storage.models import HeadInvite
-from tests.cli_support import run_main
+from tests.cli_support import free_port, run_main
 from tests.conftest import engine_for
+from tests.fakes.telegram_api import FakeTelegramAPI
 
 UNITS_YAML = """
 units:
@@ -58,8 +59,31 @@ async def test_invite_for_an_unknown_unit_exits_1(
     assert "NOPE" in capsys.readouterr().err
 
 
-async def test_invite_without_telegram_says_what_to_set(
+async def test_invite_without_telegram_is_a_configuration_error_exit_2(
     database: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    assert await run_main(["heads", "invite", "HN"]) == 2
+    assert "SIPAS_TELEGRAM_TOKEN is not set" in capsys.readouterr().err
+
+
+async def test_invite_with_a_rejected_token_exits_2_without_the_token(
+    database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with FakeTelegramAPI() as api:
+        monkeypatch.setenv("SIPAS_TELEGRAM_TOKEN", "7123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw")
+        monkeypatch.setenv("SIPAS_TELEGRAM_API_URL", api.base_url)
+        assert await run_main(["heads", "invite", "HN"]) == 2
+    err = capsys.readouterr().err
+    assert "SIPAS_TELEGRAM_TOKEN (7123456789:***) was rejected by Telegram" in err
+    assert "AAHdqTcv" not in err and "Traceback" not in err
+
+
+async def test_invite_with_the_bot_api_down_exits_1_and_says_so(
+    database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SIPAS_TELEGRAM_TOKEN", "7123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw")
+    monkeypatch.setenv("SIPAS_TELEGRAM_API_URL", f"http://127.0.0.1:{free_port()}/bot")
     assert await run_main(["heads", "invite", "HN"]) == 1
-    assert "SIPAS_TELEGRAM_TOKEN" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot reach the Telegram Bot API" in err
+    assert "AAHdqTcv" not in err and "Traceback" not in err

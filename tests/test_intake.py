@@ -259,7 +259,7 @@ async def test_an_opted_out_citizen_is_not_invited(db: SessionFactory) -> None:
 async def test_one_survey_per_case_however_often_it_is_resolved(db: SessionFactory) -> None:
     result = await post(db, resolved_body("S-1"))
     first = await survey_of(db, result.case)
-    await post(db, resolved_body("S-1", "2026-11-23T09:00:00+07:00"))
+    await post(db, resolved_body("S-1", "2026-11-23T07:30:00+07:00"))
     async with db() as session:
         surveys = (await session.execute(select(Survey))).scalars().all()
     assert first is not None

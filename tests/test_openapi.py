@@ -134,6 +134,7 @@ def test_the_routes_document_every_status_they_answer(document: dict[str, Any]) 
         ("POST", "/api/v1/cases:batch"): {"200", "401", "422", "503"},
         ("GET", "/api/v1/cases/{case_code}"): {"200", "401", "404", "503"},
         ("GET", "/api/v1/cases/{case_code}/qr.png"): {"200", "401", "404", "503"},
+        ("GET", "/api/v1/reports/weekly"): {"200", "401", "404", "422", "503"},
         ("GET", "/api/v1/openapi.json"): {"200"},
         ("GET", "/healthz"): {"200", "503"},
         ("GET", "/metrics"): {"200"},
@@ -245,6 +246,13 @@ async def test_real_answers_match_the_document(api: Api, document: dict[str, Any
     assert await check("GET", qr, "/api/v1/cases/O-1/qr.png", headers=AUTH) == 200
     assert await check("GET", qr, "/api/v1/cases/NOPE/qr.png", headers=AUTH) == 404
     assert await check("GET", qr, "/api/v1/cases/O-1/qr.png") == 401
+
+    weekly = "/api/v1/reports/weekly"
+    assert await check("GET", weekly, weekly + "?week=2026-W48", headers=AUTH) == 200
+    assert await check("GET", weekly, weekly + "?week=2026-W48&unit=HN-LB", headers=AUTH) == 200
+    assert await check("GET", weekly, weekly + "?unit=NOPE", headers=AUTH) == 404
+    assert await check("GET", weekly, weekly + "?week=2026-48", headers=AUTH) == 422
+    assert await check("GET", weekly, weekly) == 401
 
     assert await check("GET", "/api/v1/openapi.json", "/api/v1/openapi.json") == 200
     assert await check("GET", "/healthz", "/healthz") == 200

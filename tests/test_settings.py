@@ -1,4 +1,4 @@
-"""Every `SIPAS_*` variable of CONTRACT.md section 2: its default, an override, and a bad value
+"""Every `SIPAS_*` variable of docs/contract.md section 2: its default, an override, and a bad value
 that stops start-up with a message naming the variable."""
 
 from __future__ import annotations
@@ -8,8 +8,16 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from pydantic import SecretStr
 
-from bot.config import Settings, SettingsError, WeeklySchedule, load_settings, parse_duration
+from bot.config import (
+    Settings,
+    SettingsError,
+    WeeklySchedule,
+    load_settings,
+    masked_token,
+    parse_duration,
+)
 from handlers.policy import QuietHours
 
 
@@ -262,3 +270,50 @@ def test_overrides_beat_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.locale == "vi"
     assert settings.api_token_values() == {"a", "b"}
     assert isinstance(settings, Settings)
+
+
+@pytest.mark.parametrize("name", ["SIPAS_REMINDER_AFTER", "SIPAS_ESCALATION_ACK_SLA"])
+def test_a_bare_number_is_no_duration(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv(name, "5")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert f"{name}: '5' has no unit; write 5s, 5m, 5h or 5d" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("SIPAS_HTTP_PORT", "eighty", "'eighty' is not a whole number, e.g. 8080"),
+        (
+            "SIPAS_HTTP_PORT",
+            "70000",
+            "'70000' is out of range: it must be at most 65535, e.g. 8080",
+        ),
+        ("SIPAS_DIGEST_MIN_RESPONSES", "0", "'0' is out of range: it must be at least 1, e.g. 5"),
+        ("SIPAS_LOCALE", "fr", "'fr' is not allowed; use 'vi' or 'en'"),
+    ],
+)
+def test_bad_values_are_explained_in_the_projects_words(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert f"{name}: {message}" in str(raised.value)
+    assert "Input should" not in str(raised.value)
+
+
+@pytest.mark.parametrize("channel", ["TELEGRAM", "ZALO"])
+def test_a_token_pasted_with_spaces_is_refused_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch, channel: str
+) -> None:
+    monkeypatch.setenv(f"SIPAS_{channel}_TOKEN", "7123456789:AAHsecret part")
+    with pytest.raises(SettingsError, match=f"SIPAS_{channel}_TOKEN") as raised:
+        load_settings()
+    assert "AAHsecret" not in str(raised.value)
+
+
+def test_tokens_are_shown_masked() -> None:
+    assert masked_token("7123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw") == "7123456789:***"
+    assert masked_token(SecretStr("zalo-secret")) == "***"
+    assert masked_token(None) == "(not set)"

@@ -1,4 +1,4 @@
-"""The units file (CONTRACT.md section 5): parsed, checked and upserted on both databases."""
+"""The units file (docs/contract.md section 5): parsed, checked and upserted on both databases."""
 
 from __future__ import annotations
 

@@ -38,13 +38,15 @@ def channel_parts(services: Services) -> list[Startable]:
     return parts
 
 
-def build_dispatcher(services: Services) -> Dispatcher:
+def build_dispatcher(services: Services, channels: list[str] | None = None) -> Dispatcher:
+    """A dispatcher over the senders of `channels` (default: every configured channel)."""
     from bot.outbox import Dispatcher
 
     settings = services.settings
+    names = list(services.senders) if channels is None else channels
     return Dispatcher(
         services.sessions,
-        services.senders,
+        {name: services.senders[name] for name in names},
         services.clock,
         global_rate=settings.send_rate_global,
         per_chat_rate=settings.send_rate_per_chat,
@@ -52,16 +54,61 @@ def build_dispatcher(services: Services) -> Dispatcher:
 
 
 async def start_dispatcher(services: Services) -> Stop:
-    """Runs the outbox dispatcher in the background until the service stops."""
-    dispatcher = build_dispatcher(services)
-    stop = asyncio.Event()
-    task = asyncio.create_task(dispatcher.run(stop), name="outbox-dispatcher")
-    services.wake_dispatcher = dispatcher.wake
+    """Runs the outbox dispatcher in the background until the service stops.
 
-    async def stop_dispatcher() -> None:
+    It sends over the channels that are up. A channel still starting or unreachable keeps its
+    messages in the outbox, unclaimed (no attempt is spent on them); when it comes up the
+    dispatcher is started again with it, and what waited goes out.
+    """
+    running: tuple[asyncio.Event, asyncio.Task[None]] | None = None
+    sending: list[str] = []
+    lock = asyncio.Lock()
+
+    async def stop_running() -> None:
+        nonlocal running
+        if running is None:
+            return
+        stop, task = running
+        running = None
         services.wake_dispatcher = lambda: None
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+    async def restart() -> None:
+        nonlocal running
+        nonlocal sending
+        async with lock:
+            channels = [name for name in services.senders if name in services.channels.up()]
+            if channels == sending and (running is not None or not channels):
+                return
+            await stop_running()
+            sending = channels
+            if not channels:
+                return
+            dispatcher = build_dispatcher(services, channels)
+            stop = asyncio.Event()
+            task = asyncio.create_task(dispatcher.run(stop), name="outbox-dispatcher")
+            running = (stop, task)
+            services.wake_dispatcher = dispatcher.wake
+
+    restarts: set[asyncio.Task[None]] = set()
+
+    def channel_changed(channel: str, state: str) -> None:
+        if channel in services.senders:
+            task = asyncio.create_task(restart(), name="outbox-dispatcher-restart")
+            restarts.add(task)
+            task.add_done_callback(restarts.discard)
+
+    stop_listening = services.channels.listen(channel_changed)
+    await restart()
+
+    async def stop_dispatcher() -> None:
+        stop_listening()
+        for task in list(restarts):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        async with lock:
+            await stop_running()
 
     return stop_dispatcher

@@ -1,6 +1,6 @@
 """The Telegram channel: python-telegram-bot 22 turns updates into calls of the conversation.
 
-Thin by design (STYLE.md 7): each update is parsed, handled in one transaction together with
+Thin by design: each update is parsed, handled in one transaction together with
 the record that it was seen (so a redelivery does nothing), and answered through the outbox.
 Only a press gets an immediate answer, its notice (answerCallbackQuery is not a message and
 does not count against the bot's limits); the pressed message gets the choice appended and
@@ -11,6 +11,8 @@ Polling, or webhook on the service's own aiohttp server with the secret header c
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -20,21 +22,25 @@ from typing import Any
 
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
-from telegram import BotCommand, Update
+from telegram import BotCommand, Update, User
 from telegram.constants import ChatType
-from telegram.error import TelegramError
+from telegram.error import BadRequest, InvalidToken, NetworkError, TelegramError
 from telegram.ext import (
     Application,
-    ApplicationBuilder,
     CallbackQueryHandler,
     CommandHandler,
     ContextTypes,
+    ExtBot,
     MessageHandler,
     filters,
 )
+from telegram.request import HTTPXRequest
 
 from bot.app import Services
 from bot.channels.telegram_sender import TelegramSender
+from bot.config import telegram_token_rejected
+from bot.health import ChannelState
+from bot.logging_setup import mask
 from handlers import conversation
 from handlers.chat import ChatContext, Reaction
 from handlers.texts import t
@@ -52,6 +58,55 @@ _EDIT_PRIORITY = Priority.REPLY + 1
 
 Step = Callable[[Any, ChatContext], Awaitable[Reaction | None]]
 
+# Start-up waits this long for the first attempt to reach Telegram (a refused connection or
+# a rejected token answers at once); past it the service starts and the channel follows.
+FIRST_ATTEMPT_SECONDS = 5.0
+RETRY_FIRST_SECONDS = 1.0
+
+
+class _Bot(ExtBot[None]):
+    """An ExtBot that, given the bot's username (SIPAS_TELEGRAM_BOT_USERNAME), does not ask
+    getMe for it at start-up: the link to the bot is known before Telegram answers."""
+
+    __slots__ = ("_known_user", "_polled")
+
+    def __init__(self, token: str, *, username: str | None, **kwargs: Any) -> None:
+        super().__init__(token, **kwargs)
+        # Told after every long poll whether Telegram answered: the channel's state follows
+        # the platform after start-up too, not only at it.
+        # (python-telegram-bot freezes its objects: only underscored attributes may be set.)
+        self._polled: Callable[[bool], None] = lambda reached: None
+        self._known_user: User | None = None
+        if username:
+            bot_id = token.split(":", 1)[0]
+            self._known_user = User(
+                id=int(bot_id) if bot_id.isdigit() else 0,
+                first_name=username,
+                is_bot=True,
+                username=username,
+            )
+            self._known_user.set_bot(self)
+
+    def when_polled(self, callback: Callable[[bool], None]) -> None:
+        self._polled = callback
+
+    async def get_updates(self, *args: Any, **kwargs: Any) -> tuple[Update, ...]:
+        try:
+            updates = await super().get_updates(*args, **kwargs)
+        except NetworkError as exc:
+            # Connection failures, timeouts and 5xx; a BadRequest is an answer, not an outage.
+            self._polled(isinstance(exc, BadRequest))
+            raise
+        self._polled(True)
+        return updates
+
+    async def get_me(self, **kwargs: Any) -> User:
+        if self._known_user is None:
+            return await super().get_me(**kwargs)
+        # Bot.initialize() caches the answer of get_me in _bot_user; do as it would.
+        self._bot_user = self._known_user
+        return self._known_user
+
 
 class TelegramChannel:
     """Owns the python-telegram-bot Application for the life of the service."""
@@ -61,17 +116,23 @@ class TelegramChannel:
         assert settings.telegram_token is not None
         self.services = services
         self.webhook = settings.telegram_mode == "webhook"
-        builder: ApplicationBuilder[Any, Any, Any, Any, Any, Any] = (
-            Application.builder()
-            .token(settings.telegram_token.get_secret_value())
-            .base_url(settings.telegram_api_url)
-            .base_file_url(settings.telegram_api_url.removesuffix("/bot") + "/file/bot")
+        bot = _Bot(
+            settings.telegram_token.get_secret_value(),
+            username=settings.telegram_bot_username,
+            base_url=settings.telegram_api_url,
+            base_file_url=settings.telegram_api_url.removesuffix("/bot") + "/file/bot",
+            # The pool sizes python-telegram-bot's ApplicationBuilder would choose.
+            request=HTTPXRequest(connection_pool_size=256),
+            get_updates_request=HTTPXRequest(connection_pool_size=1),
         )
+        builder = Application.builder().bot(bot)
         if self.webhook:
             builder = builder.updater(None)
         self.application = builder.build()
+        bot.when_polled(self._polled)
         self.username: str | None = settings.telegram_bot_username
         self.sender = TelegramSender(self.application.bot)
+        self._starting: asyncio.Task[None] | None = None
         self._register_handlers()
 
     def _register_handlers(self) -> None:
@@ -90,35 +151,125 @@ class TelegramChannel:
         return f"https://t.me/{self.username}?start={token}" if self.username else None
 
     async def start(self) -> None:
+        """Reaches Telegram, or keeps trying in the background.
+
+        A token Telegram rejects stops start-up (a `SettingsError`, exit code 2). A Bot API
+        that cannot be reached does not: the HTTP API and the scheduler start, messages wait
+        in the outbox, and the channel retries with backoff, one log line per attempt, until
+        it is up (`/healthz` shows which). A rejection after start-up stops the service.
+        """
+        self.services.channels.set(CHANNEL, "starting")
+        first_attempt = asyncio.Event()
+        starting = asyncio.create_task(self._keep_starting(first_attempt), name="telegram-start")
+        self._starting = starting
+        waiting = asyncio.create_task(first_attempt.wait())
         try:
-            await self._start()
-        except BaseException:
-            await self.stop()  # release PTB's HTTP sessions; the service stops anyway
-            raise
+            await asyncio.wait(
+                {starting, waiting}, timeout=FIRST_ATTEMPT_SECONDS, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            waiting.cancel()
+        if starting.done():
+            if starting.exception() is not None:
+                await self.stop()  # release PTB's HTTP sessions; the service stops anyway
+                starting.result()
+        else:
+            log.info("Telegram channel not up yet; the service starts, the channel keeps trying")
+        starting.add_done_callback(self._started)
+
+    def _started(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        assert error is not None
+        self.services.abort(error)
+
+    async def _keep_starting(self, first_attempt: asyncio.Event) -> None:
+        settings = self.services.settings
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._start()
+            except InvalidToken:
+                raise telegram_token_rejected(settings) from None
+            except TelegramError as exc:
+                # Connection refused, DNS, timeouts, 5xx: all wrapped by PTB as TelegramError.
+                delay = min(
+                    RETRY_FIRST_SECONDS * 2 ** (attempt - 1),
+                    settings.channel_retry_max.total_seconds(),
+                )
+                self.services.channels.set(CHANNEL, "unreachable")
+                # A 400 or 409 is an answer (a webhook URL Telegram refuses, another process
+                # polling), not an outage: say so, and keep trying all the same.
+                outage = isinstance(exc, NetworkError) and not isinstance(exc, BadRequest)
+                log.warning(
+                    "Telegram Bot API at %s %s (attempt %d: %s); "
+                    "retrying in %gs, messages wait in the outbox",
+                    settings.telegram_api_url,
+                    "cannot be reached" if outage else "refused a start-up call",
+                    attempt,
+                    mask(f"{type(exc).__name__}: {exc}"),
+                    delay,
+                )
+                first_attempt.set()
+                await asyncio.sleep(delay)
+            else:
+                self.services.channels.set(CHANNEL, "ok")
+                first_attempt.set()
+                return
 
     async def _start(self) -> None:
-        await self.application.initialize()  # getMe: fails fast on a wrong token
+        """One attempt to bring the channel up; safe to repeat after a failure."""
+        await self.application.initialize()  # getMe (unless the username is known)
         self.username = self.application.bot.username
         await self._set_commands()
-        await self.application.start()
+        if not self.application.running:
+            await self.application.start()
         settings = self.services.settings
+        bot = self.application.bot
         if self.webhook:
             secret = settings.telegram_webhook_secret
             assert secret is not None
-            await self.application.bot.set_webhook(
+            await bot.set_webhook(
                 url=settings.public_url + WEBHOOK_PATH,
                 secret_token=secret.get_secret_value(),
                 allowed_updates=["message", "callback_query"],
             )
         else:
-            assert self.application.updater is not None
-            # start_polling removes a webhook left from an earlier webhook-mode run.
-            await self.application.updater.start_polling(
-                allowed_updates=["message", "callback_query"]
+            updater = self.application.updater
+            assert updater is not None
+            # Removes a webhook left from an earlier webhook-mode run. start_polling does so
+            # too, but logs a traceback when that fails; here a failure is one more attempt.
+            await bot.delete_webhook()
+            await updater.start_polling(
+                allowed_updates=["message", "callback_query"],
+                error_callback=self._polling_failed,
             )
         log.info("Telegram channel started (%s) as @%s", settings.telegram_mode, self.username)
 
+    def _polled(self, reached: bool) -> None:
+        """After start-up, each long poll tells whether Telegram is reachable now; while it is
+        not, the dispatcher holds the channel's messages instead of spending attempts."""
+        if self.services.channels.get(CHANNEL) == "starting":
+            return  # the start-up attempts own the state until the channel is up
+        state: ChannelState = "ok" if reached else "unreachable"
+        if self.services.channels.get(CHANNEL) != state:
+            log.info("Telegram Bot API is %s", "reachable again" if reached else "unreachable")
+        self.services.channels.set(CHANNEL, state)
+
+    def _polling_failed(self, error: TelegramError) -> None:
+        # PTB retries polling by itself; one line per failure instead of its traceback.
+        log.warning(
+            "Telegram polling failed, retrying: %s", mask(f"{type(error).__name__}: {error}")
+        )
+
     async def stop(self) -> None:
+        starting, self._starting = self._starting, None
+        if starting is not None and not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
         updater = self.application.updater
         if updater is not None and updater.running:
             await updater.stop()
@@ -151,6 +302,11 @@ class TelegramChannel:
             log.warning("refused a Telegram webhook call without the right secret")
             return web.json_response(
                 {"error": {"code": "forbidden", "message": "bad secret"}}, status=403
+            )
+        if not self.application.running:
+            # Still starting: Telegram redelivers the update later.
+            return web.json_response(
+                {"error": {"code": "unavailable", "message": "starting"}}, status=503
             )
         try:
             data = json.loads(await request.read())

@@ -2,18 +2,19 @@
 
 It translates python-telegram-bot's errors into the dispatcher's `SendError` family, so the
 dispatcher decides about retries and limits in one place for every channel. It does no rate
-limiting of its own (DESIGN.md: the dispatcher owns the platform limits).
+limiting of its own (docs/design.md: the dispatcher owns the platform limits).
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, InputFile
 from telegram import error as tg
 from telegram.warnings import PTBDeprecationWarning
 
@@ -124,6 +125,8 @@ class TelegramSender:
         if not isinstance(text, str) or not text.strip():
             raise PermanentSendError("payload has no text")
         chat_id = _chat_id(address)
+        if "photo" in payload or "document" in payload:
+            return await self._send_file(chat_id, payload, text)
         markup = keyboard(payload.get("buttons"))
         try:
             if payload.get("edit_message_id") is not None:
@@ -173,3 +176,23 @@ class TelegramSender:
                     mask_address(CHANNEL, address),
                     exc.message,
                 )
+
+    async def _send_file(self, chat_id: int | str, payload: Mapping[str, Any], caption: str) -> str:
+        """`{"photo": FILE}` or `{"document": FILE}` with the text as caption, where FILE is
+        `{"filename", "data_b64"}`: the bytes travel in the outbox row, so a retry or a restart
+        sends the same file (a digest's chart and workbook)."""
+        kind = "photo" if "photo" in payload else "document"
+        file = payload[kind]
+        try:
+            data = base64.b64decode(file["data_b64"], validate=True)
+            upload = InputFile(data, filename=str(file["filename"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PermanentSendError(f"payload has no valid {kind}: {exc}") from None
+        try:
+            if kind == "photo":
+                message = await self._bot.send_photo(chat_id, upload, caption=caption[:1024])
+            else:
+                message = await self._bot.send_document(chat_id, upload, caption=caption[:1024])
+        except tg.TelegramError as exc:
+            raise translate_error(exc) from exc
+        return str(message.message_id)

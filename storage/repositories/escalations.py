@@ -118,13 +118,17 @@ def add_event(
     *,
     actor: str | None = None,
     detail: dict[str, Any] | None = None,
+    unit: Unit | None = None,
+    level: int | None = None,
 ) -> None:
+    """Records one step. The event concerns the unit holding the escalation unless `unit`
+    (and its `level`) name another, e.g. a head passed over on the way up."""
     session.add(
         EscalationEvent(
             escalation_id=escalation.id,
             kind=kind,
-            level=escalation.level,
-            unit_id=escalation.unit_id,
+            level=level if level is not None else escalation.level,
+            unit_id=unit.id if unit is not None else escalation.unit_id,
             actor=actor,
             at=now,
             detail=detail or {},

@@ -286,8 +286,8 @@ class FakeTelegramAPI:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        """Start listening on 127.0.0.1 on a random free port."""
+    async def start(self, port: int = 0) -> None:
+        """Start listening on 127.0.0.1 on `port` (default: a random free port)."""
         if self._runner is not None:
             raise RuntimeError("FakeTelegramAPI is already running")
         self._closing = False
@@ -296,7 +296,7 @@ class FakeTelegramAPI:
         app.router.add_route("*", "/file/bot{token}/{path:.*}", self._handle_file)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", port)
         try:
             await site.start()
         except BaseException:

@@ -1,0 +1,692 @@
+"""The weekly report of one scope (docs/contract.md section 6): every figure a digest shows.
+
+The database counts per unit (`storage/repositories/reports.py`); this module rolls the counts
+up to a scope (a unit and every unit below it) by adding them, applies the SIPAS formula
+(`handlers/sipas_index.py`), and hides every figure of fewer responses than the minimum.
+
+Entries of `units` are each unit's own cases; `overall` is the whole scope, counted over all
+its units' responses together (not a mean of the units' indices). A unit is ranked among its
+siblings (units with the same parent) that are in the report and have an index. Counts that
+depend on "now" (complaints still open, past their SLA) are taken at the end of the week, so
+the report of a past week does not change as they move on (cases still overdue excepted, see
+`storage.repositories.reports.case_counts`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import statistics
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, time, timedelta
+from functools import cached_property
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from handlers.comment_themes import count_themes
+from handlers.errors import InvalidInput, NotFound
+from handlers.questionnaire import FACTORS, available_questionnaires, load_questionnaire
+from handlers.sipas_index import (
+    IndexFigures,
+    ItemTally,
+    compute_index,
+    one_decimal,
+    trend,
+    wilson_interval,
+)
+from storage.repositories import reports as repo
+from storage.repositories.reports import UnitRow
+
+__all__ = [
+    "HISTORY_WEEKS",
+    "Counts",
+    "Figures",
+    "Report",
+    "Week",
+    "build_report",
+    "scope_history",
+]
+
+HISTORY_WEEKS = 8
+LOWEST_ITEMS = 3
+_WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
+
+
+@dataclass(frozen=True, order=True)
+class Week:
+    """An ISO week; its bounds are local midnights (Monday to Monday) in the given zone."""
+
+    year: int
+    number: int
+
+    @classmethod
+    def parse(cls, text: str) -> Week:
+        match = _WEEK.match(text.strip())
+        if match:
+            try:
+                date.fromisocalendar(int(match[1]), int(match[2]), 1)
+            except ValueError:
+                pass
+            else:
+                return cls(int(match[1]), int(match[2]))
+        raise InvalidInput({"week": f"{text!r} is not an ISO week; write it like 2026-W47"})
+
+    @classmethod
+    def containing(cls, moment: datetime, tz: ZoneInfo) -> Week:
+        year, number, _ = moment.astimezone(tz).isocalendar()
+        return cls(year, number)
+
+    @classmethod
+    def last(cls, now: datetime, tz: ZoneInfo) -> Week:
+        """The last whole week before the one `now` is in."""
+        return cls.containing(now, tz).previous()
+
+    @property
+    def label(self) -> str:
+        return f"{self.year}-W{self.number:02d}"
+
+    @property
+    def monday(self) -> date:
+        return date.fromisocalendar(self.year, self.number, 1)
+
+    def start(self, tz: ZoneInfo) -> datetime:
+        return datetime.combine(self.monday, time(0), tz).astimezone(UTC)
+
+    def end(self, tz: ZoneInfo) -> datetime:
+        return self.following().start(tz)
+
+    def previous(self) -> Week:
+        year, number, _ = (self.monday - timedelta(days=7)).isocalendar()
+        return Week(year, number)
+
+    def following(self) -> Week:
+        year, number, _ = (self.monday + timedelta(days=7)).isocalendar()
+        return Week(year, number)
+
+    def back(self, weeks: int) -> list[Week]:
+        """This week and the `weeks - 1` before it, oldest first."""
+        found = [self]
+        for _ in range(weeks - 1):
+            found.append(found[-1].previous())
+        return found[::-1]
+
+
+def _role_question_ids(role: str) -> frozenset[str]:
+    ids: set[str] = set()
+    for name in available_questionnaires():
+        question = load_questionnaire(name).by_role(role)  # type: ignore[arg-type]
+        if question is not None:
+            ids.add(question.id)
+    return frozenset(ids)
+
+
+@dataclass
+class Counts:
+    """What the database counted for one unit and week; adding two gives their sum."""
+
+    surveys_sent: int = 0
+    responses: int = 0
+    escalated_responses: int = 0
+    items: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    informal_payment_reports: int = 0
+    escalations_opened: int = 0
+    open_now: int = 0
+    sla_breaches: int = 0
+    recovery_answers: int = 0
+    recovery_satisfied: int = 0
+    complaints_resolved: int = 0
+    complaints_on_time: int = 0
+    complaints_on_time_not_unsatisfied: int = 0
+    ack_hours: list[float] = field(default_factory=list)
+    heads_unreachable: int = 0
+    cases_overdue: int = 0
+    apologies_sent: int = 0
+    themes: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: Counts) -> None:
+        for name in (
+            "surveys_sent",
+            "responses",
+            "escalated_responses",
+            "informal_payment_reports",
+            "escalations_opened",
+            "open_now",
+            "sla_breaches",
+            "recovery_answers",
+            "recovery_satisfied",
+            "complaints_resolved",
+            "complaints_on_time",
+            "complaints_on_time_not_unsatisfied",
+            "heads_unreachable",
+            "cases_overdue",
+            "apologies_sent",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for key, (answered, satisfied, score_sum) in other.items.items():
+            mine = self.items.setdefault(key, [0, 0, 0])
+            mine[0] += answered
+            mine[1] += satisfied
+            mine[2] += score_sum
+        self.ack_hours.extend(other.ack_hours)
+        self.themes.update(other.themes)
+
+    def tallies(self) -> list[ItemTally]:
+        return [
+            ItemTally(question_id, factor, answered, satisfied, score_sum)
+            for (question_id, factor), (answered, satisfied, score_sum) in sorted(
+                self.items.items()
+            )
+        ]
+
+
+async def week_counts(
+    session: AsyncSession,
+    week: Week,
+    tz: ZoneInfo,
+    unit_ids: Collection[int] | None,
+    *,
+    full: bool = True,
+) -> dict[int, Counts]:
+    """Per unit counts of one week; `full=False` counts only what the index needs."""
+    counts: dict[int, Counts] = {}
+    await _index_counts(session, week, tz, unit_ids, counts, invitations=full)
+    if full:
+        await _other_counts(session, week, tz, unit_ids, counts)
+    return counts
+
+
+def _of(counts: dict[int, Counts], unit_id: int) -> Counts:
+    return counts.setdefault(unit_id, Counts())
+
+
+async def _index_counts(
+    session: AsyncSession,
+    week: Week,
+    tz: ZoneInfo,
+    unit_ids: Collection[int] | None,
+    counts: dict[int, Counts],
+    *,
+    invitations: bool,
+) -> None:
+    """Ratings, responses (and invitations): what the index and its interval need."""
+    start, end = week.start(tz), week.end(tz)
+    for row in await repo.item_tallies(session, start, end, unit_ids):
+        _of(counts, row.unit_id).items[(row.question_id, row.factor)] = [
+            row.answered,
+            row.satisfied,
+            row.score_sum,
+        ]
+    for unit_id, (sent, responses, escalated) in (
+        await repo.survey_counts(session, start, end, unit_ids, invitations=invitations)
+    ).items():
+        unit = _of(counts, unit_id)
+        unit.surveys_sent, unit.responses, unit.escalated_responses = sent, responses, escalated
+
+
+async def _other_counts(
+    session: AsyncSession,
+    week: Week,
+    tz: ZoneInfo,
+    unit_ids: Collection[int] | None,
+    counts: dict[int, Counts],
+) -> None:
+    """Complaints, cases, informal payments and comment themes."""
+    start, end = week.start(tz), week.end(tz)
+    payment_ids = _role_question_ids("informal_payment")
+    for unit_id, yes in (await repo.yes_counts(session, start, end, payment_ids, unit_ids)).items():
+        _of(counts, unit_id).informal_payment_reports = yes
+    for unit_id, values in (await repo.escalation_counts(session, start, end, unit_ids)).items():
+        unit = _of(counts, unit_id)
+        (
+            unit.escalations_opened,
+            unit.open_now,
+            unit.sla_breaches,
+            unit.recovery_answers,
+            unit.recovery_satisfied,
+            unit.complaints_resolved,
+            unit.complaints_on_time,
+            unit.complaints_on_time_not_unsatisfied,
+        ) = values
+    for unit_id, opened, acknowledged in await repo.acknowledgements(session, start, end, unit_ids):
+        _of(counts, unit_id).ack_hours.append((acknowledged - opened).total_seconds() / 3600)
+    for unit_id, unreached in (await repo.unreached_heads(session, start, end, unit_ids)).items():
+        _of(counts, unit_id).heads_unreachable = unreached
+    for unit_id, (overdue, apologies) in (
+        await repo.case_counts(session, start, end, unit_ids)
+    ).items():
+        unit = _of(counts, unit_id)
+        unit.cases_overdue, unit.apologies_sent = overdue, apologies
+    comment_ids = _role_question_ids("comment")
+    by_unit: dict[int, list[str]] = {}
+    for unit_id, text in await repo.comments(session, start, end, comment_ids, unit_ids):
+        by_unit.setdefault(unit_id, []).append(text)
+    for unit_id, texts in by_unit.items():
+        _of(counts, unit_id).themes.update(count_themes(texts))
+
+
+def _share(part: int, whole: int) -> float | None:
+    return None if whole <= 0 else part / whole
+
+
+def _percent(part: int, whole: int) -> float | None:
+    share = _share(part, whole)
+    return None if share is None else one_decimal(100 * share)
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One row of the report: a unit's own figures, or a scope's."""
+
+    code: str | None
+    name: str
+    parent_code: str | None
+    counts: Counts
+    previous: Counts
+    min_responses: int
+    officers: tuple[dict[str, Any], ...] | None = None
+    rank: tuple[int, int] | None = None
+
+    @cached_property
+    def figures(self) -> IndexFigures:
+        """The week's index figures, unrounded (computed once)."""
+        return compute_index(self.counts.tallies())
+
+    @cached_property
+    def previous_figures(self) -> IndexFigures:
+        return compute_index(self.previous.tallies())
+
+    @property
+    def enough(self) -> bool:
+        return self.counts.responses >= self.min_responses
+
+    @property
+    def index(self) -> float | None:
+        """The unrounded SIPAS index, or None below the minimum."""
+        if not self.enough:
+            return None
+        return self.figures.sipas_index
+
+    @property
+    def previous_index(self) -> float | None:
+        if self.previous.responses < self.min_responses:
+            return None
+        return self.previous_figures.sipas_index
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        index = self.index
+        if index is None:
+            return None
+        return wilson_interval(index / 100, self.counts.responses)
+
+    @property
+    def trend(self) -> str | None:
+        return trend(
+            self.index, self.counts.responses, self.previous_index, self.previous.responses
+        )
+
+    def factor_indices(self) -> dict[str, float | None]:
+        if not self.enough:
+            return dict.fromkeys(FACTORS)
+        figures = self.figures
+        return {name: one_decimal(f.index) for name, f in figures.factors.items()}
+
+    def previous_factor_indices(self) -> dict[str, float | None]:
+        if self.previous.responses < self.min_responses:
+            return dict.fromkeys(FACTORS)
+        figures = self.previous_figures
+        return {name: one_decimal(f.index) for name, f in figures.factors.items()}
+
+    def lowest_items(self) -> list[dict[str, Any]]:
+        if not self.enough:
+            return []
+        rated = [
+            item
+            for item in self.counts.tallies()
+            if item.answered >= self.min_responses and item.rate is not None
+        ]
+        rated.sort(key=lambda item: (item.rate, item.question_id))
+        return [
+            {
+                "question_id": item.question_id,
+                "factor": item.factor,
+                "rate": one_decimal(item.rate),
+                "answered": item.answered,
+            }
+            for item in rated[:LOWEST_ITEMS]
+        ]
+
+    def as_json(self) -> dict[str, Any]:
+        counts = self.counts
+        index = self.index
+        interval = self.interval
+        previous = self.previous_index
+        change = None if index is None or previous is None else one_decimal(index - previous)
+        mean_scores: dict[str, float | None] = dict.fromkeys(FACTORS)
+        if self.enough:
+            figures = self.figures
+            mean_scores = {
+                name: None if f.mean_score is None else round(f.mean_score, 2)
+                for name, f in figures.factors.items()
+            }
+        ack = statistics.median(counts.ack_hours) if counts.ack_hours else None
+        body: dict[str, Any] = {
+            "unit_code": self.code,
+            "unit_name": self.name,
+            "surveys_sent": counts.surveys_sent,
+            "responses": counts.responses,
+            "response_rate": None
+            if counts.surveys_sent == 0
+            else round(counts.responses / counts.surveys_sent, 3),
+            "sipas_index": one_decimal(index),
+            "factors": self.factor_indices(),
+            "escalations": {
+                "opened": counts.escalations_opened,
+                "open_now": counts.open_now,
+                "sla_breaches": counts.sla_breaches,
+                "median_hours_to_acknowledge": None if ack is None else round(ack, 1),
+                "recovery_rate": _percent(counts.recovery_satisfied, counts.recovery_answers),
+            },
+            "cases_overdue": counts.cases_overdue,
+            "apologies_sent": counts.apologies_sent,
+            # Beyond the contract's example (extensions, never renames):
+            "parent_code": self.parent_code,
+            "too_few_responses": not self.enough,
+            "mean_scores": mean_scores,
+            "confidence_interval": None
+            if interval is None
+            else {"low": one_decimal(100 * interval[0]), "high": one_decimal(100 * interval[1])},
+            "previous_sipas_index": one_decimal(previous),
+            "change": change,
+            "trend": self.trend,
+            "rank": None if self.rank is None else {"position": self.rank[0], "of": self.rank[1]},
+            "lowest_items": self.lowest_items(),
+            "informal_payment_reports": counts.informal_payment_reports,
+            "heads_unreachable": counts.heads_unreachable,
+            "comment_themes": dict(
+                sorted(counts.themes.items(), key=lambda item: (-item[1], item[0]))
+            ),
+            "qd766": {
+                "complaints_resolved_on_time": _percent(
+                    counts.complaints_on_time, counts.complaints_resolved
+                ),
+                "complaints_not_unsatisfied_or_overdue": _percent(
+                    counts.complaints_on_time_not_unsatisfied, counts.complaints_resolved
+                ),
+                "cases_not_unsatisfied_complained_or_overdue": _percent(
+                    counts.responses - counts.escalated_responses, counts.responses
+                )
+                if self.enough
+                else None,
+            },
+        }
+        if self.officers is not None:
+            body["officers"] = list(self.officers)
+        return body
+
+
+@dataclass(frozen=True)
+class Report:
+    week: Week
+    timezone: str
+    scope: UnitRow | None
+    overall: Figures
+    units: tuple[Figures, ...]
+    min_responses: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "week": self.week.label,
+            "timezone": self.timezone,
+            "scope": None if self.scope is None else self.scope.code,
+            "min_responses": self.min_responses,
+            "overall": self.overall.as_json(),
+            "units": [unit.as_json() for unit in self.units],
+        }
+
+    def unit(self, code: str) -> Figures:
+        return next(figures for figures in self.units if figures.code == code)
+
+    @property
+    def weakest_unit(self) -> Figures | None:
+        ranked = [unit for unit in self.units if unit.index is not None]
+        return (
+            min(ranked, key=lambda unit: (unit.index, unit.code or "")) if len(ranked) > 1 else None
+        )
+
+
+class UnitTree:
+    """The units, with parents and children, looked up by id and code."""
+
+    def __init__(self, rows: Iterable[UnitRow]) -> None:
+        self.by_id = {row.id: row for row in rows}
+        self.by_code = {row.code: row for row in self.by_id.values()}
+        self.children: dict[int | None, list[int]] = {}
+        for row in self.by_id.values():
+            self.children.setdefault(row.parent_id, []).append(row.id)
+        for ids in self.children.values():
+            ids.sort(key=lambda unit_id: self.by_id[unit_id].code)
+
+    def find(self, code: str) -> UnitRow:
+        row = self.by_code.get(code)
+        if row is None:
+            raise NotFound(f"unknown unit {code!r}")
+        return row
+
+    def subtree(self, unit_id: int) -> list[int]:
+        """The unit and every unit below it, depth first, in code order among siblings."""
+        found: list[int] = []
+        stack = [unit_id]
+        while stack:
+            current = stack.pop()
+            found.append(current)
+            stack.extend(reversed(self.children.get(current, [])))
+        return found
+
+    def everything(self) -> list[int]:
+        found: list[int] = []
+        for root in self.children.get(None, []):
+            found.extend(self.subtree(root))
+        return found
+
+    def code(self, unit_id: int | None) -> str | None:
+        return None if unit_id is None else self.by_id[unit_id].code
+
+
+async def load_tree(session: AsyncSession) -> UnitTree:
+    return UnitTree(await repo.units(session))
+
+
+def _rolled(counts: Mapping[int, Counts], unit_ids: Iterable[int]) -> Counts:
+    total = Counts()
+    for unit_id in unit_ids:
+        found = counts.get(unit_id)
+        if found is not None:
+            total.add(found)
+    return total
+
+
+def _ranks(figures: Sequence[Figures], tree: UnitTree) -> list[Figures]:
+    """Ranks each unit among its siblings in the report (by index, highest first)."""
+    groups: dict[str | None, list[Figures]] = {}
+    for unit in figures:
+        if unit.index is not None:
+            groups.setdefault(unit.parent_code, []).append(unit)
+    ranks: dict[str | None, tuple[int, int]] = {}
+    for siblings in groups.values():
+        if len(siblings) < 2:
+            continue
+        ordered = sorted(siblings, key=lambda unit: (-(unit.index or 0.0), unit.code or ""))
+        for position, unit in enumerate(ordered, start=1):
+            ranks[unit.code] = (position, len(ordered))
+    return [replace(unit, rank=ranks.get(unit.code)) for unit in figures]
+
+
+def scope_report(
+    week: Week,
+    tz: ZoneInfo,
+    tree: UnitTree,
+    scope: UnitRow | None,
+    counts: Mapping[int, Counts],
+    previous: Mapping[int, Counts],
+    min_responses: int,
+    *,
+    officers: tuple[dict[str, Any], ...] | None = None,
+) -> Report:
+    """The report of one scope from per unit counts of the whole tree (or more than it)."""
+    unit_ids = tree.everything() if scope is None else tree.subtree(scope.id)
+    units = [
+        Figures(
+            code=row.code,
+            name=row.name,
+            parent_code=tree.code(row.parent_id),
+            counts=counts.get(row.id, Counts()),
+            previous=previous.get(row.id, Counts()),
+            min_responses=min_responses,
+            officers=officers if scope is not None and row.id == scope.id else None,
+        )
+        for row in (tree.by_id[unit_id] for unit_id in unit_ids)
+    ]
+    roots = tree.children.get(None, [])
+    overall = Figures(
+        code=scope.code if scope else (tree.code(roots[0]) if len(roots) == 1 else None),
+        name=scope.name if scope else (tree.by_id[roots[0]].name if len(roots) == 1 else "*"),
+        parent_code=tree.code(scope.parent_id) if scope else None,
+        counts=_rolled(counts, unit_ids),
+        previous=_rolled(previous, unit_ids),
+        min_responses=min_responses,
+    )
+    return Report(
+        week=week,
+        timezone=tz.key,
+        scope=scope,
+        overall=overall,
+        units=tuple(_ranks(units, tree)),
+        min_responses=min_responses,
+    )
+
+
+async def build_report(
+    session: AsyncSession,
+    week: Week,
+    tz: ZoneInfo,
+    min_responses: int,
+    unit_code: str | None = None,
+    *,
+    with_officers: bool = False,
+    side_session: AsyncSession | None = None,
+) -> Report:
+    """The report of `unit_code`'s scope (every unit when None) for `week`.
+
+    `with_officers` adds per officer figures of the scope's own unit, for its head's digest
+    only, and only for officers with at least `min_responses` responses. With a
+    `side_session` (a second connection), the previous week is counted on it at the same time.
+    """
+    for reader in (session, side_session):
+        if reader is not None:
+            await repo.begin_reading(reader)
+    tree = await load_tree(session)
+    scope = tree.find(unit_code) if unit_code is not None else None
+    unit_ids = None if scope is None else tree.subtree(scope.id)
+    if side_session is None:
+        counts = await week_counts(session, week, tz, unit_ids)
+        previous = await week_counts(session, week.previous(), tz, unit_ids, full=False)
+    else:
+        # Two connections share the work: this week's index counts on one; the previous
+        # week's, then this week's other counts, on the other.
+        counts, previous = {}, {}
+
+        async def side() -> None:
+            await _index_counts(
+                side_session, week.previous(), tz, unit_ids, previous, invitations=False
+            )
+            await _other_counts(side_session, week, tz, unit_ids, counts)
+
+        this_week = _index_counts(session, week, tz, unit_ids, counts, invitations=True)
+        await asyncio.gather(this_week, side())
+    officers = None
+    if with_officers and scope is not None:
+        officers = await officer_figures(session, week, tz, scope.id, min_responses)
+    return scope_report(week, tz, tree, scope, counts, previous, min_responses, officers=officers)
+
+
+async def officer_figures(
+    session: AsyncSession, week: Week, tz: ZoneInfo, unit_id: int, min_responses: int
+) -> tuple[dict[str, Any], ...]:
+    """Officers of one unit with at least `min_responses` responses: responses and index."""
+    start, end = week.start(tz), week.end(tz)
+    responses = await repo.officer_responses(session, start, end, unit_id)
+    shown = {officer for officer, count in responses.items() if count >= min_responses}
+    if not shown:
+        return ()
+    tallies: dict[int, list[ItemTally]] = {}
+    for row in await repo.item_tallies(session, start, end, [unit_id], by_officer=True):
+        if row.officer_id in shown:
+            tallies.setdefault(row.officer_id, []).append(
+                ItemTally(row.question_id, row.factor, row.answered, row.satisfied, row.score_sum)
+            )
+    names = await repo.officer_names(session, shown)
+    found: list[dict[str, Any]] = [
+        {
+            "officer": names.get(officer, str(officer)),
+            "responses": responses[officer],
+            "sipas_index": one_decimal(compute_index(tallies.get(officer, [])).sipas_index),
+        }
+        for officer in shown
+    ]
+    found.sort(key=lambda item: (-(item["sipas_index"] or 0.0), item["officer"]))
+    return tuple(found)
+
+
+@dataclass(frozen=True)
+class HistoryPoint:
+    week: Week
+    responses: int
+    sipas_index: float | None
+    interval: tuple[float, float] | None
+    factors: dict[str, float | None]
+
+
+async def scope_history(
+    session: AsyncSession,
+    week: Week,
+    tz: ZoneInfo,
+    unit_ids: Collection[int] | None,
+    weeks: int = HISTORY_WEEKS,
+) -> dict[Week, dict[int, Counts]]:
+    """Per unit counts (index figures only) of the `weeks` weeks up to `week`."""
+    return {
+        each: await week_counts(session, each, tz, unit_ids, full=False)
+        for each in week.back(weeks)
+    }
+
+
+def history_points(
+    history: Mapping[Week, Mapping[int, Counts]], unit_ids: Iterable[int], min_responses: int
+) -> list[HistoryPoint]:
+    """The scope's index per week, from `scope_history`, oldest first."""
+    ids = list(unit_ids)
+    points = []
+    for week in sorted(history):
+        figures = Figures(
+            code=None,
+            name="",
+            parent_code=None,
+            counts=_rolled(history[week], ids),
+            previous=Counts(),
+            min_responses=min_responses,
+        )
+        points.append(
+            HistoryPoint(
+                week=week,
+                responses=figures.counts.responses,
+                sipas_index=one_decimal(figures.index),
+                interval=figures.interval,
+                factors=figures.factor_indices(),
+            )
+        )
+    return points
