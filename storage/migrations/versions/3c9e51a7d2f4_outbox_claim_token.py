@@ -1,7 +1,7 @@
 """outbox claim token
 
 Revision ID: 3c9e51a7d2f4
-Revises: ed6d0c59588e
+Revises: 38e346e30372
 Create Date: 2026-11-30 23:40:00.000000
 
 """
@@ -13,7 +13,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "3c9e51a7d2f4"
-down_revision: str | Sequence[str] | None = "ed6d0c59588e"
+down_revision: str | Sequence[str] | None = "38e346e30372"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
