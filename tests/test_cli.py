@@ -10,25 +10,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from bot.cli import build_parser
+from bot.cli.main import build_parser
 from bot.logging_setup import MaskingFilter, mask
 from storage.migrate import current_revision
 from storage.models import Unit, UnitHead
 from tests.cli_support import PYTHON, REPO, run_main, subprocess_env
 from tests.conftest import engine_for
-
-UNITS_YAML = """\
-units:
-  - code: HN
-    name: UBND thành phố Hà Nội
-    head: {name: Nguyễn Văn An, telegram_chat_id: 900}
-  - code: HN-LB
-    name: UBND quận Long Biên
-    parent: HN
-    head: {name: Lê Thị Bình, telegram_chat_id: 901}
-digest_recipients:
-  - {name: Sở Nội vụ Hà Nội, telegram_chat_id: 950, scope: HN}
-"""
+from tests.contract_data import UNITS_YAML
 
 
 def test_python_dash_m_bot_help_lists_the_commands() -> None:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from bot.channels.zalo_api import ZaloApiError, ZaloMessage, parse_update, split_text, unwrap
-from bot.channels.zalo_sender import render, translate_error
+from bot.channels.zalo.api import (
+    ZaloApi,
+    ZaloApiError,
+    ZaloMessage,
+    parse_update,
+    split_text,
+    unwrap,
+)
+from bot.channels.zalo.sender import ZaloSender, render, translate_error
 from bot.config import SettingsError, load_settings
 from bot.outbox import PermanentSendError, RetryAfter, TransientSendError, Unreachable
 from handlers.rendering import Choice, match_typed_choice, numbered, numbered_lines
@@ -133,3 +142,13 @@ def test_zalo_send_limits_have_conservative_defaults_and_are_checked() -> None:
     assert load_settings(zalo_send_rate_per_chat="2").zalo_send_rate_per_chat == 2.0
     with pytest.raises(SettingsError, match="SIPAS_ZALO_SEND_RATE_GLOBAL"):
         load_settings(zalo_send_rate_global="0")
+
+
+async def test_an_edit_is_not_sent_anew_on_zalo() -> None:
+    class NoCalls(ZaloApi):
+        async def call(self, method: str, params: Any = None, *, wait: float | None = None) -> Any:
+            raise AssertionError(f"{method} was called")
+
+    sender = ZaloSender(NoCalls("http://127.0.0.1:9/bot", "1:x"))
+    edit = {"text": "Câu 1\n\n✔ 5 - Rất hài lòng", "edit_message_id": "out7"}
+    assert await sender.send("u1", edit, clear_buttons_of=None) == "out7"

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from bot.cli.heads import heads_invite
 from bot.config import SettingsError
-from bot.digest_delivery import send_due_digests
-from bot.heads_cli import heads_invite
+from bot.jobs.digests import send_due_digests
 from handlers.clock import FakeClock
 from storage.models import CitizenContact, Escalation
 from storage.repositories.escalations import heads_by_address

@@ -29,13 +29,13 @@ class RunningChannel(Protocol):
 
 
 def _configure_telegram(services: Services) -> RunningChannel:
-    from bot.channels.telegram import configure_telegram
+    from bot.channels.telegram.channel import configure_telegram
 
     return configure_telegram(services)
 
 
 def _configure_zalo(services: Services) -> RunningChannel:
-    from bot.channels.zalo import configure_zalo
+    from bot.channels.zalo.channel import configure_zalo
 
     return configure_zalo(services)
 

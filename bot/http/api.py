@@ -29,7 +29,7 @@ from sqlalchemy.exc import (
 
 from bot.app import Services
 from bot.channels import CHANNEL_NAMES
-from bot.digest_api import weekly_report
+from bot.digest.report import weekly_report
 from handlers.case_view import case_view_by_code, case_views, shown_code
 from handlers.errors import Conflict, DomainError, InvalidInput, NotFound
 from handlers.intake import SURVEYED, Posted, ReferenceIds, cases_posted, without_repeats
@@ -410,7 +410,7 @@ async def metrics(_request: web.Request) -> web.Response:
 
 
 def openapi_document() -> dict[str, Any]:
-    text = resources.files("bot").joinpath("openapi.json").read_text(encoding="utf-8")
+    text = resources.files("bot.http").joinpath("openapi.json").read_text(encoding="utf-8")
     document: dict[str, Any] = json.loads(text)
     return document
 

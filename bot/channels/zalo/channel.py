@@ -1,5 +1,5 @@
 """The Zalo channel: Zalo Bot API updates become calls of the conversation, answers go out
-through the outbox (`bot.channels.zalo_sender`).
+through the outbox (`bot.channels.zalo.sender`).
 
 Thin like the Telegram channel: each message is handled in one transaction with the record
 that it was seen (`bot.channels.base`). Zalo has no buttons, so everything a person sends is
@@ -23,8 +23,8 @@ from aiohttp import web
 
 from bot.app import Services
 from bot.channels.base import ChannelBase, Incoming
-from bot.channels.zalo_api import TEXT_EVENT, ZaloApi, ZaloApiError, parse_update, unwrap
-from bot.channels.zalo_sender import ZaloSender
+from bot.channels.zalo.api import TEXT_EVENT, ZaloApi, ZaloApiError, parse_update, unwrap
+from bot.channels.zalo.sender import ZaloSender
 from bot.config import token_rejected
 from bot.health import ChannelState
 from bot.logging_setup import mask

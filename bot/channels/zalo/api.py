@@ -1,7 +1,7 @@
 """A thin client of the Zalo Bot API (`POST <base><token>/<method>`, JSON in and out).
 
 No SDK: the API is small and Telegram-like, and a client of our own lets errors map onto the
-outbox's `SendError` family in one place (`bot.channels.zalo_sender`). Updates are parsed here
+outbox's `SendError` family in one place (`bot.channels.zalo.sender`). Updates are parsed here
 into plain `ZaloMessage`s whatever their wrapping: `{"ok": true, "result": ...}` or bare, one
 update or a list.
 """

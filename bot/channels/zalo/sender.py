@@ -17,7 +17,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from bot.channels.zalo_api import MAX_TEXT, ZaloApi, ZaloApiError, split_text
+from bot.channels.zalo.api import MAX_TEXT, ZaloApi, ZaloApiError, split_text
 from bot.outbox import PermanentSendError, RetryAfter, SendError, TransientSendError, Unreachable
 from handlers.rendering import choices_of, numbered_lines
 
@@ -90,6 +90,10 @@ class ZaloSender:
     async def send(
         self, address: str, payload: Mapping[str, Any], *, clear_buttons_of: str | None
     ) -> str | None:
+        if payload.get("edit_message_id") is not None:
+            # Zalo cannot change a message it sent, and an edit is never sent anew
+            # (bot/outbox.py): it only restated a choice already taken (Telegram's checkmark).
+            return str(payload["edit_message_id"])
         text = render(payload)
         kind = "photo" if "photo" in payload else "document" if "document" in payload else None
         url: str | None = None
