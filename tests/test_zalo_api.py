@@ -17,6 +17,7 @@ from bot.channels.zalo.api import (
 from bot.channels.zalo.sender import ZaloSender, render, translate_error
 from bot.config import SettingsError, load_settings
 from bot.outbox import PermanentSendError, RetryAfter, TransientSendError, Unreachable
+from bot.serve import enabled_channels
 from handlers.rendering import Choice, match_typed_choice, numbered, numbered_lines
 
 UPDATE = {
@@ -152,3 +153,8 @@ async def test_an_edit_is_not_sent_anew_on_zalo() -> None:
     sender = ZaloSender(NoCalls("http://127.0.0.1:9/bot", "1:x"))
     edit = {"text": "Câu 1\n\n✔ 5 - Rất hài lòng", "edit_message_id": "out7"}
     assert await sender.send("u1", edit, clear_buttons_of=None) == "out7"
+
+
+def test_serve_names_the_zalo_channel_it_runs() -> None:
+    both = load_settings(zalo_token="1:x", telegram_token="2:y")
+    assert enabled_channels(both) == ["telegram (polling)", "zalo (polling)"]
