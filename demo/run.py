@@ -8,6 +8,7 @@ Seeding is a list of steps, one per concern (`seed_steps`); later features add t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -15,7 +16,7 @@ import secrets
 import shlex
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -204,8 +205,9 @@ async def run_demo(
     services = await open_services(setup.settings)
     context = DemoContext(services, random.Random(SEED), services.clock.now(), cases)
     try:
-        for step in seed_steps():
-            await step(context)
+        with _quiet_handlers():
+            for step in seed_steps():
+                await step(context)
     except BaseException:
         await services.engine.dispose()
         raise
@@ -219,6 +221,19 @@ async def run_demo(
         print(instructions(setup, context, address, serving=True), file=out, flush=True)
 
     await run_until_stopped(services, on_listening=ready, stop=stop)
+
+
+@contextlib.contextmanager
+def _quiet_handlers() -> Iterator[None]:
+    """Seeding replays hundreds of cases through the real handlers, which log each apology
+    with no chat and each critical complaint; in the demo that is noise before the banner."""
+    handlers_log = logging.getLogger("handlers")
+    level = handlers_log.level
+    handlers_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        handlers_log.setLevel(level)
 
 
 def _browser_host(host: str) -> str:
