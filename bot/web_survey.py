@@ -134,9 +134,15 @@ class WebSurveyPages:
             params = _message_params(page)
             context["texts"] = [text(key, **params) for key in _MESSAGES[page.kind]]
             if page.kind == PageKind.THANKS and page.escalated_to:
-                context["texts"].append(
-                    text("survey.thanks_escalated", unit_name=page.escalated_to)
+                # A citizen with a chat hears back there; the others read it here.
+                key = (
+                    "survey.thanks_escalated" if page.follow_up_in_chat else "web.thanks_escalated"
                 )
+                context["texts"].append(text(key, unit_name=page.escalated_to))
+                for note in page.outcomes:
+                    context["texts"].append(
+                        text("web.outcome", unit_name=page.escalated_to, note=note)
+                    )
         html = self.templates.get_template(name).render(context)
         if status is None:
             status = _STATUS.get(page.kind, 200)

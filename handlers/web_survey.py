@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.policy import SurveyPolicy
@@ -39,12 +38,14 @@ from storage.models import (
     Case,
     CaseStatus,
     Channel,
-    Escalation,
+    ContactStatus,
+    EscalationStatus,
     LinkToken,
     Survey,
     SurveyStatus,
 )
 from storage.repositories import cases as case_repo
+from storage.repositories import citizens as citizen_repo
 from storage.repositories import surveys as survey_repo
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,11 @@ class WebPage:
     question: QuestionView | None = None
     step: str | None = None
     csrf: str | None = None
-    escalated_to: str | None = None  # the unit whose head got the complaint (thanks page)
+    # Thanks page: the unit whose head got the complaint, whether the citizen hears back in a
+    # chat (else they come back to this page), and what the head wrote once it was handled.
+    escalated_to: str | None = None
+    follow_up_in_chat: bool = False
+    outcomes: tuple[str, ...] = ()
     refusal: Refusal | None = None
 
 
@@ -215,10 +220,26 @@ def _header(case: Case, policy: SurveyPolicy, survey: Survey | None) -> CaseHead
     )
 
 
-async def _escalated_to(session: AsyncSession, survey: Survey, case: Case) -> str | None:
-    query = select(Escalation.id).where(Escalation.survey_id == survey.id).limit(1)
-    opened = (await session.execute(query)).scalar_one_or_none()
-    return case.unit.name if opened is not None else None
+async def _thanks_page(
+    session: AsyncSession, survey: Survey, case: Case, locale: str, header: CaseHeader
+) -> WebPage:
+    escalations = [e for e, _ in await case_repo.escalations_of(session, case.id)]
+    opened = [e for e in escalations if e.survey_id == survey.id]
+    if not opened:
+        return WebPage(PageKind.THANKS, locale, header)
+    contacts = await citizen_repo.contacts_of(session, case.citizen_id) if case.citizen_id else []
+    return WebPage(
+        PageKind.THANKS,
+        locale,
+        header,
+        escalated_to=case.unit.name,
+        follow_up_in_chat=any(c.status == ContactStatus.ACTIVE for c in contacts),
+        outcomes=tuple(
+            e.resolution_note
+            for e in opened
+            if e.status == EscalationStatus.RESOLVED and e.resolution_note
+        ),
+    )
 
 
 async def _closed_page(
@@ -235,8 +256,7 @@ async def _closed_page(
         kind = PageKind.WITHDRAWN if case.status == CaseStatus.WITHDRAWN else PageKind.NOT_DUE
         return WebPage(kind, locale, header)
     if survey.status == SurveyStatus.COMPLETED:
-        escalated_to = await _escalated_to(session, survey, case)
-        return WebPage(PageKind.THANKS, locale, header, escalated_to=escalated_to)
+        return await _thanks_page(session, survey, case, locale, header)
     citizen = case.citizen
     if survey.status == SurveyStatus.OPTED_OUT or (
         citizen is not None and (citizen.opted_out_at is not None or citizen.erased_at is not None)
