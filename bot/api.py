@@ -7,6 +7,7 @@ the contract's error shape in one middleware. A 2xx answer is sent only after th
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import io
 import json
@@ -26,14 +27,13 @@ from sqlalchemy.exc import (
     InterfaceError,
     OperationalError,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.app import Services
 from bot.digest_api import weekly_report
 from bot.web_survey import web_survey_routes
-from handlers.case_view import case_view, case_view_by_code, shown_code
+from handlers.case_view import case_view_by_code, case_views, shown_code
 from handlers.errors import Conflict, DomainError, InvalidInput, NotFound
-from handlers.intake import IntakeResult, case_posted
+from handlers.intake import SURVEYED, Posted, ReferenceIds, cases_posted, without_repeats
 from handlers.intake_schema import CaseIn, parse_case, storable_text
 from storage.db import ping
 from storage.repositories import cases as case_repo
@@ -54,6 +54,11 @@ HTTP_REQUESTS = Counter(
 )
 HTTP_SECONDS = Histogram("sipas_http_request_seconds", "HTTP request duration", ["route"])
 CASES_POSTED = Counter("sipas_cases_posted_total", "Cases accepted by intake", ["outcome"])
+INTAKE_GROUP = Histogram(
+    "sipas_intake_group_cases",
+    "Cases taken in one intake transaction (single posts that arrived together, batches)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000),
+)
 
 _STATUS_FOR = {InvalidInput: 422, NotFound: 404, Conflict: 409}
 # Errors that mean "the database cannot be reached now", not "the request is wrong".
@@ -71,9 +76,7 @@ def error_response(
 
 
 def domain_error_response(exc: DomainError) -> web.Response:
-    status = next((code for kind, code in _STATUS_FOR.items() if isinstance(exc, kind)), 400)
-    fields = exc.fields if isinstance(exc, InvalidInput) else None
-    return error_response(status, exc.code, exc.message, fields)
+    return web.json_response(_error_body(exc), status=_status_of(exc))
 
 
 def _database_unreachable(exc: BaseException) -> bool:
@@ -148,17 +151,45 @@ async def _json_body(request: web.Request) -> object:
         raise InvalidInput({"body": f"not valid JSON: {exc}"}) from None
 
 
-async def _post_one(
-    services: Services, session: AsyncSession, body: CaseIn
-) -> tuple[IntakeResult, dict[str, Any]]:
-    result = await case_posted(
-        session,
-        body,
-        services.clock.now(),
-        services.policy,
-        channels=services.invitation_channels,
-    )
-    return result, await case_view(session, result.case, services.links)
+# One answer per posted case: what intake made of it and its view, or why it was refused.
+Answer = tuple[Posted, dict[str, Any]] | DomainError
+
+
+async def _post_group(
+    services: Services, bodies: list[CaseIn], references: ReferenceIds
+) -> list[Answer]:
+    """Takes the cases in one transaction and answers each once it is committed."""
+
+    async def post() -> list[Answer]:
+        try:
+            answers: list[Answer] = []
+            async with services.sessions.begin() as session:
+                # A case posted twice in the group is seen by each post as that post left it.
+                for run in without_repeats(bodies):
+                    outcomes = await cases_posted(
+                        session,
+                        run,
+                        services.clock.now(),
+                        services.policy,
+                        channels=services.invitation_channels,
+                        references=references,
+                    )
+                    posted = [o for o in outcomes if isinstance(o, Posted)]
+                    views = await case_views(
+                        session,
+                        [(p.case_id, p.case_code, p.unit_code, p.status) for p in posted],
+                        services.links,
+                        fresh={p.case_id: p.fresh_token for p in posted if p.fresh_token},
+                    )
+                    answers.extend(
+                        o if isinstance(o, DomainError) else (o, views[o.case_id]) for o in outcomes
+                    )
+        except Exception:
+            references.clear()  # ids of rows the rollback took back may be among them
+            raise
+        return answers
+
+    return await _retrying_races(post)
 
 
 async def _retrying_races(work: Callable[[], Awaitable[T]]) -> T:
@@ -172,24 +203,101 @@ async def _retrying_races(work: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")
 
 
+class IntakeQueue:
+    """Group commit for intake: the posts that arrive while a transaction runs wait for it to
+    end and then go together in the next one, so that a busy process pays one transaction
+    (and one commit) for many posts instead of one each, and SQLite's single writer is not
+    fought over by this process's own requests. Nobody waits for a group to fill: an idle
+    queue starts at once. Every answer is given only after the commit that holds its case.
+
+    A group that fails for a reason of its own (not a lost race, which is retried, nor an
+    unreachable database, which every request in it is told) is run again one submission at
+    a time, so that only the request to blame fails.
+    """
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.references = ReferenceIds()
+        self._waiting: list[tuple[list[CaseIn], asyncio.Future[list[Answer]]]] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Submissions waiting for the transaction after the one running."""
+        return len(self._waiting)
+
+    async def post(self, bodies: list[CaseIn]) -> list[Answer]:
+        """The answers for `bodies`, in order, once they are committed (with other posts)."""
+        if not bodies:
+            return []
+        future: asyncio.Future[list[Answer]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((bodies, future))
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            group = [self._waiting.pop(0)]
+            size = len(group[0][0])
+            while self._waiting and size + len(self._waiting[0][0]) <= MAX_BATCH:
+                size += len(self._waiting[0][0])
+                group.append(self._waiting.pop(0))
+            await self._settle(group)
+
+    async def _settle(self, group: list[tuple[list[CaseIn], asyncio.Future[list[Answer]]]]) -> None:
+        bodies = [body for submitted, _future in group for body in submitted]
+        INTAKE_GROUP.observe(len(bodies))
+        try:
+            answers = await _post_group(self.services, bodies, self.references)
+        except asyncio.CancelledError:
+            for _bodies, future in group:
+                future.cancel()
+            raise
+        except Exception as exc:
+            if len(group) > 1 and not _database_unreachable(exc):
+                for one in group:
+                    await self._settle([one])
+                return
+            for _bodies, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self.services.wake_dispatcher()
+        # Committed: a survey that became due now is invited now (the sweep is the safety net).
+        surveyed = [
+            answer[0].case_id
+            for answer in answers
+            if not isinstance(answer, DomainError)
+            and answer[0].changed
+            and answer[0].status in SURVEYED
+        ]
+        if surveyed:
+            self.services.wake_invitations(surveyed)
+        start = 0
+        for submitted, future in group:
+            if not future.done():
+                future.set_result(answers[start : start + len(submitted)])
+            start += len(submitted)
+
+
+INTAKE = web.AppKey("intake", IntakeQueue)
+
+
 async def post_case(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
     body = parse_case(await _json_body(request))
-
-    async def post() -> tuple[IntakeResult, dict[str, Any]]:
-        async with services.sessions.begin() as session:
-            return await _post_one(services, session, body)
-
-    result, view = await _retrying_races(post)
-    services.wake_dispatcher()
-    outcome = "created" if result.created else "updated" if result.changed else "replayed"
+    [answer] = await request.app[INTAKE].post([body])
+    if isinstance(answer, DomainError):
+        raise answer
+    posted, view = answer
+    outcome = "created" if posted.created else "updated" if posted.changed else "replayed"
     CASES_POSTED.labels(outcome).inc()
-    return web.json_response(view, status=201 if result.created else 200)
+    return web.json_response(view, status=201 if posted.created else 200)
 
 
 async def post_cases_batch(request: web.Request) -> web.Response:
-    """Each item is judged alone, in a savepoint; the answer lists one result per item."""
-    services = request.app[SERVICES]
+    """Each item is judged alone, exactly as a single post; the answer lists one result per
+    item. The valid items are taken in one transaction (with any single posts waiting)."""
     items = await _json_body(request)
     if isinstance(items, dict) and isinstance(items.get("cases"), list):
         items = items["cases"]
@@ -197,36 +305,37 @@ async def post_cases_batch(request: web.Request) -> web.Response:
         raise InvalidInput({"body": "must be a JSON list of cases"})
     if len(items) > MAX_BATCH:
         raise InvalidInput({"body": f"at most {MAX_BATCH} cases per batch, got {len(items)}"})
-    batch = items
-    results, counts = await _retrying_races(lambda: _post_batch_items(services, batch))
-    services.wake_dispatcher()
+    parsed: list[CaseIn | DomainError] = []
+    for item in items:
+        try:
+            parsed.append(parse_case(item))
+        except DomainError as exc:
+            parsed.append(exc)
+    valid = [body for body in parsed if isinstance(body, CaseIn)]
+    answers = iter(await request.app[INTAKE].post(valid))
+    results: list[dict[str, Any]] = []
+    counts = {"created": 0, "updated": 0, "rejected": 0}
+    for index, (item, body) in enumerate(zip(items, parsed, strict=True)):
+        given = item.get("case_code") if isinstance(item, dict) else None
+        code = given if isinstance(given, str) else None  # echoed back only when text
+        answer = next(answers) if isinstance(body, CaseIn) else body
+        if isinstance(answer, DomainError):
+            results.append(
+                {"index": index, "case_code": code, "status": _status_of(answer)}
+                | _error_body(answer)
+            )
+            counts["rejected"] += 1
+            continue
+        posted, view = answer
+        counts["created" if posted.created else "updated"] += 1
+        status = 201 if posted.created else 200
+        results.append({"index": index, "case_code": code, "status": status, "case": view})
     return web.json_response({"results": results, "summary": counts})
 
 
-async def _post_batch_items(
-    services: Services, items: list[Any]
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    results: list[dict[str, Any]] = []
-    counts = {"created": 0, "updated": 0, "rejected": 0}
-    async with services.sessions.begin() as session:
-        for index, item in enumerate(items):
-            given = item.get("case_code") if isinstance(item, dict) else None
-            code = given if isinstance(given, str) else None  # echoed back only when text
-            try:
-                body = parse_case(item)
-                async with session.begin_nested():
-                    result, view = await _post_one(services, session, body)
-            except DomainError as exc:
-                error = json.loads(domain_error_response(exc).text or "{}")
-                results.append(
-                    {"index": index, "case_code": code, "status": _status_of(exc), **error}
-                )
-                counts["rejected"] += 1
-                continue
-            status = 201 if result.created else 200
-            counts["created" if result.created else "updated"] += 1
-            results.append({"index": index, "case_code": code, "status": status, "case": view})
-    return results, counts
+def _error_body(exc: DomainError) -> dict[str, Any]:
+    fields = exc.fields if isinstance(exc, InvalidInput) else None
+    return {"error": {"code": exc.code, "message": exc.message, "fields": dict(fields or {})}}
 
 
 def _status_of(exc: DomainError) -> int:
@@ -333,6 +442,7 @@ def create_web_app(services: Services) -> web.Application:
         middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_BODY_BYTES
     )
     app[SERVICES] = services
+    app[INTAKE] = IntakeQueue(services)
     app.add_routes(api_routes())
     app.add_routes(web_survey_routes(services))
     app.add_routes(services.web_routes)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -49,6 +49,9 @@ class Services:
     senders: dict[str, Sender] = field(default_factory=dict)
     # Called after a commit that queued messages, so they leave without waiting for a poll.
     wake_dispatcher: Callable[[], None] = lambda: None
+    # Called with the ids of cases whose intake just committed: a survey due now is invited
+    # at once instead of at the next sweep (bot/sweeps.py, `InvitationWaker`).
+    wake_invitations: Callable[[Sequence[int]], None] = lambda _case_ids: None
     web_routes: list[web.RouteDef] = field(default_factory=list)
     # Each configured channel's state (ok, starting, unreachable) for /healthz and /metrics.
     channels: ChannelStates = field(default_factory=ChannelStates)

@@ -22,7 +22,7 @@ from handlers.errors import DomainError, InvalidInput
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-IMPORT_CHUNK_ROWS = 500
+IMPORT_CHUNK_ROWS = 1000
 T = TypeVar("T")
 
 Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
@@ -74,7 +74,8 @@ async def cmd_heads_invite(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_cases_import(settings: Settings, args: argparse.Namespace) -> int:
     from bot.serve import opened_services
-    from handlers.case_import import ImportReport, decode, read_rows, row_imported
+    from handlers.case_import import ImportReport, decode, read_rows, rows_imported
+    from handlers.intake import ReferenceIds
 
     path: Path = args.file
     try:
@@ -84,20 +85,21 @@ async def cmd_cases_import(settings: Settings, args: argparse.Namespace) -> int:
     rows = read_rows(decode(data))
     first = next(rows, None)  # checks the header before the database is touched
     report = ImportReport()
+    references = ReferenceIds()
     async with opened_services(settings) as services:
         # One transaction per chunk keeps a large file from holding one huge transaction;
-        # each row is still judged alone, in its own savepoint inside it.
+        # each row is still judged alone, and a rejected one stores nothing.
         for chunk in _chunks(itertools.chain([first] if first else [], rows)):
             async with services.sessions.begin() as session:
-                for row in chunk:
-                    await row_imported(
-                        session,
-                        row,
-                        services.clock.now(),
-                        services.policy,
-                        report,
-                        channels=services.invitation_channels,
-                    )
+                await rows_imported(
+                    session,
+                    chunk,
+                    services.clock.now(),
+                    services.policy,
+                    report,
+                    channels=services.invitation_channels,
+                    references=references,
+                )
             services.wake_dispatcher()
     print(f"{path}: {report.summary()}")
     for rejection in report.rejected:

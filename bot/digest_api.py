@@ -1,5 +1,6 @@
-"""The weekly report of docs/contract.md section 6 as the API and the command line ask for it, so that
-`GET /api/v1/reports/weekly` and `sipas-bot digest --format json` answer the same numbers."""
+"""The weekly report of docs/contract.md section 6 as the API and the command line ask for it,
+so that `GET /api/v1/reports/weekly` and `sipas-bot digest --format json` answer the same
+numbers."""
 
 from __future__ import annotations
 

@@ -108,11 +108,20 @@ def scheduler_part(
     """A `Startable` that runs the scheduler with the given sweeps for the life of the service."""
 
     async def start(services: Services) -> Callable[[], Awaitable[None]]:
+        from bot.sweeps import invitation_waker_part
+
+        # The fast path of the invitation sweep: invitations woken as intake commits.
+        stop_waker = await invitation_waker_part()(services)
         sweeps = SweepScheduler(services)
         for register in registrars(services):
             register(sweeps)
         sweeps.start()
         log.info("scheduler started; sweeps: %s", ", ".join(sweeps.job_names) or "none")
-        return sweeps.stop
+
+        async def stop() -> None:
+            await sweeps.stop()
+            await stop_waker()
+
+        return stop
 
     return start

@@ -1,5 +1,5 @@
 """Bulk intake from a CSV file (`sipas-bot cases import`): each row becomes the same intake
-body the API takes and goes through the same `parse_case` and `case_posted`.
+body the API takes and goes through the same `parse_case` and `cases_posted`.
 
 The header is checked before any row, so a misnamed column stops the import instead of
 rejecting every row. Problems are reported per row under the CSV column names, with line
@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.errors import Conflict, DomainError, InvalidInput
-from handlers.intake import case_posted
-from handlers.intake_schema import parse_case
+from handlers.intake import ReferenceIds, cases_posted
+from handlers.intake_schema import CaseIn, parse_case
 from handlers.policy import SurveyPolicy
 
 COLUMNS = (
@@ -221,34 +221,50 @@ def _by_column(fields: dict[str, str]) -> dict[str, str]:
     return {_COLUMN_OF.get(path, path): reason for path, reason in fields.items()}
 
 
-async def row_imported(
+def _rejection(line: int, exc: DomainError) -> Rejection:
+    if isinstance(exc, InvalidInput):
+        return Rejection(line, _by_column(exc.fields))
+    if isinstance(exc, Conflict):
+        return Rejection(line, {"status": exc.message})
+    return Rejection(line, {"row": exc.message})
+
+
+async def rows_imported(
     session: AsyncSession,
-    row: CsvRow,
+    rows: Sequence[CsvRow],
     now: datetime,
     policy: SurveyPolicy,
     report: ImportReport,
     *,
     channels: Sequence[str] = (),
+    references: ReferenceIds | None = None,
 ) -> None:
-    """Takes one row in, in its own savepoint: a rejected row leaves no trace behind."""
-    try:
-        if "__shape__" in row.values:
-            raise InvalidInput({"row": str(row.values["__shape__"])})
-        body = parse_case(row_to_body(row.values, policy.timezone))
-        async with session.begin_nested():
-            result = await case_posted(session, body, now, policy, channels=channels)
-    except InvalidInput as exc:
-        report.rejected.append(Rejection(row.line, _by_column(exc.fields)))
-        return
-    except Conflict as exc:
-        report.rejected.append(Rejection(row.line, {"status": exc.message}))
-        return
-    except DomainError as exc:
-        report.rejected.append(Rejection(row.line, {"row": exc.message}))
-        return
-    if result.created:
-        report.created += 1
-    elif result.changed:
-        report.updated += 1
-    else:
-        report.unchanged += 1
+    """Takes rows in, in file order, each judged alone exactly like a `POST /api/v1/cases`:
+    a rejected row leaves no trace behind and does not stop the others."""
+    bodies: list[tuple[int, CaseIn]] = []
+    rejected: list[Rejection] = []
+    for row in rows:
+        try:
+            if "__shape__" in row.values:
+                raise InvalidInput({"row": str(row.values["__shape__"])})
+            bodies.append((row.line, parse_case(row_to_body(row.values, policy.timezone))))
+        except DomainError as exc:
+            rejected.append(_rejection(row.line, exc))
+    outcomes = await cases_posted(
+        session,
+        [body for _line, body in bodies],
+        now,
+        policy,
+        channels=channels,
+        references=references,
+    )
+    for (line, _body), outcome in zip(bodies, outcomes, strict=True):
+        if isinstance(outcome, DomainError):
+            rejected.append(_rejection(line, outcome))
+        elif outcome.created:
+            report.created += 1
+        elif outcome.changed:
+            report.updated += 1
+        else:
+            report.unchanged += 1
+    report.rejected.extend(sorted(rejected, key=lambda rejection: rejection.line))

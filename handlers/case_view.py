@@ -9,11 +9,13 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.errors import NotFound
+from handlers.escalations import due_at
 from storage.models import (
     Answer,
     Case,
     Escalation,
     EscalationEvent,
+    EscalationStatus,
     Survey,
     SurveyStatus,
     Unit,
@@ -104,6 +106,11 @@ def escalation_view(
         "resolved_at": _iso(escalation.resolved_at),
         # What the head wrote when it was handled (also on the `resolved` event).
         "note": escalation.resolution_note,
+        # The deadline its head has now (acknowledge when open, resolve when acknowledged),
+        # or the one missed while it is overdue at the top of the hierarchy; null resolved.
+        "due_at": _iso(due_at(escalation)),
+        "overdue": escalation.overdue_since is not None
+        and escalation.status != EscalationStatus.RESOLVED,
         "events": list(events),
     }
 
@@ -143,3 +150,66 @@ async def case_view_by_code(
     if case is None:
         raise NotFound(f"no case {shown_code(case_code)}")
     return await case_view(session, case, links)
+
+
+async def case_views(
+    session: AsyncSession,
+    cases: Sequence[tuple[int, str, str, str]],
+    links: LinkBuilder,
+    *,
+    fresh: Mapping[int, str] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """`case_view` of many cases at once, by case id; each case given as (id, case_code,
+    unit_code, status). A handful of queries for the lot, not five per case.
+
+    `fresh`: link tokens of cases just created that have no survey and no escalation yet;
+    their views need no query.
+    """
+    fresh = fresh or {}
+    views: dict[int, dict[str, Any]] = {}
+    for case_id, case_code, unit_code, status in cases:
+        if case_id in fresh:
+            views[case_id] = {
+                "case_code": case_code,
+                "unit_code": unit_code,
+                "status": status,
+                "links": dict(links(fresh[case_id])),
+                "survey": survey_view(None, []),
+                "escalations": [],
+            }
+    ids = {case_id for case_id, _code, _unit, _status in cases if case_id not in views}
+    if not ids:
+        return views
+    tokens = await case_repo.link_tokens_of(session, ids)
+    surveys = await case_repo.surveys_of(session, ids)
+    # A scheduled survey has no answers yet (most of what intake answers about).
+    asked = [s.id for s in surveys.values() if s.status != SurveyStatus.SCHEDULED]
+    answers = await case_repo.answers_of_surveys(session, asked)
+    escalations = await case_repo.escalations_of_cases(session, ids)
+    # The level of each unit on the way up from where each escalation started.
+    origin_of = {e.id: e.origin_unit_id for found in escalations.values() for e, _code in found}
+    levels: dict[int, dict[str, int]] = {}
+    for origin in set(origin_of.values()):
+        chain = await escalation_repo.chain(session, origin)
+        levels[origin] = {unit.code: index + 1 for index, unit in enumerate(chain)}
+    events: dict[int, list[dict[str, Any]]] = {}
+    for event, code in await case_repo.escalation_events_of_cases(session, list(origin_of)):
+        view = event_view(event, code, levels.get(origin_of[event.escalation_id]))
+        events.setdefault(event.escalation_id, []).append(view)
+    for case_id, case_code, unit_code, status in cases:
+        if case_id not in ids:
+            continue
+        token = tokens.get(case_id)
+        survey = surveys.get(case_id)
+        views[case_id] = {
+            "case_code": case_code,
+            "unit_code": unit_code,
+            "status": status,
+            "links": dict(links(token)) if token else {},
+            "survey": survey_view(survey, answers.get(survey.id, []) if survey else []),
+            "escalations": [
+                escalation_view(e, code, events.get(e.id, []))
+                for e, code in escalations.get(case_id, [])
+            ],
+        }
+    return views

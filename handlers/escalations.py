@@ -1,20 +1,33 @@
 """Complaints reach the head of the unit, climb the hierarchy past their SLA, and come back.
 
 Level 1 is the case's own unit; a unit whose head cannot be reached, or whose head is the
-officer being rated, is passed over at once (and the gap recorded). Every step is an
-`EscalationEvent`, the audit trail the case view and the digests read.
+officer being rated, is passed over at once (and the gap recorded). What each event does in
+each state is the table of `handlers/escalation_states.py`; `_fire` carries it out. Every step
+is an `EscalationEvent`, the audit trail the case view and the digests read.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from datetime import datetime
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.chat import ChatContext, Reaction, say
 from handlers.escalation_rules import CRITICAL, Trigger, default_rules, survey_triggers
+from handlers.escalation_states import (
+    Event,
+    Guard,
+    State,
+    Step,
+    Transition,
+    needs_guard,
+    state_of,
+    status_of,
+    transition,
+)
 from handlers.policy import SurveyPolicy
 from handlers.questionnaire import load_questionnaire
 from handlers.rendering import Choice, local_date, payload
@@ -39,6 +52,9 @@ log = logging.getLogger(__name__)
 
 ACK = "ack"
 RESOLVE = "res"
+# At the top of the hierarchy an overdue escalation's head is reminded this often (working
+# time: one working day on the `vn` calendar).
+OVERDUE_REMINDER_EVERY = timedelta(days=1)
 
 
 def head_address(head: UnitHead | None, channels: Sequence[str]) -> tuple[str, str] | None:
@@ -147,61 +163,100 @@ async def open_escalation(
     repo.add_event(session, escalation, "opened", now, detail={"severity": trigger.severity})
     if trigger.severity == CRITICAL:
         log.warning("critical escalation opened for a case of unit %s", case.unit.code)
-    await _route(session, escalation, case, case.unit_id, now, policy, channels, climbed_from=None)
+    await _route(session, escalation, case, now, policy, channels)
     return escalation
+
+
+@dataclass(frozen=True)
+class _Holder:
+    """The head an escalation goes to next: their unit, where to reach them, the level."""
+
+    unit: Unit
+    address: tuple[str, str]
+    level: int
+
+
+# A unit passed over on the way up: the unit, why, and its level from where it started.
+Skip = tuple[Unit, str, int | None]
+
+
+async def _find_holder(
+    session: AsyncSession,
+    escalation: Escalation,
+    case: Case,
+    start_unit_id: int | None,
+    channels: Sequence[str],
+) -> tuple[_Holder | None, list[Skip]]:
+    """The first reachable head from `start_unit_id` up, and the units passed over.
+
+    Only looks: the caller records the skips when it hands the escalation on, so a daily
+    check at the top of the hierarchy does not fill the audit trail.
+    """
+    if start_unit_id is None:
+        return None, []
+    origin_chain = await repo.chain(session, escalation.origin_unit_id)
+    levels = {unit.id: index + 1 for index, unit in enumerate(origin_chain)}
+    officer_code = case.officer.code if case.officer else None
+    skipped: list[Skip] = []
+    for unit in await repo.chain(session, start_unit_id):
+        head = await repo.head_of(session, unit.id)
+        if head is not None and officer_code and head.officer_code == officer_code:
+            skipped.append((unit, "head_is_officer", levels.get(unit.id)))
+            continue
+        address = head_address(head, channels)
+        if address is None:
+            skipped.append((unit, "no_reachable_head", levels.get(unit.id)))
+            continue
+        return _Holder(unit, address, levels.get(unit.id, escalation.level + 1)), skipped
+    return None, skipped
+
+
+def _record_skips(
+    session: AsyncSession, escalation: Escalation, skipped: list[Skip], now: datetime
+) -> None:
+    for unit, why, level in skipped:
+        detail = {"unit": unit.code, "why": why}
+        repo.add_event(session, escalation, "skipped", now, detail=detail, unit=unit, level=level)
+
+
+async def _hand_to(
+    session: AsyncSession,
+    escalation: Escalation,
+    case: Case,
+    holder: _Holder,
+    skipped: list[Skip],
+    now: datetime,
+    policy: SurveyPolicy,
+    *,
+    climbed_from: Unit | None,
+) -> None:
+    _record_skips(session, escalation, skipped, now)
+    escalation.unit_id = holder.unit.id
+    escalation.level = holder.level
+    escalation.ack_due_at = policy.escalation.calendar.add(now, policy.escalation.ack_sla)
+    await _send_card(session, escalation, case, holder.address, now, policy, climbed_from)
+    repo.add_event(session, escalation, "sent", now, detail={"unit": holder.unit.code})
 
 
 async def _route(
     session: AsyncSession,
     escalation: Escalation,
     case: Case,
-    start_unit_id: int,
     now: datetime,
     policy: SurveyPolicy,
     channels: Sequence[str],
-    *,
-    climbed_from: Unit | None,
-) -> bool:
-    """Hands the escalation to the first reachable head from `start_unit_id` up; False if none."""
-    origin_chain = await repo.chain(session, escalation.origin_unit_id)
-    levels = {unit.id: index + 1 for index, unit in enumerate(origin_chain)}
-    officer_code = case.officer.code if case.officer else None
-    for unit in await repo.chain(session, start_unit_id):
-        head = await repo.head_of(session, unit.id)
-        address = head_address(head, channels)
-        if head is not None and officer_code and head.officer_code == officer_code:
-            repo.add_event(
-                session,
-                escalation,
-                "skipped",
-                now,
-                detail={"unit": unit.code, "why": "head_is_officer"},
-                unit=unit,
-                level=levels.get(unit.id),
-            )
-            continue
-        if address is None:
-            repo.add_event(
-                session,
-                escalation,
-                "skipped",
-                now,
-                detail={"unit": unit.code, "why": "no_reachable_head"},
-                unit=unit,
-                level=levels.get(unit.id),
-            )
-            continue
-        escalation.unit_id = unit.id
-        escalation.level = levels.get(unit.id, escalation.level + 1)
-        escalation.ack_due_at = policy.escalation.calendar.add(now, policy.escalation.ack_sla)
-        await _send_card(session, escalation, case, address, now, policy, climbed_from)
-        repo.add_event(session, escalation, "sent", now, detail={"unit": unit.code})
-        return True
-    # Nobody above can be reached: it stays where it is, visible in the case view and digests.
-    escalation.ack_due_at = None
+) -> None:
+    """Hands a new escalation to the first reachable head from the case's unit up."""
+    holder, skipped = await _find_holder(session, escalation, case, case.unit_id, channels)
+    if holder is not None:
+        await _hand_to(session, escalation, case, holder, skipped, now, policy, climbed_from=None)
+        return
+    # Nobody can be reached: it stays with the case's unit, and its acknowledgement deadline
+    # still runs, so that it shows as overdue then (and climbs if a head above has joined).
+    _record_skips(session, escalation, skipped, now)
+    escalation.ack_due_at = policy.escalation.calendar.add(now, policy.escalation.ack_sla)
     repo.add_event(session, escalation, "unrouted", now)
     log.warning("escalation %s has no reachable head up the hierarchy", escalation.id)
-    return False
 
 
 # --- the card --------------------------------------------------------------------------------
@@ -268,6 +323,227 @@ async def _send_card(
     )
 
 
+# --- the state machine -----------------------------------------------------------------------
+
+
+def state(escalation: Escalation) -> State:
+    return state_of(
+        escalation.status,
+        reminded_at=escalation.resolve_reminded_at,
+        overdue_since=escalation.overdue_since,
+    )
+
+
+def deadline(escalation: Escalation) -> datetime | None:
+    """When the sweep next acts on it: the state's deadline, or, overdue, the next reminder."""
+    if escalation.status == EscalationStatus.OPEN:
+        return escalation.ack_due_at
+    if escalation.status == EscalationStatus.ACKNOWLEDGED:
+        return escalation.resolve_due_at
+    return None
+
+
+def due_at(escalation: Escalation) -> datetime | None:
+    """The deadline the head has now, or the one they missed while it is overdue."""
+    if escalation.status == EscalationStatus.RESOLVED:
+        return None
+    return escalation.overdue_since or deadline(escalation)
+
+
+@dataclass(frozen=True)
+class _Act:
+    """Who or what caused an event, and what it carries."""
+
+    now: datetime
+    policy: SurveyPolicy
+    channels: Sequence[str]
+    actor: str | None = None
+    note: str | None = None
+
+
+async def _fire(
+    session: AsyncSession, escalation: Escalation, case: Case, event: Event, act: _Act
+) -> Transition:
+    """Carries out what `event` does in the escalation's state (`escalation_states.TABLE`)."""
+    current = state(escalation)
+    holder: _Holder | None = None
+    skipped: list[Skip] = []
+    guard = Guard.ANY
+    if needs_guard(current, event):
+        lower = await repo.unit(session, escalation.unit_id)
+        holder, skipped = await _find_holder(
+            session, escalation, case, lower.parent_id, act.channels
+        )
+        guard = Guard.ABOVE if holder is not None else Guard.TOP
+    move = transition(current, event, guard)
+    if move.step == Step.ACKNOWLEDGE:
+        escalation.status = EscalationStatus.ACKNOWLEDGED
+        escalation.acknowledged_at = act.now
+        escalation.overdue_since = None
+        repo.add_event(session, escalation, "acknowledged", act.now, actor=act.actor)
+    elif move.step == Step.RESOLVE:
+        await _resolve(session, escalation, case, act)
+    elif move.step == Step.REMIND_TO_RESOLVE:
+        await _remind_to_resolve(session, escalation, case, act)
+    elif move.step == Step.REMIND_OVERDUE:
+        await _remind_overdue(session, escalation, case, act)
+    elif move.step in (Step.CLIMB, Step.REOPEN_ABOVE):
+        assert holder is not None
+        await _climb(
+            session, escalation, case, holder, skipped, act, reopened=event == Event.REOPENED
+        )
+    elif move.step == Step.REOPEN_HERE:
+        await _reopen_here(session, escalation, case, act)
+    assert move.step == Step.IGNORE or status_of(move.to) == escalation.status
+    return move
+
+
+def _restart(escalation: Escalation, act: _Act) -> None:
+    """Open again, with a full resolution period: a new head, or the same one asked again."""
+    sla = act.policy.escalation
+    escalation.status = EscalationStatus.OPEN
+    escalation.acknowledged_at = None
+    escalation.resolved_at = None
+    escalation.awaiting_note_from = None
+    escalation.resolve_reminded_at = None
+    escalation.overdue_since = None
+    escalation.resolve_due_at = sla.calendar.add(act.now, sla.resolve_sla)
+
+
+async def _climb(
+    session: AsyncSession,
+    escalation: Escalation,
+    case: Case,
+    holder: _Holder,
+    skipped: list[Skip],
+    act: _Act,
+    *,
+    reopened: bool,
+) -> None:
+    """Hands the escalation to the next reachable head above; the lower head is told."""
+    lower = await repo.unit(session, escalation.unit_id)
+    _restart(escalation, act)
+    why = "reopened" if reopened else "climbed"
+    repo.add_event(session, escalation, why, act.now, detail={"from": lower.code})
+    await _hand_to(
+        session, escalation, case, holder, skipped, act.now, act.policy, climbed_from=lower
+    )
+    lower_address = head_address(await repo.head_of(session, lower.id), act.channels)
+    if lower_address is not None and not reopened:
+        text = t(
+            "escalation.climbed_notice_lower",
+            act.policy.default_locale,
+            case_code=case.case_code,
+            unit_name=holder.unit.name,
+        )
+        await say(
+            session,
+            lower_address[0],
+            lower_address[1],
+            payload(text),
+            act.now,
+            priority=Priority.NOTICE,
+            case_id=case.id,
+        )
+
+
+async def _reopen_here(
+    session: AsyncSession, escalation: Escalation, case: Case, act: _Act
+) -> None:
+    """At the top of the hierarchy a rejected resolution goes back to the same head."""
+    sla = act.policy.escalation
+    _restart(escalation, act)
+    escalation.ack_due_at = sla.calendar.add(act.now, sla.ack_sla)
+    repo.add_event(session, escalation, "reopened", act.now)
+    holder = await repo.unit(session, escalation.unit_id)
+    address = head_address(await repo.head_of(session, holder.id), act.channels)
+    if address is not None:
+        await _send_card(session, escalation, case, address, act.now, act.policy, None)
+        repo.add_event(session, escalation, "sent", act.now, detail={"unit": holder.code})
+
+
+async def _remind_to_resolve(
+    session: AsyncSession, escalation: Escalation, case: Case, act: _Act
+) -> None:
+    """Once, past the resolution deadline: one more acknowledgement period, then it climbs."""
+    sla = act.policy.escalation
+    locale = act.policy.default_locale
+    holder = await repo.unit(session, escalation.unit_id)
+    address = head_address(await repo.head_of(session, holder.id), act.channels)
+    if address is not None:
+        text = t(
+            "escalation.resolve_reminder", locale, case_code=case.case_code, unit_name=holder.name
+        )
+        choices = [Choice(t("choice.resolved", locale), f"e:{escalation.ref}:{RESOLVE}")]
+        await say(
+            session,
+            address[0],
+            address[1],
+            payload(text, choices),
+            act.now,
+            priority=Priority.NOTICE,
+            case_id=case.id,
+        )
+    escalation.resolve_reminded_at = act.now
+    escalation.resolve_due_at = sla.calendar.add(act.now, sla.ack_sla)
+    repo.add_event(session, escalation, "reminded", act.now)
+
+
+async def _remind_overdue(
+    session: AsyncSession, escalation: Escalation, case: Case, act: _Act
+) -> None:
+    """Past its deadline with nobody above: it stays with its head, reminded each working day."""
+    missed = deadline(escalation)
+    assert missed is not None
+    if escalation.overdue_since is None:
+        escalation.overdue_since = missed
+        repo.add_event(session, escalation, "overdue", act.now)
+        log.warning("escalation %s is overdue at the top of the hierarchy", escalation.id)
+    else:
+        repo.add_event(session, escalation, "reminded", act.now)
+    next_reminder = act.policy.escalation.calendar.add(act.now, OVERDUE_REMINDER_EVERY)
+    if escalation.status == EscalationStatus.OPEN:
+        escalation.ack_due_at = next_reminder
+    else:
+        escalation.resolve_due_at = next_reminder
+    locale = act.policy.default_locale
+    holder = await repo.unit(session, escalation.unit_id)
+    address = head_address(await repo.head_of(session, holder.id), act.channels)
+    if address is None:
+        return  # nobody to remind: the case view and the digests show it overdue
+    text = t(
+        "escalation.overdue_reminder",
+        locale,
+        case_code=case.case_code,
+        unit_name=holder.name,
+        due_date=local_date(escalation.overdue_since, act.policy.timezone),
+    )
+    choices = [Choice(t("choice.resolved", locale), f"e:{escalation.ref}:{RESOLVE}")]
+    if escalation.status == EscalationStatus.OPEN:
+        choices.insert(0, Choice(t("choice.acknowledge", locale), f"e:{escalation.ref}:{ACK}"))
+    await say(
+        session,
+        address[0],
+        address[1],
+        payload(text, choices),
+        act.now,
+        priority=Priority.NOTICE,
+        case_id=case.id,
+    )
+
+
+async def _resolve(session: AsyncSession, escalation: Escalation, case: Case, act: _Act) -> None:
+    note = act.note or ""
+    escalation.awaiting_note_from = None
+    escalation.status = EscalationStatus.RESOLVED
+    escalation.resolved_at = act.now
+    escalation.acknowledged_at = escalation.acknowledged_at or act.now
+    escalation.overdue_since = None
+    escalation.resolution_note = note
+    repo.add_event(session, escalation, "resolved", act.now, actor=act.actor, detail={"note": note})
+    await _tell_citizen(session, escalation, case, note, act)
+
+
 # --- the head acts ---------------------------------------------------------------------------
 
 
@@ -284,6 +560,10 @@ async def _authorised(session: AsyncSession, escalation: Escalation, ctx: ChatCo
     return any(head.unit_id in reached for head in heads)
 
 
+def _act(ctx: ChatContext, *, note: str | None = None) -> _Act:
+    return _Act(ctx.now, ctx.policy, ctx.channels, actor=actor_of(ctx), note=note)
+
+
 async def escalation_pressed(
     session: AsyncSession, ctx: ChatContext, ref: str, action: str
 ) -> Reaction:
@@ -298,10 +578,7 @@ async def escalation_pressed(
         return Reaction(toast=t("escalation.resolve_done", locale, case_code=case.case_code))
     actor = actor_of(ctx)
     if action == ACK:
-        if escalation.status == EscalationStatus.OPEN:
-            escalation.status = EscalationStatus.ACKNOWLEDGED
-            escalation.acknowledged_at = ctx.now
-            repo.add_event(session, escalation, "acknowledged", ctx.now, actor=actor)
+        await _fire(session, escalation, case, Event.ACKNOWLEDGED, _act(ctx))
         body = payload(
             t("escalation.ack_done", locale, case_code=case.case_code),
             [Choice(t("choice.resolved", locale), f"e:{escalation.ref}:{RESOLVE}")],
@@ -309,6 +586,7 @@ async def escalation_pressed(
         await say(session, ctx.channel, ctx.address, body, ctx.now)
         return Reaction(chosen=t("choice.acknowledge", locale))
     if action == RESOLVE:
+        # Not an event yet: the head is asked for the note, and the note resolves it.
         await repo.clear_awaiting(session, actor)
         escalation.awaiting_note_from = actor
         await say(
@@ -328,25 +606,16 @@ async def note_received(session: AsyncSession, ctx: ChatContext, text: str) -> b
     if escalation is None:
         return False
     note = text.strip()[:2000]
-    locale = ctx.policy.default_locale
-    escalation.awaiting_note_from = None
-    escalation.status = EscalationStatus.RESOLVED
-    escalation.resolved_at = ctx.now
-    escalation.acknowledged_at = escalation.acknowledged_at or ctx.now
-    escalation.resolution_note = note
-    repo.add_event(
-        session, escalation, "resolved", ctx.now, actor=actor_of(ctx), detail={"note": note}
-    )
     case = await case_repo.get_case_by_id(session, escalation.case_id)
     assert case is not None
+    await _fire(session, escalation, case, Event.RESOLVED, _act(ctx, note=note))
     await say(
         session,
         ctx.channel,
         ctx.address,
-        payload(t("escalation.resolve_done", locale, case_code=case.case_code)),
+        payload(t("escalation.resolve_done", ctx.policy.default_locale, case_code=case.case_code)),
         ctx.now,
     )
-    await _tell_citizen(session, escalation, case, note, ctx)
     return True
 
 
@@ -368,10 +637,10 @@ async def _citizen_address(
 
 
 async def _tell_citizen(
-    session: AsyncSession, escalation: Escalation, case: Case, note: str, ctx: ChatContext
+    session: AsyncSession, escalation: Escalation, case: Case, note: str, act: _Act
 ) -> None:
     """Closes the loop: "you said, we did", and one question on how it was handled."""
-    target = await _citizen_address(session, case, ctx.channels)
+    target = await _citizen_address(session, case, act.channels)
     if target is None:
         return
     channel, address, locale = target
@@ -385,7 +654,7 @@ async def _tell_citizen(
         note=note,
     )
     await say(
-        session, channel, address, payload(text), ctx.now, priority=Priority.NOTICE, case_id=case.id
+        session, channel, address, payload(text), act.now, priority=Priority.NOTICE, case_id=case.id
     )
     choices = [
         Choice(label, f"r:{escalation.ref}:{score}")
@@ -396,7 +665,7 @@ async def _tell_citizen(
         channel,
         address,
         payload(t("escalation.recovery_question", locale), choices),
-        ctx.now,
+        act.now,
         priority=Priority.NOTICE,
         case_id=case.id,
     )
@@ -439,120 +708,39 @@ async def recovery_pressed(
         session, ctx.channel, ctx.address, payload(t("escalation.recovery_thanks", locale)), ctx.now
     )
     if score <= default_rules().low_rating_max:
-        await _climb(session, escalation, case, ctx.now, ctx.policy, ctx.channels, why="reopened")
+        await _fire(session, escalation, case, Event.REOPENED, _act(ctx))
     return Reaction(chosen=rating_labels(locale)[score - 1])
 
 
 # --- the SLA sweep ---------------------------------------------------------------------------
 
 
-async def _climb(
+async def due_for_sla(
+    session: AsyncSession, now: datetime, *, limit: int = 200, leave_out: Collection[int] = ()
+) -> Sequence[int]:
+    """Ids of unresolved escalations whose deadline (or overdue reminder) has come."""
+    return await repo.due_ids(session, now, limit, leave_out=leave_out)
+
+
+async def deadline_passed(
     session: AsyncSession,
-    escalation: Escalation,
-    case: Case,
+    escalation_id: int,
     now: datetime,
     policy: SurveyPolicy,
     channels: Sequence[str],
-    *,
-    why: str,
-) -> None:
-    """Hands the escalation to the next reachable head above; the lower head is told."""
-    lower = await repo.unit(session, escalation.unit_id)
-    sla = policy.escalation
-    escalation.status = EscalationStatus.OPEN
-    escalation.acknowledged_at = None
-    escalation.resolved_at = None
-    escalation.awaiting_note_from = None
-    escalation.resolve_reminded_at = None
-    escalation.resolve_due_at = sla.calendar.add(now, sla.resolve_sla)
-    repo.add_event(
-        session,
-        escalation,
-        "reopened" if why == "reopened" else "climbed",
-        now,
-        detail={"why": why, "from": lower.code},
+) -> bool:
+    """The sweep's per-item step: climbs, reminds, or marks overdue one escalation if it is
+    still due; False when there was nothing to do (another process took it, or a head acted).
+    """
+    escalation = await repo.claim(session, escalation_id)
+    if escalation is None:
+        return False
+    due = deadline(escalation)
+    if due is None or due > now:
+        return False
+    case = await case_repo.get_case_by_id(session, escalation.case_id)
+    assert case is not None
+    move = await _fire(
+        session, escalation, case, Event.DEADLINE_PASSED, _Act(now, policy, channels)
     )
-    routed = False
-    if lower.parent_id is not None:
-        routed = await _route(
-            session, escalation, case, lower.parent_id, now, policy, channels, climbed_from=lower
-        )
-    if not routed:
-        # The top of the hierarchy: the same head is asked again, and the climb stops here.
-        address = head_address(await repo.head_of(session, lower.id), channels)
-        if address is not None:
-            escalation.unit_id = lower.id
-            await _send_card(session, escalation, case, address, now, policy, climbed_from=None)
-        escalation.ack_due_at = None
-        return
-    lower_address = head_address(await repo.head_of(session, lower.id), channels)
-    if lower_address is not None and why != "reopened":
-        holder = await repo.unit(session, escalation.unit_id)
-        text = t(
-            "escalation.climbed_notice_lower",
-            policy.default_locale,
-            case_code=case.case_code,
-            unit_name=holder.name,
-        )
-        await say(
-            session,
-            lower_address[0],
-            lower_address[1],
-            payload(text),
-            now,
-            priority=Priority.NOTICE,
-            case_id=case.id,
-        )
-
-
-async def sla_sweep(
-    session: AsyncSession,
-    now: datetime,
-    policy: SurveyPolicy,
-    channels: Sequence[str],
-    *,
-    limit: int = 200,
-) -> int:
-    """Climbs what was not acknowledged in time; reminds, then climbs, what was not resolved."""
-    moved = 0
-    for escalation in await repo.due_for_ack(session, now, limit):
-        case = await case_repo.get_case_by_id(session, escalation.case_id)
-        assert case is not None
-        await _climb(session, escalation, case, now, policy, channels, why="ack_sla")
-        moved += 1
-    sla = policy.escalation
-    for escalation in await repo.due_for_resolution(session, now, limit):
-        case = await case_repo.get_case_by_id(session, escalation.case_id)
-        assert case is not None
-        if escalation.resolve_reminded_at is None:
-            address = head_address(await repo.head_of(session, escalation.unit_id), channels)
-            holder = await repo.unit(session, escalation.unit_id)
-            if address is not None:
-                text = t(
-                    "escalation.resolve_reminder",
-                    policy.default_locale,
-                    case_code=case.case_code,
-                    unit_name=holder.name,
-                )
-                choices = [
-                    Choice(
-                        t("choice.resolved", policy.default_locale), f"e:{escalation.ref}:{RESOLVE}"
-                    )
-                ]
-                await say(
-                    session,
-                    address[0],
-                    address[1],
-                    payload(text, choices),
-                    now,
-                    priority=Priority.NOTICE,
-                    case_id=case.id,
-                )
-            escalation.resolve_reminded_at = now
-            # One more acknowledgement period to act, then it goes up.
-            escalation.resolve_due_at = sla.calendar.add(now, sla.ack_sla)
-            repo.add_event(session, escalation, "reminded", now)
-        else:
-            await _climb(session, escalation, case, now, policy, channels, why="resolve_sla")
-        moved += 1
-    return moved
+    return move.step != Step.IGNORE

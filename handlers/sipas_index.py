@@ -1,4 +1,5 @@
-"""The SIPAS formula, in one place (docs/sipas.md section 3), with the statistics digests show beside it.
+"""The SIPAS formula, in one place (docs/sipas.md section 3), with the statistics digests show
+beside it.
 
 - An item's satisfaction rate is the share of its answers rated 4 or 5 among those who
   answered it (a skipped item does not count).

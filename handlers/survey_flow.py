@@ -7,8 +7,8 @@ answer, move the survey on, queue the next message in the outbox.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Collection, Sequence
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,7 +25,15 @@ from handlers.rendering import (
     question_message,
 )
 from handlers.texts import t
-from storage.models import Answer, Citizen, CitizenContact, Priority, Survey, SurveyStatus
+from storage.models import (
+    Answer,
+    Case,
+    Citizen,
+    CitizenContact,
+    Priority,
+    Survey,
+    SurveyStatus,
+)
 from storage.repositories import cases as case_repo
 from storage.repositories import citizens as citizen_repo
 from storage.repositories import surveys as survey_repo
@@ -34,6 +42,26 @@ log = logging.getLogger(__name__)
 
 OPEN = (SurveyStatus.INVITED, SurveyStatus.IN_PROGRESS)
 PENDING = (SurveyStatus.SCHEDULED, SurveyStatus.INVITED, SurveyStatus.IN_PROGRESS)
+
+
+# An invitation that follows the service within minutes goes before invitations waiting in a
+# backlog (the morning after quiet hours, a bulk import, a dispatcher that was down): the
+# citizen has just been served and is the most likely to answer, and a backlog is late
+# anyway. Still behind replies and notices. A case resolved late keeps the plain priority,
+# so that its apology (queued just before, at that priority) still arrives first.
+FRESH_FOR = timedelta(minutes=10)
+FRESH_INVITATION = Priority.INVITATION - 2
+
+
+def invitation_priority(case: Case, now: datetime) -> int:
+    resolved_at = case.resolved_at
+    if (
+        resolved_at is not None
+        and now - resolved_at <= FRESH_FOR
+        and resolved_at <= apologies.promised_date(case)
+    ):
+        return FRESH_INVITATION
+    return Priority.INVITATION
 
 
 # --- sweeps -----------------------------------------------------------------------------
@@ -45,8 +73,12 @@ async def invite(
     contact: CitizenContact,
     now: datetime,
     policy: SurveyPolicy,
+    *,
+    case: Case | None = None,
 ) -> None:
-    case = await case_repo.get_case_by_id(session, survey.case_id)
+    """Queues the invitation (after a late case's apology); `case`, when the caller has it
+    loaded, saves loading it again."""
+    case = case or await case_repo.get_case_by_id(session, survey.case_id)
     assert case is not None
     questionnaire = load_questionnaire(survey.questionnaire)
     survey.channel = contact.channel
@@ -62,7 +94,7 @@ async def invite(
         contact.address,
         body,
         now,
-        priority=Priority.INVITATION,
+        priority=invitation_priority(case, now),
         dedupe_key=f"invite:{survey.id}",
         case_id=case.id,
     )
@@ -93,69 +125,148 @@ async def invite_if_due(
     return True
 
 
-async def invite_due(
+async def due_invitations(
     session: AsyncSession,
     now: datetime,
     policy: SurveyPolicy,
     channels: Sequence[str],
     *,
     limit: int = 500,
-) -> int:
-    """Invites every scheduled survey that is due, outside quiet hours, on a reachable channel."""
+    leave_out: Collection[int] = (),
+) -> Sequence[int]:
+    """Ids of the scheduled surveys due now, outside quiet hours, on a reachable channel."""
     if policy.sendable_at(now) != now:
-        return 0
-    invited = 0
-    # Only surveys someone can be reached for come back; the others wait for a chat to be
-    # linked (consent invites at once then) or for their expiry.
-    for survey in await survey_repo.due_for_invitation(session, now, channels, limit):
-        case = await case_repo.get_case_by_id(session, survey.case_id)
-        citizen = case.citizen if case else None
-        assert citizen is not None
-        if citizen.opted_out_at is not None:
-            survey.status = SurveyStatus.OPTED_OUT
-            continue
-        contact = await citizen_repo.active_contact(session, citizen.id, channels)
-        assert contact is not None
-        survey.locale = citizen.locale
-        await invite(session, survey, contact, now, policy)
-        invited += 1
-    return invited
+        return []
+    return await survey_repo.due_for_invitation(session, now, channels, limit, leave_out=leave_out)
 
 
-async def remind_due(
-    session: AsyncSession, now: datetime, policy: SurveyPolicy, *, limit: int = 500
-) -> int:
-    """One reminder for an invitation left unanswered for `reminder_after`."""
+async def invite_one(
+    session: AsyncSession,
+    survey_id: int,
+    now: datetime,
+    policy: SurveyPolicy,
+    channels: Sequence[str],
+) -> bool:
+    """Invites one survey if it is still due; the sweep's and the wake's per-item step.
+
+    The same rules on both paths: not before `due_at` (the survey delay), never in quiet
+    hours, only on a reachable channel, never to someone who opted out. False when there was
+    nothing to do (another process took it, or it is no longer due).
+    """
+    if policy.sendable_at(now) != now:
+        return False
+    survey = await survey_repo.claim(session, survey_id)
+    return await _invite_claimed(session, survey, now, policy, channels)
+
+
+async def invite_for_case(
+    session: AsyncSession,
+    case_id: int,
+    now: datetime,
+    policy: SurveyPolicy,
+    channels: Sequence[str],
+) -> bool:
+    """Invites the case's survey at once if it is due now (a resolution was just committed)."""
+    if policy.sendable_at(now) != now:
+        return False
+    survey = await survey_repo.claim_scheduled_for_case(session, case_id)
+    return await _invite_claimed(session, survey, now, policy, channels)
+
+
+async def _invite_claimed(
+    session: AsyncSession,
+    survey: Survey | None,
+    now: datetime,
+    policy: SurveyPolicy,
+    channels: Sequence[str],
+) -> bool:
+    if survey is None or survey.status != SurveyStatus.SCHEDULED or survey.due_at > now:
+        return False
+    case = await survey_repo.case_for_invitation(session, survey.case_id)
+    citizen = case.citizen if case else None
+    if case is None or citizen is None or citizen.erased_at is not None:
+        return False
+    if citizen.opted_out_at is not None:
+        survey.status = SurveyStatus.OPTED_OUT
+        return False
+    contact = await citizen_repo.active_contact(session, citizen.id, channels)
+    if contact is None:
+        return False  # it waits for a chat to be linked (consent invites at once then)
+    survey.locale = citizen.locale
+    await invite(session, survey, contact, now, policy, case=case)
+    return True
+
+
+async def due_reminders(
+    session: AsyncSession,
+    now: datetime,
+    policy: SurveyPolicy,
+    *,
+    limit: int = 500,
+    leave_out: Collection[int] = (),
+) -> Sequence[int]:
+    """Ids of invitations left unanswered for `reminder_after`, outside quiet hours."""
     if policy.reminder_after is None or policy.sendable_at(now) != now:
-        return 0
-    reminded = 0
-    for survey in await survey_repo.due_for_reminder(session, now - policy.reminder_after, limit):
-        case = await case_repo.get_case_by_id(session, survey.case_id)
-        if case is None or survey.channel is None or survey.address is None:
-            continue
-        survey.reminded_at = now
-        questionnaire = load_questionnaire(survey.questionnaire)
-        body = invitation_message(survey, case, questionnaire, policy.timezone, reminder=True)
-        await say(
-            session,
-            survey.channel,
-            survey.address,
-            body,
-            now,
-            priority=Priority.INVITATION,
-            dedupe_key=f"remind:{survey.id}",
-            case_id=case.id,
-        )
-        reminded += 1
-    return reminded
+        return []
+    return await survey_repo.due_for_reminder(
+        session, now - policy.reminder_after, limit, leave_out=leave_out
+    )
 
 
-async def expire_due(session: AsyncSession, now: datetime, *, limit: int = 1000) -> int:
-    """Surveys not finished by their expiry end as `expired`; nothing is sent about it."""
-    expired = await survey_repo.due_for_expiry(session, now, limit)
-    for survey in expired:
-        survey.status = SurveyStatus.EXPIRED
-    return len(expired)
+async def remind_one(
+    session: AsyncSession, survey_id: int, now: datetime, policy: SurveyPolicy
+) -> bool:
+    """One reminder for an invitation left unanswered, if it still is."""
+    if policy.reminder_after is None or policy.sendable_at(now) != now:
+        return False
+    survey = await survey_repo.claim(session, survey_id)
+    if (
+        survey is None
+        or survey.status != SurveyStatus.INVITED
+        or survey.reminded_at is not None
+        or survey.invited_at is None
+        or survey.invited_at > now - policy.reminder_after
+        or survey.channel is None
+        or survey.address is None
+    ):
+        return False
+    case = await case_repo.get_case_by_id(session, survey.case_id)
+    if case is None:
+        return False
+    survey.reminded_at = now
+    questionnaire = load_questionnaire(survey.questionnaire)
+    body = invitation_message(survey, case, questionnaire, policy.timezone, reminder=True)
+    await say(
+        session,
+        survey.channel,
+        survey.address,
+        body,
+        now,
+        priority=Priority.INVITATION,
+        dedupe_key=f"remind:{survey.id}",
+        case_id=case.id,
+    )
+    return True
+
+
+async def due_expiries(
+    session: AsyncSession, now: datetime, *, limit: int = 1000, leave_out: Collection[int] = ()
+) -> Sequence[int]:
+    return await survey_repo.due_for_expiry(session, now, limit, leave_out=leave_out)
+
+
+async def expire_one(session: AsyncSession, survey_id: int, now: datetime) -> bool:
+    """A survey not finished by its expiry ends as `expired`; nothing is sent about it."""
+    survey = await survey_repo.claim(session, survey_id)
+    if (
+        survey is None
+        or survey.status not in PENDING
+        or survey.expires_at is None
+        or survey.expires_at > now
+    ):
+        return False
+    survey.status = SurveyStatus.EXPIRED
+    return True
 
 
 # --- the conversation -------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import Table, event, func, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -15,6 +16,12 @@ from sqlalchemy.ext.asyncio import (
 
 SessionFactory = async_sessionmaker[AsyncSession]
 
+# How long a SQLite transaction waits for another one's write lock before it gives up (and
+# the API answers 503). Writers queue for the one lock; under a backlog (an import in another
+# process, a sweep, the dispatcher, intake) a wait of a few seconds is load, not an outage,
+# so the wait is longer than any of them holds the lock.
+SQLITE_BUSY_TIMEOUT_SECONDS = 15
+
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # pysqlite's own transaction handling breaks SAVEPOINT and defers BEGIN; take it over
@@ -24,7 +31,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
     cursor.close()
 
 
@@ -36,8 +43,11 @@ def create_engine(database_url: str | URL, *, schema: str | None = None) -> Asyn
     if "search_path" in url.query:
         schema = schema or str(url.query["search_path"])
         url = url.difference_update_query(["search_path"])
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {}
     if url.get_backend_name() == "postgresql":
+        # A server restarted meanwhile leaves dead connections in the pool; a file does not,
+        # and on SQLite the ping would be one more thread hop in every transaction.
+        kwargs["pool_pre_ping"] = True
         settings = {"application_name": "sipas-bot"}
         if schema:
             settings["search_path"] = schema
@@ -45,7 +55,7 @@ def create_engine(database_url: str | URL, *, schema: str | None = None) -> Asyn
         kwargs["connect_args"] = {"server_settings": settings, "timeout": 5}
         kwargs["pool_size"] = 10
     elif url.get_backend_name() == "sqlite":
-        kwargs["connect_args"] = {"timeout": 5}
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
     engine = create_async_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
@@ -81,3 +91,37 @@ async def ping(engine: AsyncEngine) -> None:
     """Raises when the database cannot be reached; used at start-up and by /healthz."""
     async with engine.connect() as connection:
         await connection.execute(text("SELECT 1"))
+
+
+async def allocate_ids(
+    session: AsyncSession, counts: Mapping[Table, int]
+) -> dict[Table, list[int]]:
+    """Fresh values of each table's integer `id`, as many as asked, for rows inserted many at
+    once.
+
+    Bulk inserts need each new row's id in order, and `INSERT ... RETURNING` does not promise
+    the order on either backend (SQLAlchemy then sends one row per statement on SQLite).
+    PostgreSQL hands out ids from the column's sequence. On SQLite the transaction holds the
+    write lock from its first statement (`BEGIN IMMEDIATE` above), so no other writer can take
+    the ids after the current largest before it commits; one query reads every table's.
+    """
+    wanted = {table: count for table, count in counts.items() if count > 0}
+    found: dict[Table, list[int]] = {table: [] for table in counts}
+    if not wanted:
+        return found
+    if session.get_bind().dialect.name == "postgresql":
+        query = text(
+            "SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :count)"
+        )
+        for table, count in wanted.items():
+            rows = await session.execute(query, {"table": table.name, "count": count})
+            found[table] = [int(value) for value in rows.scalars()]
+        return found
+    tables = list(wanted)
+    largest = (
+        await session.execute(select(*(select(func.max(t.c.id)).scalar_subquery() for t in tables)))
+    ).one()
+    for table, top in zip(tables, largest, strict=True):
+        first = int(top or 0) + 1
+        found[table] = list(range(first, first + wanted[table]))
+    return found

@@ -341,6 +341,10 @@ class Escalation(Base):
     ack_due_at: Mapped[datetime | None]
     resolve_due_at: Mapped[datetime | None]
     resolve_reminded_at: Mapped[datetime | None]
+    # The deadline it missed with nobody above to take it (the top of the hierarchy): it stays
+    # with its head, who is reminded each working day (`ack_due_at` / `resolve_due_at` then
+    # hold the next reminder). None while it is on time or has climbed since.
+    overdue_since: Mapped[datetime | None]
     resolution_note: Mapped[str | None] = mapped_column(Text)
     recovery_rating: Mapped[int | None]
     recovery_at: Mapped[datetime | None]

@@ -206,10 +206,42 @@ async def test_it_climbs_to_the_city_head_past_the_acknowledgement_sla(
     await rig.say(CITY_HEAD, "Đã kiểm điểm cán bộ và xin lỗi công dân")
     outcome = await rig.api.wait_for_message(CITIZEN, since=mark)
     assert "kiểm điểm" in outcome.text
-    # At the top it stays: nothing further to climb to.
-    rig.clock.advance(timedelta(days=30))
-    await escalation_sweep(rig.services)
-    assert (await escalations(rig))[0]["level"] == 2
+
+
+async def test_at_the_top_an_unresolved_complaint_stays_and_its_head_is_reminded_daily(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig(
+        working_calendar="always", escalation_ack_sla="8h", escalation_resolve_sla="2d"
+    )
+    await survey(rig, ["1", "4", "4", "4", "4", "Không"])
+    await rig.api.wait_for_message(DISTRICT_HEAD, is_card)
+    rig.clock.advance(timedelta(hours=8))
+    assert await escalation_sweep(rig.services) == 1
+    await rig.api.wait_for_message(CITY_HEAD, is_card)
+    await rig.answer(CITY_HEAD, "Tiếp nhận")
+    rig.clock.advance(timedelta(days=2))
+    assert await escalation_sweep(rig.services) == 1  # reminded once to resolve
+    await rig.api.wait_for_message(CITY_HEAD, lambda m: "Nhắc việc" in m.text)
+    rig.clock.advance(timedelta(hours=8))
+    mark = rig.api.mark()
+    assert await escalation_sweep(rig.services) == 1  # nowhere to climb: overdue
+    reminder = await rig.api.wait_for_message(CITY_HEAD, since=mark)
+    assert "Quá hạn" in reminder.text and buttons(reminder) == ["Đã xử lý"]
+    [item] = await escalations(rig)
+    assert (item["status"], item["level"], item["overdue"]) == ("acknowledged", 2, True)
+    assert item["acknowledged_at"] is not None and item["due_at"] is not None
+    rig.clock.advance(timedelta(days=1))
+    mark = rig.api.mark()
+    assert await escalation_sweep(rig.services) == 1
+    await rig.api.wait_for_message(CITY_HEAD, lambda m: "Quá hạn" in m.text, since=mark)
+    # The head acts on the reminder; the citizen hears back and it is no longer overdue.
+    await rig.answer(CITY_HEAD, "Đã xử lý")
+    mark = rig.api.mark()
+    await rig.say(CITY_HEAD, "Đã kiểm điểm cán bộ")
+    await rig.api.wait_for_message(CITIZEN, lambda m: "kiểm điểm" in m.text, since=mark)
+    [item] = await escalations(rig)
+    assert (item["status"], item["overdue"], item["due_at"]) == ("resolved", False, None)
 
 
 def _local(year: int, month: int, day: int, hour: int, minute: int = 0) -> datetime:

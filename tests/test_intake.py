@@ -3,23 +3,30 @@ form, status transitions, and the survey a resolution schedules."""
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from handlers.errors import Conflict, InvalidInput
-from handlers.intake import TRANSITIONS, IntakeResult, case_posted
+from handlers.errors import Conflict, DomainError, InvalidInput
+from handlers.intake import TRANSITIONS, IntakeResult, Posted, case_posted, cases_posted
 from handlers.intake_schema import normalize_phone, parse_case
 from handlers.policy import QuietHours, SurveyPolicy
 from handlers.units import load_units, parse_units_file
 from storage.db import SessionFactory
 from storage.models import (
     Case,
+    CaseEvent,
     CaseStatus,
     Citizen,
     CitizenContact,
+    Escalation,
+    OutboxMessage,
     Survey,
     SurveyStatus,
 )
@@ -264,3 +271,176 @@ async def test_one_survey_per_case_however_often_it_is_resolved(db: SessionFacto
         surveys = (await session.execute(select(Survey))).scalars().all()
     assert first is not None
     assert [s.id for s in surveys] == [first.id]
+
+
+# --- many cases at once ------------------------------------------------------------------------
+
+# Late enough for the scripts' resolutions after their due date (25 November) to be in the past.
+FRIDAY_0800_LOCAL = datetime(2026, 11, 27, 1, 0, tzinfo=UTC)
+PHONES = ("0912345678", "0987654321", None)
+CHATS = (5551, 5552, None)
+NAMES = ("Trần Văn Minh", "Lê Thị Hoa", None)
+
+
+def scripted_body(code: str, status: str, variant: int, namespace: str) -> dict[str, Any]:
+    """A body whose citizen, unit and dates depend on `variant`; `namespace` (5 digits) keeps
+    phones and chat ids of each run apart in one database, so that no run finds another's."""
+    body = body_in(status, code)
+    phone = PHONES[variant % 3]
+    chat = CHATS[(variant // 3) % 3]
+    body["citizen"] = {
+        "name": NAMES[(variant // 9) % 3],
+        "phone": f"09{namespace}{phone[-3:]}" if phone else None,
+        "telegram_chat_id": f"{chat}{namespace}" if chat else None,
+    }
+    if variant % 7 == 6:
+        body["unit_code"] = "NOWHERE"
+    if variant % 5 == 4:
+        body["procedure"] = {"code": "1.000894", "name": f"Đăng ký kết hôn {variant % 2}"}
+        body["officer"] = {"code": "CB-9", "name": None if variant % 2 else "Phạm Văn Đức"}
+    if status == "resolved" and variant % 2:
+        body["resolved_at"] = "2026-11-26T09:00:00+07:00"  # after its due date: late
+    if status == "delayed" and variant % 3 == 0:
+        body["delay"]["new_due_at"] = "2026-11-30T17:00:00+07:00"
+    return body
+
+
+async def outcome_kinds(
+    session: AsyncSession, bodies: list[dict[str, Any]], together: bool
+) -> list[str]:
+    parsed = [parse_case(body) for body in bodies]
+    if together:
+        outcomes = await cases_posted(
+            session, parsed, FRIDAY_0800_LOCAL, POLICY, channels=["telegram"]
+        )
+    else:
+        outcomes = []
+        for body in parsed:
+            try:
+                async with session.begin_nested():
+                    result = await case_posted(
+                        session, body, FRIDAY_0800_LOCAL, POLICY, channels=["telegram"]
+                    )
+            except DomainError as exc:
+                outcomes.append(exc)
+                continue
+            outcomes.append(Posted(0, "", "", "", created=result.created, changed=result.changed))
+    return [
+        type(o).__name__ if isinstance(o, DomainError) else f"{o.created}-{o.changed}"
+        for o in outcomes
+    ]
+
+
+async def stored_state(db: SessionFactory, prefix: str) -> dict[str, Any]:
+    """What a run left, with ids replaced by the run's case codes (prefix removed)."""
+    async with db() as session:
+        cases = (
+            await session.execute(select(Case).where(Case.case_code.startswith(prefix)))
+        ).scalars()
+        by_id = {case.id: case for case in cases}
+        people: dict[int | None, set[str]] = {}
+        for case in by_id.values():
+            people.setdefault(case.citizen_id, set()).add(case.case_code.removeprefix(prefix))
+        citizens = {
+            c.id: (c.name, c.phone[-3:] if c.phone else None)
+            for c in (await session.execute(select(Citizen))).scalars()
+        }
+        contacts = {
+            (contact.address[:4], frozenset(people.get(contact.citizen_id, ())))
+            for contact in (await session.execute(select(CitizenContact))).scalars()
+            if contact.citizen_id in people
+        }
+
+        def per_case(rows: Any) -> list[str]:
+            return sorted(
+                by_id[case_id].case_code.removeprefix(prefix)
+                for case_id in rows
+                if case_id in by_id
+            )
+
+        events = per_case((await session.execute(select(CaseEvent.case_id))).scalars())
+        surveys = per_case((await session.execute(select(Survey.case_id))).scalars())
+        escalations = per_case((await session.execute(select(Escalation.case_id))).scalars())
+        outbox = sorted(
+            (by_id[case_id].case_code.removeprefix(prefix), (key or "").split(":")[0])
+            for case_id, key in await session.execute(
+                select(OutboxMessage.case_id, OutboxMessage.dedupe_key)
+            )
+            if case_id in by_id
+        )
+    return {
+        "cases": sorted(
+            (
+                c.case_code.removeprefix(prefix),
+                c.status,
+                c.resolved_at,
+                c.delay_new_due_at,
+            )
+            for c in by_id.values()
+        ),
+        "people": sorted(
+            (sorted(codes), citizens.get(citizen_id)) for citizen_id, codes in people.items()
+        ),
+        "contacts": sorted(contacts, key=repr),
+        "events": events,
+        "surveys": surveys,
+        "escalations": escalations,
+        "outbox": outbox,
+    }
+
+
+STATUSES = ("received", "delayed", "resolved", "rejected", "withdrawn")
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    script=st.lists(
+        st.tuples(st.integers(0, 3), st.sampled_from(STATUSES), st.integers(0, 40)),
+        min_size=1,
+        max_size=12,
+    )
+)
+async def test_cases_taken_together_end_as_if_taken_one_by_one(
+    db: SessionFactory, script: list[tuple[int, str, int]]
+) -> None:
+    # Two runs of one script, in one database: apart (one savepoint each, as the demo does)
+    # and together in one call; codes, phones and chat ids of each run are its own.
+    run = secrets.token_hex(3)
+    results = []
+    for together in (False, True):
+        namespace = f"{secrets.randbelow(100_000):05d}"
+        prefix = f"{run}-{together}-"
+        bodies = [
+            scripted_body(f"{prefix}{case}", status, variant, namespace)
+            for case, status, variant in script
+        ]
+        async with db.begin() as session:
+            kinds = await outcome_kinds(session, bodies, together)
+        results.append((kinds, await stored_state(db, prefix)))
+    assert results[0] == results[1]
+
+
+async def test_a_phone_and_a_chat_id_given_by_earlier_cases_of_a_group_find_the_citizen(
+    db: SessionFactory,
+) -> None:
+    bodies = [
+        with_citizen(case_body("G-1"), name="Lê Thị Hoa", phone="0912345678"),
+        with_citizen(case_body("G-2"), phone="0912345678", telegram_chat_id=777),
+        with_citizen(case_body("G-3"), telegram_chat_id=777),
+        with_citizen(case_body("G-4"), phone="0987654321"),
+    ]
+    async with db.begin() as session:
+        outcomes = await cases_posted(
+            session, [parse_case(b) for b in bodies], MONDAY_0800_LOCAL, POLICY
+        )
+    assert all(isinstance(o, Posted) and o.created for o in outcomes)
+    async with db() as session:
+        rows = await session.execute(select(Case.case_code, Case.citizen_id).order_by(Case.id))
+        citizen_of = {code: citizen_id for code, citizen_id in rows}
+    assert citizen_of["G-1"] == citizen_of["G-2"] == citizen_of["G-3"] != citizen_of["G-4"]
+    assert await contacts(db) == [(citizen_of["G-1"], "telegram", "777", "intake")]

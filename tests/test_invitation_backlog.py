@@ -10,7 +10,7 @@ from handlers.clock import FakeClock
 from handlers.intake import case_posted
 from handlers.intake_schema import parse_case
 from handlers.policy import SurveyPolicy
-from handlers.survey_flow import invite_due
+from handlers.survey_flow import due_invitations, invite_one
 from handlers.units import load_units, parse_units_file
 from storage.db import SessionFactory
 from storage.models import Survey, SurveyStatus
@@ -36,8 +36,11 @@ async def test_linked_citizens_are_invited_behind_a_backlog_of_unlinked_ones(
         await case_posted(session, parse_case(linked), clock.now(), POLICY)
     clock.advance(timedelta(minutes=1))
 
+    async with sessions() as session:
+        due = await due_invitations(session, clock.now(), POLICY, ["telegram"], limit=5)
+    assert len(due) == 1
     async with sessions.begin() as session:
-        assert await invite_due(session, clock.now(), POLICY, ["telegram"], limit=5) == 1
+        assert await invite_one(session, due[0], clock.now(), POLICY, ["telegram"])
     async with sessions() as session:
         statuses = list((await session.execute(select(Survey.status))).scalars())
     assert statuses.count(SurveyStatus.INVITED) == 1

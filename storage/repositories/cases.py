@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, Table, bindparam, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from storage.db import allocate_ids
 from storage.models import (
     Answer,
     Case,
     CaseEvent,
+    Citizen,
     Escalation,
     EscalationEvent,
     LinkToken,
@@ -141,3 +147,297 @@ async def escalation_events_of(
         .order_by(EscalationEvent.id)
     )
     return [(row[0], row[1]) for row in (await session.execute(query)).all()]
+
+
+# --- intake in bulk: one statement for many cases ----------------------------------------------
+#
+# Intake answers hundreds of posts a second, and a round trip to the database costs more than
+# the rest of a post. These take or write every case of a group of posts at once, through
+# Core statements (executemany, INSERT ... RETURNING in parameter order) rather than the ORM's
+# unit of work, whose bookkeeping per object is most of a small transaction's time.
+
+_CASES = cast(Table, Case.__table__)
+_PROCEDURES = cast(Table, Procedure.__table__)
+_OFFICERS = cast(Table, Officer.__table__)
+_UNITS = cast(Table, Unit.__table__)
+_LINK_TOKENS = cast(Table, LinkToken.__table__)
+_CASE_EVENTS = cast(Table, CaseEvent.__table__)
+
+
+@dataclass
+class StoredCase:
+    """What intake reads of a case already stored."""
+
+    id: int
+    case_code: str
+    status: str
+    body_hash: str
+    citizen_id: int | None
+    due_at: datetime
+    delay_new_due_at: datetime | None
+    delay_reason: str | None
+
+
+async def cases_by_code(session: AsyncSession, codes: Collection[str]) -> dict[str, StoredCase]:
+    """The stored cases among `codes`, locked for this transaction (in code order, so that two
+    transactions locking overlapping groups cannot deadlock)."""
+    if not codes:
+        return {}
+    c = _CASES.c
+    query = (
+        select(
+            c.id,
+            c.case_code,
+            c.status,
+            c.body_hash,
+            c.citizen_id,
+            c.due_at,
+            c.delay_new_due_at,
+            c.delay_reason,
+        )
+        .where(c.case_code.in_(codes))
+        .order_by(c.case_code)
+        .with_for_update()
+    )
+    rows = (await session.execute(query)).all()
+    return {row.case_code: StoredCase(*row) for row in rows}
+
+
+async def unit_ids(session: AsyncSession, codes: Collection[str]) -> dict[str, int]:
+    if not codes:
+        return {}
+    query = select(_UNITS.c.code, _UNITS.c.id).where(_UNITS.c.code.in_(codes))
+    return {code: id_ for code, id_ in (await session.execute(query)).all()}
+
+
+async def _ids_by_code(
+    session: AsyncSession, table: Table, codes: Collection[str]
+) -> dict[str, int]:
+    query = select(table.c.code, table.c.id).where(table.c.code.in_(codes))
+    return {code: id_ for code, id_ in (await session.execute(query)).all()}
+
+
+async def ensure_procedures(
+    session: AsyncSession, wanted: Mapping[str, tuple[str, str | None]], known: Mapping[str, int]
+) -> dict[str, int]:
+    """Procedures by code with their latest (name, field): inserted when new, renamed when the
+    name changed, and the field replaced only by a given one. Ids of codes not in `known` are
+    returned; an insert racing another transaction's does nothing and finds its row."""
+    missing = [code for code in wanted if code not in known]
+    found: dict[str, int] = {}
+    if missing:
+        rows = [
+            {"code": code, "name": wanted[code][0], "field": wanted[code][1]} for code in missing
+        ]
+        await session.execute(_insert_ignoring(session, _PROCEDURES, "code"), rows)
+        found = await _ids_by_code(session, _PROCEDURES, missing)
+    ids = {**known, **found}
+    t = _PROCEDURES.c
+    with_field = [
+        {"p_id": ids[code], "p_name": name, "p_field": field}
+        for code, (name, field) in wanted.items()
+        if field is not None
+    ]
+    without_field = [
+        {"p_id": ids[code], "p_name": name}
+        for code, (name, field) in wanted.items()
+        if field is None
+    ]
+    if with_field:
+        statement = (
+            update(_PROCEDURES)
+            .where(
+                t.id == bindparam("p_id"),
+                or_(
+                    t.name != bindparam("p_name"),
+                    t.field.is_(None),
+                    t.field != bindparam("p_field"),
+                ),
+            )
+            .values(name=bindparam("p_name"), field=bindparam("p_field"))
+        )
+        await session.execute(statement, sorted(with_field, key=lambda r: int(str(r["p_id"]))))
+    if without_field:
+        statement = (
+            update(_PROCEDURES)
+            .where(t.id == bindparam("p_id"), t.name != bindparam("p_name"))
+            .values(name=bindparam("p_name"))
+        )
+        await session.execute(statement, sorted(without_field, key=lambda r: int(str(r["p_id"]))))
+    return found
+
+
+async def ensure_officers(
+    session: AsyncSession, wanted: Mapping[str, tuple[str | None, int]], known: Mapping[str, int]
+) -> dict[str, int]:
+    """Officers by code with their latest given name and the unit a new one is created in;
+    a name left out keeps the stored one. Returns the ids of codes not in `known`."""
+    missing = [code for code in wanted if code not in known]
+    found: dict[str, int] = {}
+    if missing:
+        rows = [
+            {"code": code, "name": wanted[code][0], "unit_id": wanted[code][1]} for code in missing
+        ]
+        await session.execute(_insert_ignoring(session, _OFFICERS, "code"), rows)
+        found = await _ids_by_code(session, _OFFICERS, missing)
+    ids = {**known, **found}
+    renamed = [
+        {"o_id": ids[code], "o_name": name}
+        for code, (name, _unit) in wanted.items()
+        if name is not None
+    ]
+    if renamed:
+        t = _OFFICERS.c
+        statement = (
+            update(_OFFICERS)
+            .where(
+                t.id == bindparam("o_id"),
+                or_(t.name.is_(None), t.name != bindparam("o_name")),
+            )
+            .values(name=bindparam("o_name"))
+        )
+        await session.execute(statement, sorted(renamed, key=lambda r: int(str(r["o_id"]))))
+    return found
+
+
+def _insert_ignoring(session: AsyncSession, table: Table, key: str) -> Any:
+    dialect = session.get_bind().dialect.name
+    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert_(table).on_conflict_do_nothing(index_elements=[table.c[key]])
+
+
+async def new_ids(session: AsyncSession, cases: int, citizens: int) -> tuple[list[int], list[int]]:
+    """Ids for that many new cases and new citizens, to insert them many at once."""
+    citizens_table = cast(Table, Citizen.__table__)
+    found = await allocate_ids(session, {_CASES: cases, citizens_table: citizens})
+    return found[_CASES], found[citizens_table]
+
+
+async def insert_cases(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Inserts the cases; each row gives its `id` (from `new_ids`)."""
+    if rows:
+        await session.execute(insert(_CASES), list(rows))
+
+
+_CASE_UPDATE_COLUMNS = (
+    "unit_id",
+    "procedure_id",
+    "officer_id",
+    "citizen_id",
+    "status",
+    "received_at",
+    "due_at",
+    "resolved_at",
+    "delay_new_due_at",
+    "delay_reason",
+    "body_hash",
+)
+
+
+async def update_cases(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Updates stored cases by id; each row gives `id` and every column intake writes."""
+    if not rows:
+        return
+    statement = (
+        update(_CASES)
+        .where(_CASES.c.id == bindparam("c_id"))
+        .values({name: bindparam(f"c_{name}") for name in _CASE_UPDATE_COLUMNS})
+    )
+    params = [
+        {"c_id": row["id"], **{f"c_{name}": row[name] for name in _CASE_UPDATE_COLUMNS}}
+        for row in sorted(rows, key=lambda r: int(r["id"]))
+    ]
+    await session.execute(statement, params)
+
+
+async def insert_link_tokens(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(_LINK_TOKENS), list(rows))
+
+
+async def insert_case_events(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(_CASE_EVENTS), list(rows))
+
+
+async def cases_with_relations(session: AsyncSession, case_ids: Collection[int]) -> dict[int, Case]:
+    """Cases as ORM objects with unit, procedure, officer and citizen, freshly read (a bulk
+    statement of this transaction may have changed rows the session holds)."""
+    if not case_ids:
+        return {}
+    query = (
+        _case_with_relations()
+        .where(Case.id.in_(case_ids))
+        .execution_options(populate_existing=True)
+    )
+    return {case.id: case for case in (await session.execute(query)).scalars()}
+
+
+async def link_tokens_of(session: AsyncSession, case_ids: Collection[int]) -> dict[int, str]:
+    query = select(_LINK_TOKENS.c.case_id, _LINK_TOKENS.c.token).where(
+        _LINK_TOKENS.c.case_id.in_(case_ids)
+    )
+    return {case_id: token for case_id, token in (await session.execute(query)).all()}
+
+
+async def surveys_of(session: AsyncSession, case_ids: Collection[int]) -> dict[int, Survey]:
+    query = select(Survey).where(Survey.case_id.in_(case_ids))
+    return {survey.case_id: survey for survey in (await session.execute(query)).scalars()}
+
+
+async def answers_of_surveys(
+    session: AsyncSession, survey_ids: Collection[int]
+) -> dict[int, list[Answer]]:
+    found: dict[int, list[Answer]] = {}
+    if not survey_ids:
+        return found
+    query = select(Answer).where(Answer.survey_id.in_(survey_ids)).order_by(Answer.id)
+    for answer in (await session.execute(query)).scalars():
+        found.setdefault(answer.survey_id, []).append(answer)
+    return found
+
+
+async def escalations_of_cases(
+    session: AsyncSession, case_ids: Collection[int]
+) -> dict[int, list[tuple[Escalation, str]]]:
+    """Each case's escalations, oldest first, with the code of the unit holding each."""
+    query = (
+        select(Escalation, Unit.code)
+        .join(Unit, Unit.id == Escalation.unit_id)
+        .where(Escalation.case_id.in_(case_ids))
+        .order_by(Escalation.id)
+    )
+    found: dict[int, list[tuple[Escalation, str]]] = {}
+    for escalation, code in (await session.execute(query)).all():
+        found.setdefault(escalation.case_id, []).append((escalation, code))
+    return found
+
+
+async def escalation_events_of_cases(
+    session: AsyncSession, escalation_ids: Collection[int]
+) -> list[tuple[EscalationEvent, str | None]]:
+    """The events of these escalations, oldest first, with the code of the unit concerned."""
+    if not escalation_ids:
+        return []
+    query = (
+        select(EscalationEvent, Unit.code)
+        .outerjoin(Unit, Unit.id == EscalationEvent.unit_id)
+        .where(EscalationEvent.escalation_id.in_(escalation_ids))
+        .order_by(EscalationEvent.id)
+    )
+    return [(row[0], row[1]) for row in (await session.execute(query)).all()]
+
+
+_SURVEYS = cast(Table, Survey.__table__)
+
+
+async def surveyed_case_ids(session: AsyncSession, case_ids: Collection[int]) -> set[int]:
+    if not case_ids:
+        return set()
+    query = select(_SURVEYS.c.case_id).where(_SURVEYS.c.case_id.in_(case_ids))
+    return set((await session.execute(query)).scalars())
+
+
+async def insert_surveys(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(_SURVEYS), list(rows))

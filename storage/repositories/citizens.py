@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import (
@@ -130,3 +132,121 @@ async def forget_contacts(session: AsyncSession, citizen_id: int) -> None:
             .where(LinkToken.used_by == f"{channel}:{address}")
             .values(used_by=ERASED)
         )
+
+
+# --- intake in bulk (see storage/repositories/cases.py) ---------------------------------------
+
+_CITIZENS = cast(Table, Citizen.__table__)
+_CONTACTS = cast(Table, CitizenContact.__table__)
+
+
+@dataclass
+class StoredContact:
+    id: int
+    channel: str
+    address: str
+    citizen_id: int
+    status: str
+
+
+@dataclass
+class StoredCitizen:
+    id: int
+    name: str | None
+    phone: str | None
+    locale: str
+    opted_out_at: datetime | None
+    erased_at: datetime | None
+
+
+async def contacts_at(
+    session: AsyncSession, addresses: Collection[tuple[str, str]]
+) -> list[StoredContact]:
+    """The contacts at these (channel, address) pairs."""
+    if not addresses:
+        return []
+    c = _CONTACTS.c
+    by_channel: dict[str, list[str]] = {}
+    for channel, address in addresses:
+        by_channel.setdefault(channel, []).append(address)
+    query = select(c.id, c.channel, c.address, c.citizen_id, c.status).where(
+        or_(*(and_(c.channel == ch, c.address.in_(found)) for ch, found in by_channel.items()))
+    )
+    return [StoredContact(*row) for row in (await session.execute(query)).all()]
+
+
+async def citizens_for_intake(
+    session: AsyncSession, ids: Collection[int], phones: Collection[str]
+) -> list[StoredCitizen]:
+    """Citizens by id, and every citizen not erased who has one of the phones."""
+    if not ids and not phones:
+        return []
+    c = _CITIZENS.c
+    wanted: list[ColumnElement[bool]] = []
+    if ids:
+        wanted.append(c.id.in_(ids))
+    if phones:
+        wanted.append(and_(c.phone.in_(phones), c.erased_at.is_(None)))
+    query = select(c.id, c.name, c.phone, c.locale, c.opted_out_at, c.erased_at).where(or_(*wanted))
+    return [StoredCitizen(*row) for row in (await session.execute(query)).all()]
+
+
+async def insert_citizens(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Inserts the citizens; each row gives its `id` (from `cases.new_ids`)."""
+    if rows:
+        await session.execute(insert(_CITIZENS), list(rows))
+
+
+async def update_citizens(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Sets name, phone and erased_at of citizens by id."""
+    if not rows:
+        return
+    c = _CITIZENS.c
+    statement = (
+        update(_CITIZENS)
+        .where(c.id == bindparam("z_id"))
+        .values(
+            name=bindparam("z_name"), phone=bindparam("z_phone"), erased_at=bindparam("z_erased")
+        )
+    )
+    params = [
+        {"z_id": r["id"], "z_name": r["name"], "z_phone": r["phone"], "z_erased": r["erased_at"]}
+        for r in sorted(rows, key=lambda r: int(r["id"]))
+    ]
+    await session.execute(statement, params)
+
+
+async def insert_contacts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(_CONTACTS), list(rows))
+
+
+async def update_contacts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Moves contacts by id to a citizen and makes them active again."""
+    if not rows:
+        return
+    c = _CONTACTS.c
+    statement = (
+        update(_CONTACTS)
+        .where(c.id == bindparam("k_id"))
+        .values(citizen_id=bindparam("k_citizen"), status=ContactStatus.ACTIVE.value)
+    )
+    params = [
+        {"k_id": r["id"], "k_citizen": r["citizen_id"]}
+        for r in sorted(rows, key=lambda r: int(r["id"]))
+    ]
+    await session.execute(statement, params)
+
+
+async def citizens_with_active_contact(
+    session: AsyncSession, citizen_ids: Collection[int]
+) -> set[int]:
+    if not citizen_ids:
+        return set()
+    c = _CONTACTS.c
+    query = (
+        select(c.citizen_id)
+        .where(c.citizen_id.in_(citizen_ids), c.status == ContactStatus.ACTIVE.value)
+        .distinct()
+    )
+    return set((await session.execute(query)).scalars())

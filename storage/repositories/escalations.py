@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import (
@@ -52,31 +52,35 @@ async def clear_awaiting(session: AsyncSession, actor: str) -> None:
         escalation.awaiting_note_from = None
 
 
-async def due_for_ack(session: AsyncSession, now: datetime, limit: int) -> Sequence[Escalation]:
+async def claim(session: AsyncSession, escalation_id: int) -> Escalation | None:
+    """Locks one escalation for the caller's transaction; None when another process holds it
+    (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises writers instead)."""
     query = (
-        select(Escalation)
-        .where(Escalation.status == EscalationStatus.OPEN, Escalation.ack_due_at <= now)
-        .order_by(Escalation.ack_due_at, Escalation.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+        select(Escalation).where(Escalation.id == escalation_id).with_for_update(skip_locked=True)
     )
-    return (await session.execute(query)).scalars().all()
+    return (await session.execute(query)).scalar_one_or_none()
 
 
-async def due_for_resolution(
-    session: AsyncSession, now: datetime, limit: int
-) -> Sequence[Escalation]:
-    query = (
-        select(Escalation)
-        .where(
-            Escalation.status == EscalationStatus.ACKNOWLEDGED,
-            Escalation.resolve_due_at <= now,
+async def due_ids(
+    session: AsyncSession, now: datetime, limit: int, *, leave_out: Collection[int] = ()
+) -> list[int]:
+    """Ids of unresolved escalations whose deadline has come: open ones past `ack_due_at`,
+    acknowledged ones past `resolve_due_at` (overdue ones hold their next reminder there),
+    the longest due first. Nothing is locked: each is claimed in its own transaction."""
+    skip = Escalation.id.not_in(sorted(leave_out)) if leave_out else true()
+    due: list[tuple[datetime, int]] = []
+    for status, column in (
+        (EscalationStatus.OPEN, Escalation.ack_due_at),
+        (EscalationStatus.ACKNOWLEDGED, Escalation.resolve_due_at),
+    ):
+        query = (
+            select(column, Escalation.id)
+            .where(Escalation.status == status, column <= now, skip)
+            .order_by(column, Escalation.id)
+            .limit(limit)
         )
-        .order_by(Escalation.resolve_due_at, Escalation.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    return (await session.execute(query)).scalars().all()
+        due.extend((at, id_) for at, id_ in (await session.execute(query)).all() if at)
+    return [id_ for _, id_ in sorted(due)[:limit]]
 
 
 async def unit(session: AsyncSession, unit_id: int) -> Unit:

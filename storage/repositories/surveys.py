@@ -1,17 +1,19 @@
 """Queries about surveys and answers, including the sweeps' "what is due now" look-ups.
 
-The sweep queries lock what they return (`FOR UPDATE SKIP LOCKED` on PostgreSQL), so that
-several processes sweeping at once each take different rows.
+The sweep queries return ids; each item is then claimed in its own short transaction
+(`claim`: `FOR UPDATE SKIP LOCKED` on PostgreSQL), so that several processes sweeping at once
+split the work and one bad item holds back nothing but itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import joinedload
 
 from storage.models import (
     Answer,
@@ -72,13 +74,58 @@ async def answer_for(session: AsyncSession, survey_id: int, question_id: str) ->
     return (await session.execute(query)).scalar_one_or_none()
 
 
+async def claim(session: AsyncSession, survey_id: int) -> Survey | None:
+    """Locks one survey for the caller's transaction; None when another process holds it.
+
+    The per-item step of a sweep or of a wake: on PostgreSQL `FOR UPDATE SKIP LOCKED` lets
+    several processes share the work, each item going to whoever takes it first. The caller
+    checks again that the survey is still due: another process may have just handled it.
+    """
+    query = select(Survey).where(Survey.id == survey_id)
+    return (await session.execute(_claim(query))).scalar_one_or_none()
+
+
+async def claim_scheduled_for_case(session: AsyncSession, case_id: int) -> Survey | None:
+    """`claim` of the case's survey while it waits to be invited, in one query."""
+    query = select(Survey).where(Survey.case_id == case_id, Survey.status == SurveyStatus.SCHEDULED)
+    return (await session.execute(_claim(query))).scalar_one_or_none()
+
+
+async def case_for_invitation(session: AsyncSession, case_id: int) -> Case | None:
+    """The case with everything an invitation shows (unit, procedure, officer, citizen) in one
+    joined query: the invitation woken after intake is on the path to the citizen's chat, and
+    each round trip counts there."""
+    query = (
+        select(Case)
+        .where(Case.id == case_id)
+        .options(
+            joinedload(Case.unit),
+            joinedload(Case.procedure),
+            joinedload(Case.officer),
+            joinedload(Case.citizen),
+        )
+    )
+    return (await session.execute(query)).unique().scalar_one_or_none()
+
+
+def _not_in(ids: Collection[int]) -> Any:
+    return Survey.id.not_in(sorted(ids)) if ids else true()
+
+
 async def due_for_invitation(
-    session: AsyncSession, now: datetime, channels: Sequence[str], limit: int
-) -> Sequence[Survey]:
-    """Scheduled surveys now due whose citizen can be reached on `channels`, or has opted out.
+    session: AsyncSession,
+    now: datetime,
+    channels: Sequence[str],
+    limit: int,
+    *,
+    leave_out: Collection[int] = (),
+) -> Sequence[int]:
+    """Ids of scheduled surveys now due whose citizen can be reached on `channels`, or has
+    opted out; `leave_out` are items a sweep is not to try yet (they failed recently).
 
     Surveys of citizens who have no chat yet are left out here, not skipped in the caller:
     they may be most of the backlog, and skipping them after the LIMIT would starve the rest.
+    Nothing is locked: each item is claimed in its own transaction (`claim`).
     """
     reachable = (
         select(CitizenContact.id)
@@ -90,7 +137,7 @@ async def due_for_invitation(
         .exists()
     )
     query = (
-        select(Survey)
+        select(Survey.id)
         .join(Case, Case.id == Survey.case_id)
         .join(Citizen, Citizen.id == Case.citizen_id)
         .where(
@@ -98,34 +145,42 @@ async def due_for_invitation(
             Survey.due_at <= now,
             Citizen.erased_at.is_(None),
             or_(Citizen.opted_out_at.is_not(None), reachable),
+            _not_in(leave_out),
         )
         .order_by(Survey.due_at, Survey.id)
         .limit(limit)
     )
-    return (await session.execute(_claim(query))).scalars().all()
+    return (await session.execute(query)).scalars().all()
 
 
 async def due_for_reminder(
-    session: AsyncSession, invited_before: datetime, limit: int
-) -> Sequence[Survey]:
+    session: AsyncSession,
+    invited_before: datetime,
+    limit: int,
+    *,
+    leave_out: Collection[int] = (),
+) -> Sequence[int]:
     query = (
-        select(Survey)
+        select(Survey.id)
         .where(
             Survey.status == SurveyStatus.INVITED,
             Survey.reminded_at.is_(None),
             Survey.invited_at <= invited_before,
+            _not_in(leave_out),
         )
         .order_by(Survey.invited_at, Survey.id)
         .limit(limit)
     )
-    return (await session.execute(_claim(query))).scalars().all()
+    return (await session.execute(query)).scalars().all()
 
 
-async def due_for_expiry(session: AsyncSession, now: datetime, limit: int) -> Sequence[Survey]:
+async def due_for_expiry(
+    session: AsyncSession, now: datetime, limit: int, *, leave_out: Collection[int] = ()
+) -> Sequence[int]:
     query = (
-        select(Survey)
-        .where(Survey.status.in_(_PENDING), Survey.expires_at <= now)
+        select(Survey.id)
+        .where(Survey.status.in_(_PENDING), Survey.expires_at <= now, _not_in(leave_out))
         .order_by(Survey.expires_at, Survey.id)
         .limit(limit)
     )
-    return (await session.execute(_claim(query))).scalars().all()
+    return (await session.execute(query)).scalars().all()
