@@ -8,22 +8,29 @@ from __future__ import annotations
 
 import io
 from datetime import timedelta
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 import segno
+from aiohttp import ClientResponse
 from sqlalchemy import select
 
+from bot.api import openapi_document
 from bot.config import SettingsError, load_settings
 from bot.sweeps import survey_sweep
+from handlers import escalations, survey_answers, web_survey
+from handlers.questionnaire import Question, Questionnaire, load_questionnaire
 from storage.models import Answer, AuditEntry, Escalation, OutboxMessage, Survey
 from tests.api_support import (
     Api,
     MakeApi,
     api_fixture,  # noqa: F401
+    assert_documented,
     case_body,
     make_api_fixture,  # noqa: F401
     resolved_body,
+    response_spec,
     telegram_link,
     web_link,
 )
@@ -405,3 +412,100 @@ def test_the_qr_target_setting_is_checked() -> None:
     assert load_settings(qr_target="telegram", telegram_token=TELEGRAM_TOKEN).qr_target == (
         "telegram"
     )
+
+
+# --- other questionnaires ----------------------------------------------------------------------
+
+
+async def test_the_national_form_is_answered_the_same_way(make_api: MakeApi) -> None:
+    api = await make_api(questionnaire="sipas-2023")
+    citizen = await resolved_case(api)
+    page = await agree(citizen)
+    total = len(load_questionnaire("sipas-2023"))
+    for number in range(1, total + 1):
+        assert f"Câu {number}/{total}" in page.text, page.text
+        kind = load_questionnaire("sipas-2023").questions[number - 1].kind
+        page = await citizen.press(page, {"rating": "4", "yes_no": "Không", "text": "Bỏ qua"}[kind])
+    assert "Xin cảm ơn" in page.text and not page.has_form
+    answers = (await (await api.get(f"/api/v1/cases/{CODE}")).json())["survey"]["answers"]
+    assert len(answers) == total - 1  # all but the skipped comment
+
+
+REQUIRED_TEXT = Questionnaire(
+    id="test-required-text",
+    title=MappingProxyType({"vi": "Thử", "en": "Test"}),
+    questions=(
+        Question(
+            id="why",
+            kind="text",
+            factor=None,
+            required=True,
+            role=None,
+            text=MappingProxyType({"vi": "Vì sao?", "en": "Why?"}),
+        ),
+    ),
+)
+
+
+async def test_a_required_written_answer_cannot_be_left_empty(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = load_questionnaire
+
+    def questionnaires(questionnaire_id: str) -> Questionnaire:
+        return REQUIRED_TEXT if questionnaire_id == REQUIRED_TEXT.id else real(questionnaire_id)
+
+    for module in (survey_answers, web_survey, escalations):
+        monkeypatch.setattr(module, "load_questionnaire", questionnaires)
+    citizen = await resolved_case(api)
+    async with api.services.sessions.begin() as session:
+        (await session.execute(select(Survey))).scalar_one().questionnaire = REQUIRED_TEXT.id
+    page = await agree(citizen)
+    assert "Câu 1/1" in page.text and "Bỏ qua" in page.labels  # a text may always be skipped
+    hint = await citizen.send(page.form("Gửi", text="   "))
+    assert hint.status == 422 and "Xin Ông/Bà viết câu trả lời" in hint.text
+    assert await answer_count(api) == 0
+    thanks = await citizen.send(hint.form("Gửi", text="Vì phải chờ lâu"))
+    assert "Xin cảm ơn" in thanks.text
+    assert await api.scalar(select(Answer.value_text)) == "Vì phải chờ lâu"
+
+
+# --- the OpenAPI document ---------------------------------------------------------------------
+
+
+async def test_every_answer_of_the_page_is_documented(api: Api) -> None:
+    document = openapi_document()
+    citizen = await resolved_case(api)
+    seen: list[tuple[str, ClientResponse]] = []
+
+    async def get(path: str) -> None:
+        seen.append(("GET", await api.client.get(path)))
+
+    async def post(data: dict[str, str]) -> None:
+        seen.append(("POST", await api.client.post(citizen.path, data=data, allow_redirects=False)))
+
+    consent = await citizen.open()
+    await get(citizen.path)  # 200
+    await get("/s/Unknown")  # 404
+    await post({"choice": "agree"})  # 403
+    await post(consent.form("Đồng ý"))  # 303
+    question = await citizen.open()
+    await post(question.form("5", choice="9"))  # 400
+    api.clock.advance(timedelta(days=30))
+    await get(citizen.path)  # 410
+    await post(question.form("5"))  # 410
+    assert {(method, r.status) for method, r in seen} >= {
+        ("GET", 200),
+        ("GET", 404),
+        ("GET", 410),
+        ("POST", 303),
+        ("POST", 400),
+        ("POST", 403),
+        ("POST", 410),
+    }
+    for method, response in seen:
+        if response.status == 303:  # no body: the status and its Location header
+            _, spec = response_spec(document, method, "/s/{token}", 303)
+            assert set(spec["headers"]) <= set(response.headers)
+            continue
+        await assert_documented(document, response, method, "/s/{token}")
