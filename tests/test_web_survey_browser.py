@@ -28,6 +28,10 @@ except ImportError:
         raise
     pytest.skip("Playwright is not installed: pip install -e '.[test]'", allow_module_level=True)
 
+# Deadlines, not sleeps: generous, so that a loaded machine is slow rather than failing.
+ACTION_TIMEOUT_MS = 15_000
+expect.set_options(timeout=ACTION_TIMEOUT_MS)
+
 # Read at import: the suite's fixtures clear SIPAS_* from the environment of each test.
 ARTIFACTS = Path(os.environ.get("SIPAS_TEST_ARTIFACTS") or Path(__file__).parent / "artifacts")
 CHROMIUM_CANDIDATES = (os.environ.get("SIPAS_TEST_CHROMIUM"), "/usr/bin/chromium")
@@ -72,7 +76,7 @@ async def phone(browser: Browser) -> AsyncIterator[Page]:
         java_script_enabled=False,
         locale="vi-VN",
     )
-    context.set_default_timeout(15_000)
+    context.set_default_timeout(ACTION_TIMEOUT_MS)
     try:
         yield await context.new_page()
     finally:
