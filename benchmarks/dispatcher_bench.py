@@ -142,7 +142,7 @@ async def run_with_platform(args: argparse.Namespace, sessions: Any) -> None:
     from telegram import Bot
     from telegram.request import HTTPXRequest
 
-    from bot.channels.telegram_sender import TelegramSender
+    from bot.channels.telegram.sender import TelegramSender
     from tests.fakes.telegram_api import FakeTelegramAPI
 
     # A bare Bot has one HTTP connection (PTB's default), which caps sending at one request

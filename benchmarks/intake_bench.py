@@ -82,9 +82,9 @@ async def _serve(kind: str, database_url: str) -> None:
         app = web.Application()
         app.add_routes([web.post("/api/v1/cases", echo)])
     else:
-        from bot.api import create_web_app
         from bot.app import build_services, prepare_database
         from bot.config import load_settings
+        from bot.http.api import create_web_app
         from handlers.units import load_units, parse_units_file
 
         settings = load_settings(database_url=database_url, api_tokens=TOKEN)

@@ -1,5 +1,5 @@
 """`sipas-bot` and `python -m bot`: parse the command line and run; everything else is in
-`bot.cli` (commands) and `bot.app` (the composition root).
+`bot.cli.main` (commands) and `bot.app` (the composition root).
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from bot.cli import run
+from bot.cli.main import run
 
 
 def main(argv: Sequence[str] | None = None) -> int:

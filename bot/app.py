@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,7 +21,9 @@ from bot.config import Settings
 from bot.health import ChannelStates
 from bot.outbox import Sender
 from handlers.clock import Clock, SystemClock
+from handlers.errors import InvalidInput
 from handlers.policy import EscalationPolicy, SurveyPolicy
+from handlers.units import LoadReport, load_units, parse_units_file
 from handlers.web_survey import survey_link
 from handlers.working_time import make_calendar
 from storage.db import SessionFactory, create_engine, create_session_factory, ping
@@ -50,7 +53,7 @@ class Services:
     # Called after a commit that queued messages, so they leave without waiting for a poll.
     wake_dispatcher: Callable[[], None] = lambda: None
     # Called with the ids of cases whose intake just committed: a survey due now is invited
-    # at once instead of at the next sweep (bot/sweeps.py, `InvitationWaker`).
+    # at once instead of at the next sweep (bot/jobs/sweeps.py, `InvitationWaker`).
     wake_invitations: Callable[[Sequence[int]], None] = lambda _case_ids: None
     web_routes: list[web.RouteDef] = field(default_factory=list)
     # Each configured channel's state (ok, starting, unreachable) for /healthz and /metrics.
@@ -115,7 +118,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         clock=clock or SystemClock(),
         policy=survey_policy(settings),
     )
-    # The web survey page is always there (bot/web_survey.py): anyone can answer in a browser.
+    # The web survey page is always there (bot/http/web_survey.py): anyone can answer in a browser.
     services.link_builders["web"] = survey_link(settings.public_url)
     return services
 
@@ -125,10 +128,20 @@ async def prepare_database(services: Services) -> None:
     await ping(services.engine)
     await upgrade(services.engine)
     if services.settings.units_file is not None:
-        from bot.units_cli import load_units_file
-
         report = await load_units_file(services, services.settings.units_file)
         log.info("units file loaded: %s", report)
+
+
+async def load_units_file(services: Services, path: Path) -> LoadReport:
+    """Reads, checks and loads the units file (docs/contract.md section 5) in one transaction;
+    errors name the file and the entry. Start-up and `sipas-bot units load` share it."""
+    try:
+        text = await asyncio.to_thread(path.read_text, encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput({"file": f"cannot read {path}: {exc.strerror}"}) from None
+    parsed = parse_units_file(text)
+    async with services.sessions.begin() as session:
+        return await load_units(session, parsed)
 
 
 async def run_services(

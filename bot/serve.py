@@ -16,11 +16,11 @@ from aiohttp import web
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from bot.api import create_web_app
 from bot.app import Services, Startable, build_services, prepare_database, run_services
 from bot.channels import channel_parts
 from bot.config import Settings, SettingsError
-from bot.scheduler import scheduler_part
+from bot.http.api import create_web_app
+from bot.jobs.registry import scheduler_part
 from storage.db import ping
 
 log = logging.getLogger(__name__)

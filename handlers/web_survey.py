@@ -1,6 +1,6 @@
 """The web survey page's decisions (`links.web`, `/s/<token>`): what a person holding a case's
 link sees, and what a form they send changes. The survey's rules are the chat's
-(handlers/survey_answers.py); HTTP and HTML are bot/web_survey.py's business.
+(handlers/survey_answers.py); HTTP and HTML are bot/http/web_survey.py's business.
 
 Every form carries a token signed over the step it answers and the survey's current nonce;
 each accepted form replaces the nonce, so a forged, replayed or stale form changes nothing.

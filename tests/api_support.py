@@ -20,9 +20,9 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.api import create_web_app
 from bot.app import Services, build_services, prepare_database
 from bot.config import load_settings
+from bot.http.api import create_web_app
 from handlers.clock import FakeClock
 from handlers.units import load_units, parse_units_file
 from storage.db import create_session_factory

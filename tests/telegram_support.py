@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bot.api import create_web_app
 from bot.app import Services, build_services, prepare_database
 from bot.channels import channel_parts
 from bot.config import load_settings
-from bot.sweeps import survey_sweep
+from bot.http.api import create_web_app
+from bot.jobs.sweeps import survey_sweep
 from handlers.clock import FakeClock
 from handlers.units import load_units, parse_units_file
 from tests.fakes.telegram_api import FakeTelegramAPI, SentCall

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from bot.api import openapi_document
+from bot.http.api import openapi_document
 from storage.models import Case, CaseEvent, Survey
 from tests.api_support import (
     Api,

@@ -11,8 +11,8 @@ import pytest
 from aiohttp import ClientResponse
 from sqlalchemy import select
 
-import bot.api
-from bot.api import INTAKE
+import bot.http.api
+from bot.http.api import INTAKE
 from handlers.intake import Outcome
 from handlers.intake_schema import CaseIn
 from storage.models import Case, Procedure
@@ -33,7 +33,7 @@ def holding_the_first_group(
     """Makes the first intake transaction wait until all `posts` have arrived (in it, or
     queued behind it), so that they are taken together; returns the codes of each call."""
     queue = api.client.app[INTAKE]
-    real: PostsFn = bot.api.cases_posted
+    real: PostsFn = bot.http.api.cases_posted
     calls: list[list[str]] = []
 
     async def cases_posted(session: Any, bodies: Sequence[CaseIn], *a: Any, **k: Any) -> Any:
@@ -45,7 +45,7 @@ def holding_the_first_group(
                 await asyncio.sleep(0.005)
         return await real(session, bodies, *a, **k)
 
-    monkeypatch.setattr(bot.api, "cases_posted", cases_posted)
+    monkeypatch.setattr(bot.http.api, "cases_posted", cases_posted)
     return calls
 
 
@@ -84,7 +84,7 @@ async def test_a_request_that_fails_its_group_fails_alone(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = holding_the_first_group(api, monkeypatch, posts=4)
-    held: PostsFn = bot.api.cases_posted
+    held: PostsFn = bot.http.api.cases_posted
 
     async def poisoned(session: Any, bodies: Sequence[CaseIn], *a: Any, **k: Any) -> Any:
         outcomes = await held(session, bodies, *a, **k)
@@ -92,7 +92,7 @@ async def test_a_request_that_fails_its_group_fails_alone(
             raise RuntimeError("a bug that only this case trips")
         return outcomes
 
-    monkeypatch.setattr(bot.api, "cases_posted", poisoned)
+    monkeypatch.setattr(bot.http.api, "cases_posted", poisoned)
     bodies = [case_body("P-0"), case_body("P-1"), case_body("POISON"), case_body("P-2")]
     responses = await asyncio.gather(*(api.post(body) for body in bodies))
 

@@ -13,7 +13,7 @@ from urllib.parse import quote
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.api import openapi_document
+from bot.http.api import openapi_document
 from tests.api_support import (
     AUTH,
     Api,

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import ClientResponse
 
-from bot.api import openapi_document
+from bot.http.api import openapi_document
 from storage.models import Case, CaseEvent
 from tests.api_support import (
     Api,

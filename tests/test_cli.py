@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from bot.cli import build_parser
+from bot.cli.main import build_parser
 from bot.logging_setup import MaskingFilter, mask
 from storage.migrate import current_revision
 from storage.models import Unit, UnitHead

@@ -17,12 +17,12 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 from sqlalchemy import func, select
 
-from bot import demo_data
-from bot.api import create_web_app
 from bot.app import build_services
 from bot.config import load_settings
-from bot.demo_digest import HISTORY_PREFIX
-from bot.demo_web import FALLBACK_SUFFIX
+from bot.http.api import create_web_app
+from demo import data as demo_data
+from demo.digest import HISTORY_PREFIX
+from demo.web import FALLBACK_SUFFIX
 from handlers.intake_schema import parse_case
 from storage.models import Case, Unit, UnitHead
 from tests.cli_support import PYTHON, free_port, run_main, subprocess_env
@@ -43,7 +43,7 @@ async def counts(database_url: str) -> tuple[int, int, int]:
         async with engine.connect() as connection:
             units = await connection.scalar(select(func.count()).select_from(Unit))
             heads = await connection.scalar(select(func.count()).select_from(UnitHead))
-            # Not the surveys of earlier weeks the digest needs (bot/demo_digest.py).
+            # Not the surveys of earlier weeks the digest needs (demo/digest.py).
             # Nor the case resolved for the web survey when the sample has none to offer.
             sample = ~Case.case_code.startswith(HISTORY_PREFIX) & ~Case.case_code.endswith(
                 FALLBACK_SUFFIX

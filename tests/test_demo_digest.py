@@ -12,7 +12,7 @@ import pytest
 from openpyxl import load_workbook
 from PIL import Image
 
-from bot.digest_render import CHART_SIZE
+from bot.digest.render import CHART_SIZE
 from tests.cli_support import run_main
 
 

@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 
 from bot.app import Services, build_services
 from bot.config import load_settings
-from bot.demo import DEMO_DATABASE, run_demo
-from bot.sweeps import escalation_sweep, survey_sweep
+from bot.jobs.sweeps import escalation_sweep, survey_sweep
+from demo.run import DEMO_DATABASE, run_demo
 from handlers.case_view import case_view_by_code
 from handlers.clock import FakeClock
 from storage.db import create_engine, create_session_factory

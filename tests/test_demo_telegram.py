@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import load_settings
-from bot.demo import run_demo
+from demo.run import run_demo
 from tests.cli_support import free_port
 from tests.fakes.telegram_api import FakeTelegramAPI
 

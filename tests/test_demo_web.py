@@ -10,8 +10,9 @@ from sqlalchemy import select
 
 from bot.app import Services, build_services
 from bot.config import load_settings
-from bot.demo import DemoContext, seed_cases, seed_units
-from bot.demo_web import FALLBACK_SUFFIX, pick_web_sample
+from demo.context import DemoContext
+from demo.run import seed_cases, seed_units
+from demo.web import FALLBACK_SUFFIX, pick_web_sample
 from handlers.web_survey import PageKind, page_opened
 from storage.models import Case, Survey, SurveyStatus
 from tests.api_support import use_engine

@@ -13,11 +13,12 @@ from sqlalchemy import func, select
 from telegram import Bot
 
 from bot.app import build_services, prepare_database
-from bot.channels.telegram_sender import TelegramSender
+from bot.channels.telegram.sender import TelegramSender
 from bot.config import WeeklySchedule
-from bot.digest_delivery import due_moment, send_due_digests
+from bot.jobs.digests import due_moment, send_due_digests
+from bot.jobs.registry import sweep_registrars
+from bot.jobs.scheduler import SweepScheduler
 from bot.outbox import PermanentSendError
-from bot.scheduler import SweepScheduler, sweep_registrars
 from handlers.digest import Week
 from storage.db import create_session_factory
 from storage.models import DigestDelivery, OutboxMessage, OutboxStatus

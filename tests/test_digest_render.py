@@ -13,8 +13,8 @@ import pytest
 from openpyxl import load_workbook
 from PIL import Image
 
-from bot.digest_api import weekly_report
-from bot.digest_render import CHART_SIZE, build_files, summary_csv
+from bot.digest.render import CHART_SIZE, build_files, summary_csv
+from bot.digest.report import weekly_report
 from handlers.digest_text import MAX_CHARS, digest_text
 from tests.api_support import (
     Api,

@@ -131,7 +131,7 @@ class Life:
             )
 
     async def sweep(self) -> int:
-        """The SLA sweep as bot/sweeps.py runs it: due ids, then each in its own transaction."""
+        """The SLA sweep as bot/jobs/sweeps.py runs it: due ids, each in its own transaction."""
         async with self.sessions() as session:
             due = await escalations.due_for_sla(session, self.clock.now())
         moved = 0

@@ -13,8 +13,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
-from bot.heads_cli import heads_invite
-from bot.sweeps import escalation_sweep
+from bot.cli.heads import heads_invite
+from bot.jobs.sweeps import escalation_sweep
 from handlers.units import load_units, parse_units_file
 from storage.models import Escalation, EscalationEvent
 from tests.fakes.telegram_api import FakeTelegramAPI, SentCall

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.sweeps import InvitationWaker, survey_sweep
+from bot.jobs.sweeps import InvitationWaker, survey_sweep
 from handlers import survey_flow
 from handlers.survey_flow import FRESH_INVITATION
 from storage.models import Case, OutboxMessage, Priority
@@ -149,7 +149,7 @@ async def test_a_failing_woken_invitation_is_logged_and_the_next_goes_out(
     waker = InvitationWaker(rig.services, workers=1)
     waker.start()
     try:
-        with caplog.at_level(logging.ERROR, logger="bot.sweeps"):
+        with caplog.at_level(logging.ERROR, logger="bot.jobs.sweeps"):
             waker.wake([bad, good])
             await asyncio.wait_for(waker.settle(), 10)
     finally:

@@ -1,4 +1,4 @@
-"""The OpenAPI document (bot/openapi.json) is valid, lists exactly the app's routes, and the
+"""The OpenAPI document (bot/http/openapi.json) is valid, lists exactly the app's routes, and the
 running app's real answers match it."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bot.api import create_web_app, openapi_document
 from bot.app import build_services
 from bot.config import load_settings
+from bot.http.api import create_web_app, openapi_document
 from tests.api_support import (
     _JSON_TYPES,
     AUTH,
@@ -29,7 +29,7 @@ from tests.api_support import (
 from tests.api_support import _follow as follow
 from tests.api_support import _subset_errors as subset_errors
 
-DOCUMENT_FILE = Path(__file__).parent.parent / "bot" / "openapi.json"
+DOCUMENT_FILE = Path(__file__).parent.parent / "bot" / "http" / "openapi.json"
 METHODS = {"get", "post", "put", "patch", "delete", "head", "options"}
 
 

@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.scheduler import SweepScheduler, sweep_registrars
-from bot.sweeps import Retries, escalation_sweep, survey_sweep
+from bot.jobs.registry import sweep_registrars
+from bot.jobs.scheduler import SweepScheduler
+from bot.jobs.sweeps import Retries, escalation_sweep, survey_sweep
 from handlers import escalations, survey_flow
 from storage.models import Case, Escalation, Survey
 from storage.repositories import surveys as survey_repo
@@ -80,11 +81,11 @@ async def test_a_poisoned_invitation_does_not_hold_back_the_others(
     codes = await _resolved_cases(rig, 4)
     poisoned = await _poison_survey(rig, codes[1])
     retries = Retries()
-    with caplog.at_level(logging.ERROR, logger="bot.sweeps"):
+    with caplog.at_level(logging.ERROR, logger="bot.jobs.sweeps"):
         assert await survey_sweep(rig.services, retries) == 3
     statuses = [(await rig.get_case(code))["survey"]["status"] for code in codes]
     assert statuses == ["invited", "scheduled", "invited", "invited"]
-    [line] = [r.getMessage() for r in caplog.records if r.name == "bot.sweeps"]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "bot.jobs.sweeps"]
     assert f"invitation {poisoned} failed (1 in a row): UnknownQuestionnaire at" in line
     assert "Người" not in line and "removed-questionnaire" not in line  # no data, only where
 
@@ -93,7 +94,7 @@ async def test_a_poisoned_invitation_does_not_hold_back_the_others(
     assert await survey_sweep(rig.services, retries) == 0
     assert not caplog.records
     rig.clock.advance(timedelta(minutes=1))
-    with caplog.at_level(logging.ERROR, logger="bot.sweeps"):
+    with caplog.at_level(logging.ERROR, logger="bot.jobs.sweeps"):
         await survey_sweep(rig.services, retries)
         rig.clock.advance(timedelta(minutes=1))
         await survey_sweep(rig.services, retries)
@@ -128,7 +129,7 @@ async def test_a_poisoned_escalation_does_not_hold_back_the_others(
 
     monkeypatch.setattr(escalations, "deadline_passed", unroutable)
     rig.clock.advance(timedelta(days=3))
-    with caplog.at_level(logging.ERROR, logger="bot.sweeps"):
+    with caplog.at_level(logging.ERROR, logger="bot.jobs.sweeps"):
         assert await escalation_sweep(rig.services) == 2
     assert any(f"escalation {ids[0]} failed" in r.getMessage() for r in caplog.records)
     async with rig.services.sessions() as session:

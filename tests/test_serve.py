@@ -16,7 +16,8 @@ import pytest
 
 from bot.app import Services, build_services
 from bot.config import load_settings
-from bot.scheduler import SweepScheduler, scheduler_part
+from bot.jobs.registry import scheduler_part
+from bot.jobs.scheduler import SweepScheduler
 from tests.cli_support import PYTHON, REPO, free_port, subprocess_env
 
 TOKEN = "serve-test-token-5d1f"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from pytest_aiohttp import AiohttpClient
 
-from bot.api import create_web_app
 from bot.app import build_services
-from bot.channels.telegram import SECRET_HEADER, WEBHOOK_PATH, configure_telegram
+from bot.channels.telegram.channel import SECRET_HEADER, WEBHOOK_PATH, configure_telegram
 from bot.config import load_settings
+from bot.http.api import create_web_app
 from tests.cli_support import free_port
 from tests.telegram_support import CASE, Rig, case_body, make_rig, rig
 

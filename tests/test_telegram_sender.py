@@ -12,7 +12,7 @@ from telegram import Bot
 from telegram import error as tg
 from telegram.request import HTTPXRequest
 
-from bot.channels.telegram_sender import TelegramSender, retry_after_seconds, translate_error
+from bot.channels.telegram.sender import TelegramSender, retry_after_seconds, translate_error
 from bot.outbox import (
     Dispatcher,
     PermanentSendError,

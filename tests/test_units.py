@@ -8,9 +8,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.app import Services, build_services
+from bot.app import Services, build_services, load_units_file
 from bot.config import load_settings
-from bot.units_cli import load_units_file
 from handlers.errors import InvalidInput
 from handlers.units import LoadReport, load_units, parse_units_file
 from storage.db import SessionFactory, create_session_factory

@@ -16,9 +16,9 @@ import segno
 from aiohttp import ClientResponse
 from sqlalchemy import select
 
-from bot.api import openapi_document
 from bot.config import SettingsError, load_settings
-from bot.sweeps import survey_sweep
+from bot.http.api import openapi_document
+from bot.jobs.sweeps import survey_sweep
 from handlers import escalations, survey_answers, web_survey
 from handlers.questionnaire import Question, Questionnaire, load_questionnaire
 from storage.models import Answer, AuditEntry, Escalation, OutboxMessage, Survey

@@ -24,7 +24,7 @@ def channel_parts(services: Services) -> list[Startable]:
     parts: list[Startable] = []
     settings = services.settings
     if settings.telegram_token is not None:
-        from bot.channels.telegram import configure_telegram
+        from bot.channels.telegram.channel import configure_telegram
 
         telegram = configure_telegram(services)
 

@@ -2,8 +2,8 @@
 
 Every sweep (reminders, expiries, escalation SLAs, digests) is an `async def sweep(services)`
 that looks in the database for what is due, so nothing is lost while the process was down
-(docs/design.md). A module that owns a sweep adds its registrar to `sweep_registrars` below, the
-one visible list of everything that runs on a timer:
+(docs/design.md). A module that owns a sweep adds its registrar to `sweep_registrars` in
+`bot/jobs/registry.py`, the one visible list of everything that runs on a timer:
 
     def register_reminders(scheduler: SweepScheduler) -> None:
         scheduler.every(timedelta(minutes=1), send_due_reminders, name="reminders")
@@ -91,37 +91,3 @@ class SweepScheduler:
 
 
 Registrar = Callable[[SweepScheduler], None]
-
-
-def sweep_registrars(services: Services) -> list[Registrar]:
-    """Every sweep of the service, in registration order; add new sweeps here."""
-    from bot.digest_delivery import register_digest_sweep
-    from bot.sweeps import register_survey_sweeps
-
-    registrars: list[Registrar] = [register_survey_sweeps, register_digest_sweep]
-    return registrars
-
-
-def scheduler_part(
-    registrars: Callable[[Services], list[Registrar]] = sweep_registrars,
-) -> Callable[[Services], Awaitable[Callable[[], Awaitable[None]]]]:
-    """A `Startable` that runs the scheduler with the given sweeps for the life of the service."""
-
-    async def start(services: Services) -> Callable[[], Awaitable[None]]:
-        from bot.sweeps import invitation_waker_part
-
-        # The fast path of the invitation sweep: invitations woken as intake commits.
-        stop_waker = await invitation_waker_part()(services)
-        sweeps = SweepScheduler(services)
-        for register in registrars(services):
-            register(sweeps)
-        sweeps.start()
-        log.info("scheduler started; sweeps: %s", ", ".join(sweeps.job_names) or "none")
-
-        async def stop() -> None:
-            await sweeps.stop()
-            await stop_waker()
-
-        return stop
-
-    return start

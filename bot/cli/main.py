@@ -14,9 +14,9 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from bot import demo_data
 from bot.config import Settings, SettingsError, load_settings
 from bot.logging_setup import setup_logging
+from demo import data as demo_data
 from handlers.errors import DomainError, InvalidInput
 
 EXIT_OK = 0
@@ -36,7 +36,7 @@ async def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.demo import run_demo
+    from demo.run import run_demo
 
     await run_demo(settings, serve=not args.no_serve, cases=args.cases)
     return EXIT_OK
@@ -53,8 +53,8 @@ async def cmd_db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 async def cmd_units_load(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.app import load_units_file
     from bot.serve import opened_services
-    from bot.units_cli import load_units_file
 
     async with opened_services(settings) as services:
         report = await load_units_file(services, args.file)
@@ -63,7 +63,7 @@ async def cmd_units_load(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_heads_invite(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.heads_cli import heads_invite
+    from bot.cli.heads import heads_invite
     from bot.serve import opened_services
 
     async with opened_services(settings) as services:
@@ -109,7 +109,7 @@ async def cmd_cases_import(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_digest(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.digest_cli import print_lines, run_digest
+    from bot.cli.digest import print_lines, run_digest
     from bot.serve import opened_services
 
     async with opened_services(settings) as services:
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     import_.add_argument("file", type=Path, metavar="FILE.csv")
     import_.set_defaults(run=cmd_cases_import)
 
-    from bot.digest_cli import add_digest_parser
+    from bot.cli.digest import add_digest_parser
 
     add_digest_parser(commands)
     commands.choices["digest"].set_defaults(run=cmd_digest)
@@ -237,7 +237,7 @@ def _print_error(message: str, stream: TextIO) -> None:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Parses `argv`, builds the settings, runs the command; returns the exit code."""
-    from bot.heads_cli import TelegramUnreachable
+    from bot.cli.heads import TelegramUnreachable
     from bot.serve import StartupError
 
     args = build_parser().parse_args(argv)

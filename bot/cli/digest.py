@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from bot.app import Services
-from bot.digest_api import weekly_report
+from bot.digest.report import weekly_report
 from handlers.digest import Report
 
 FORMATS = ("text", "json", "xlsx", "png", "csv")
@@ -52,7 +52,7 @@ async def run_digest(services: Services, args: argparse.Namespace) -> list[str]:
         data = json.dumps(report.as_json(), ensure_ascii=False, indent=2).encode()
         extension = "json"
     else:
-        from bot.digest_render import render
+        from bot.digest.render import render
 
         data, extension = await render(services, report, fmt)
     if fmt in {"json", "text"} and args.out is None:
@@ -60,7 +60,7 @@ async def run_digest(services: Services, args: argparse.Namespace) -> list[str]:
     else:
         lines.append(await _write(data, args.out or Path(), f"{file_stem(report)}.{extension}"))
     if args.send:
-        from bot.digest_delivery import deliver_week
+        from bot.jobs.digests import deliver_week
 
         outcome = await deliver_week(services, report.week, scope_code=args.unit)
         lines.append(f"queued: {outcome}")

@@ -1,5 +1,5 @@
 """The HTTP API of docs/contract.md section 4 (aiohttp): case intake, case view, QR code, health;
-the web survey page (bot/web_survey.py) is served by the same application.
+the web survey page (bot/http/web_survey.py) is served by the same application.
 
 Every route answers JSON; domain errors, bad JSON and an unreachable database are mapped to
 the contract's error shape in one middleware. A 2xx answer is sent only after the commit.
@@ -29,8 +29,8 @@ from sqlalchemy.exc import (
 )
 
 from bot.app import Services
-from bot.digest_api import weekly_report
-from bot.web_survey import web_survey_routes
+from bot.digest.report import weekly_report
+from bot.http.web_survey import web_survey_routes
 from handlers.case_view import case_view_by_code, case_views, shown_code
 from handlers.errors import Conflict, DomainError, InvalidInput, NotFound
 from handlers.intake import SURVEYED, Posted, ReferenceIds, cases_posted, without_repeats
@@ -406,7 +406,7 @@ async def metrics(_request: web.Request) -> web.Response:
 
 
 def openapi_document() -> dict[str, Any]:
-    text = resources.files("bot").joinpath("openapi.json").read_text(encoding="utf-8")
+    text = resources.files("bot.http").joinpath("openapi.json").read_text(encoding="utf-8")
     document: dict[str, Any] = json.loads(text)
     return document
 

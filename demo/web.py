@@ -1,5 +1,5 @@
 """The demo's web survey: a resolved sample case whose citizen has not answered yet, so that a
-newcomer can open its web link (`links.web`, bot/web_survey.py) in a browser and answer it."""
+newcomer can open its web link (`links.web`, bot/http/web_survey.py) in a browser and answer it."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from bot import demo_data
-from bot.demo_digest import HISTORY_PREFIX
+from demo import data as demo_data
+from demo.digest import HISTORY_PREFIX
 from handlers.intake import case_posted
 from handlers.intake_schema import parse_case
 from storage.models import Case, LinkToken, Survey, SurveyStatus
 
 if TYPE_CHECKING:
-    from bot.demo import DemoContext
+    from demo.context import DemoContext
 
 # The link must still work a good while after the demo starts.
 MARGIN = timedelta(days=1)

@@ -33,7 +33,7 @@ from telegram.ext import (
 from telegram.request import HTTPXRequest
 
 from bot.app import Services
-from bot.channels.telegram_sender import TelegramSender
+from bot.channels.telegram.sender import TelegramSender
 from bot.config import telegram_token_rejected
 from bot.health import ChannelState
 from bot.logging_setup import mask

@@ -27,7 +27,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.app import Services
-from bot.scheduler import SweepScheduler
+from bot.jobs.scheduler import SweepScheduler
 from handlers import escalations, survey_flow
 from storage.db import is_postgresql
 

@@ -22,7 +22,7 @@ from storage.models import Answer, Case, Escalation, EscalationStatus, Survey, S
 from storage.repositories import escalations as escalation_repo
 
 if TYPE_CHECKING:
-    from bot.demo import DemoContext
+    from demo.context import DemoContext
 
 ANSWER_SHARE = 0.65  # of resolved cases whose citizen answered
 STORY_HORIZON = timedelta(hours=1)

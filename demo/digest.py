@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from bot.digest_render import build_files
+from bot.digest.render import build_files
 from handlers.digest import Week, build_report
 from handlers.questionnaire import load_questionnaire
 from storage.models import (
@@ -34,7 +34,7 @@ from storage.models import (
 )
 
 if TYPE_CHECKING:
-    from bot.demo import DemoContext
+    from demo.context import DemoContext
 
 HISTORY_PREFIX = "HIST-"
 DIGEST_DIR = Path("sipas-demo") / "digest"

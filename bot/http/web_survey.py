@@ -73,7 +73,7 @@ _HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
 }
-# Errors that mean "the database cannot be reached now" (as bot/api.py reads them).
+# Errors that mean "the database cannot be reached now" (as bot/http/api.py reads them).
 _UNREACHABLE = (OperationalError, InterfaceError, DisconnectionError, OSError, TimeoutError)
 
 

@@ -23,8 +23,8 @@ from prometheus_client import Counter
 
 from bot.app import Services
 from bot.config import WeeklySchedule
-from bot.digest_render import History, build_files
-from bot.scheduler import SweepScheduler
+from bot.digest.render import History, build_files
+from bot.jobs.scheduler import SweepScheduler
 from handlers.chat import say
 from handlers.digest import (
     Counts,

@@ -16,8 +16,7 @@ import shlex
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -25,10 +24,10 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.orm import aliased
 
-from bot import demo_data
-from bot.app import Services
 from bot.config import Settings
 from bot.serve import masked_url, open_services, run_until_stopped
+from demo import data as demo_data
+from demo.context import DemoContext, StoryCase
 from handlers.errors import DomainError
 from handlers.intake import case_posted
 from handlers.intake_schema import parse_case
@@ -49,32 +48,6 @@ log = logging.getLogger(__name__)
 DEMO_DIR = Path("sipas-demo")
 DEMO_DATABASE = DEMO_DIR / "sipas.db"
 SEED = 2026
-
-
-@dataclass
-class DemoContext:
-    """What the seeding steps share: the services, one seeded random source, one `now`."""
-
-    services: Services
-    rng: random.Random
-    now: datetime
-    cases: int = demo_data.CASES
-    # Lines for the summary, one or more per step ("Cases: 360 over 8 weeks ...").
-    summary: list[str] = field(default_factory=list)
-    # A received sample case and its citizen link token, to try the chat with.
-    sample: tuple[str, str] | None = None
-    # The case to open first: answered, complained about, handled by the head with a note.
-    story: StoryCase | None = None
-    # A resolved case whose survey is still open, and its link token: to answer on the web.
-    web_sample: tuple[str, str] | None = None
-
-
-@dataclass(frozen=True)
-class StoryCase:
-    case_code: str
-    unit_name: str
-    reason: str
-    note: str
 
 
 SeedStep = Callable[[DemoContext], Awaitable[None]]
@@ -167,9 +140,9 @@ async def pick_story(context: DemoContext) -> None:
 
 def seed_steps() -> list[SeedStep]:
     """Every seeding step, in order; add new concerns here."""
-    from bot.demo_digest import seed_digest_weeks, write_demo_digest
-    from bot.demo_feedback import seed_feedback
-    from bot.demo_web import pick_web_sample
+    from demo.digest import seed_digest_weeks, write_demo_digest
+    from demo.feedback import seed_feedback
+    from demo.web import pick_web_sample
 
     return [
         seed_units,
