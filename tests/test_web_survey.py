@@ -319,6 +319,15 @@ async def test_an_opted_out_citizen_is_not_asked(api: Api) -> None:
     assert page.status == 200 and "không nhận khảo sát" in page.text and not page.has_form
 
 
+async def test_a_citizen_whose_chat_is_unreachable_can_still_answer_on_the_web(api: Api) -> None:
+    citizen = await resolved_case(api)
+    async with api.services.sessions.begin() as session:
+        (await session.execute(select(Survey))).scalar_one().status = "unreachable"
+    page = await agree(citizen)
+    assert "Câu 1/7" in page.text
+    assert (await survey_row(api)).status == "in_progress"
+
+
 # --- the same survey in chat and on the web ----------------------------------------------------
 
 
