@@ -2,8 +2,10 @@
 
 Fills the outbox with invitations to distinct chats, runs the Dispatcher with the default
 limits (30 messages/s in all, 1/s per chat) against the fake Bot API over real HTTP (PTB's
-`Bot` through `TelegramSender`), and meanwhile enqueues a reply to one answering chat every
-second, the way a handler does (commit, then `wake()`). Run from the repository root:
+`Bot` through `TelegramSender`), and meanwhile plays a person answering with buttons every
+`--reply-interval` seconds, the way the Telegram channel does: one transaction queues the next
+question and the edit of the pressed one (the checkmark, through the outbox since edits count
+against the limits too), then `wake()`. Run from the repository root:
 
     python benchmarks/dispatcher_bench.py [--invitations 10000] [--seconds 20]
         [--database-url postgresql+asyncpg://postgres@127.0.0.1:5432/test] [--in-process]
@@ -16,14 +18,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import os
 import secrets
 import statistics
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,9 +64,9 @@ class InProcessSender:
     async def send(
         self, address: str, payload: Mapping[str, Any], *, clear_buttons_of: str | None
     ) -> str | None:
-        # Recorded after the answer time, as the HTTP fake records after its latency.
-        await asyncio.sleep(self.latency)
+        # Arrives now; the platform answers after its latency.
         self.arrivals.append((address, str(payload["text"]), time.monotonic()))
+        await asyncio.sleep(self.latency)
         return str(len(self.arrivals))
 
 
@@ -143,13 +147,12 @@ async def run_with_platform(args: argparse.Namespace, sessions: Any) -> None:
     from telegram.request import HTTPXRequest
 
     from bot.channels.telegram.sender import TelegramSender
-    from tests.fakes.telegram_api import FakeTelegramAPI
 
     # A bare Bot has one HTTP connection (PTB's default), which caps sending at one request
     # per round trip; the service's Application gets PTB's application default of 256.
     request = HTTPXRequest(connection_pool_size=16)
     async with (
-        FakeTelegramAPI(latency=args.latency) as api,
+        fake_api_in_thread(args.latency) as api,
         Bot(api.token, base_url=api.base_url, request=request) as bot,
     ):
         print(
@@ -158,12 +161,47 @@ async def run_with_platform(args: argparse.Namespace, sessions: Any) -> None:
         )
 
         def arrived() -> list[tuple[str, str, float]]:
+            # The fake stamps a sendMessage after its answer delay, an edit without one: the
+            # arrival is the stamp less that delay.
             return [
-                (str(call.chat_id), call.text or "", call.timestamp)
-                for call in api.calls("sendMessage")
+                (
+                    str(call.chat_id),
+                    call.text or "",
+                    call.timestamp - (args.latency if call.method == "sendMessage" else 0.0),
+                )
+                for call in api.sent
+                if call.method in ("sendMessage", "editMessageText")
             ]
 
         report(args, await run_dispatcher(args, sessions, TelegramSender(bot), arrived))
+
+
+@contextlib.asynccontextmanager
+async def fake_api_in_thread(latency: float) -> AsyncIterator[Any]:
+    """The fake Bot API on an event loop of its own: the dispatcher's work (claims, settling)
+    must not delay the moment the platform stamps an arrival, or the stamps would bunch."""
+    from tests.fakes.telegram_api import FakeTelegramAPI
+
+    loop = asyncio.new_event_loop()
+    api = FakeTelegramAPI(latency=latency)
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(api.start())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(api.stop())
+        loop.close()
+
+    thread = threading.Thread(target=serve, name="fake-bot-api", daemon=True)
+    thread.start()
+    await asyncio.to_thread(ready.wait)
+    try:
+        yield api
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join)
 
 
 async def run_dispatcher(
@@ -176,17 +214,32 @@ async def run_dispatcher(
 
     async def answering_person() -> None:
         n = 0
+        pressed: int | None = None  # the outbox row of the question last pressed
         while not stop.is_set():
             await asyncio.sleep(args.reply_interval)
             text = f"reply {n}"
             async with sessions.begin() as session:
-                await outbox.enqueue(
+                if pressed is not None:
+                    message_id = await outbox.platform_message_id(
+                        session, pressed, channel="telegram", address=str(ANSWERING_CHAT)
+                    )
+                    if message_id is not None:
+                        await outbox.enqueue(
+                            session,
+                            channel="telegram",
+                            address=str(ANSWERING_CHAT),
+                            payload={"text": f"{n} ✔", "edit_message_id": message_id},
+                            priority=Priority.REPLY + 1,
+                        )
+                row = await outbox.enqueue(
                     session,
                     channel="telegram",
                     address=str(ANSWERING_CHAT),
                     payload={"text": text},
                     priority=Priority.REPLY,
                 )
+                assert row is not None
+                pressed = row.id
             enqueued[text] = time.monotonic()
             dispatcher.wake()
             n += 1
@@ -241,7 +294,7 @@ def report(args: argparse.Namespace, outcome: Outcome) -> None:
     duration = end - begin
     print(f"ran {duration:.1f}s with limits 30/s in all, 1/s per chat")
     print(
-        f"sent: {len(in_window)} messages, {len(in_window) / duration:.2f}/s "
+        f"sent: {len(in_window)} messages (sends and edits), {len(in_window) / duration:.2f}/s "
         f"(limit 30/s = {30 * duration:.0f} in this time)"
     )
     print(
@@ -258,11 +311,13 @@ def report(args: argparse.Namespace, outcome: Outcome) -> None:
     ]
     unsent = len(enqueued) - len(latencies)
     if latencies:
-        print(f"replies: {len(enqueued)} enqueued, one a second, to one answering chat")
+        print(
+            f"replies: {len(enqueued)} enqueued, one every {args.reply_interval:g}s (each with"
+            " the edit of the pressed question), to one answering chat"
+        )
         print(f"  commit -> dispatcher calls the sender: {summary(queued)}")
         print(
-            f"  commit -> platform recorded the message (includes its {args.latency * 1000:.0f}"
-            f" ms answer time): {summary(latencies)}"
+            f"  commit -> the message arrived at the platform: {summary(latencies)}"
             + (f"; {unsent} not sent at stop" if unsent else "")
         )
         reply_times = sorted(t for _, _, t in replies)
@@ -307,7 +362,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--invitations", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--reply-interval", type=float, default=1.0)
+    # A person reads a question and presses an answer every few seconds; each press makes
+    # two messages to that chat (the next question, the edit of the pressed one).
+    parser.add_argument("--reply-interval", type=float, default=2.5)
     parser.add_argument(
         "--database-url", help="default: a temporary SQLite file; PostgreSQL gets a temp schema"
     )

@@ -407,6 +407,8 @@ class OutboxMessage(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     not_before: Mapped[datetime] = mapped_column(default=utcnow)
     claimed_until: Mapped[datetime | None]
+    # A random token per claim: only the holder of this claim may settle the row.
+    claim_token: Mapped[str | None] = mapped_column(String(32))
     # Set when one event must never send twice (e.g. "invite:<survey id>").
     dedupe_key: Mapped[str | None] = mapped_column(String(128), unique=True)
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id", ondelete="SET NULL"))

@@ -8,7 +8,6 @@ are registered as `api` and `make_api`).
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -27,54 +26,11 @@ from handlers.clock import FakeClock
 from handlers.units import load_units, parse_units_file
 from storage.db import create_session_factory
 from tests.conftest import engine_for
+from tests.contract_data import API_TOKEN, AUTH, HN_BD, case_body, units_yaml
 
-TOKEN = "test-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+TOKEN = API_TOKEN
 BOT_USERNAME = "sipas_test_bot"
-
-UNITS_YAML = """
-units:
-  - code: HN
-    name: UBND thành phố Hà Nội
-    head: {name: Nguyễn Văn An, telegram_chat_id: 900}
-  - code: HN-LB
-    name: UBND quận Long Biên
-    parent: HN
-    head: {name: Lê Thị Bình, telegram_chat_id: 901}
-  - code: HN-BD
-    name: UBND quận Ba Đình
-    parent: HN
-digest_recipients:
-  - {name: Sở Nội vụ Hà Nội, telegram_chat_id: 950, scope: HN}
-"""
-
-BASE_BODY: dict[str, Any] = {
-    "case_code": "000.00.12.H26-261122-0001",
-    "unit_code": "HN-LB",
-    "procedure": {"code": "1.001193", "name": "Đăng ký khai sinh", "field": "Hộ tịch"},
-    "officer": {"code": "CB-017", "name": "Nguyễn Thị Lan"},
-    "citizen": {
-        "name": "Trần Văn Minh",
-        "phone": "0912345678",
-        "telegram_chat_id": None,
-        "zalo_user_id": None,
-        "locale": "vi",
-    },
-    "status": "received",
-    "received_at": "2026-11-20T08:05:00+07:00",
-    "due_at": "2026-11-25T17:00:00+07:00",
-    "resolved_at": None,
-    "delay": None,
-}
-
-
-def case_body(case_code: str | None = None, **changes: Any) -> dict[str, Any]:
-    """The contract's example body, with top-level fields replaced by `changes`."""
-    body = copy.deepcopy(BASE_BODY)
-    if case_code is not None:
-        body["case_code"] = case_code
-    body.update(changes)
-    return body
+UNITS_YAML = units_yaml(HN_BD)
 
 
 def resolved_body(case_code: str, resolved_at: str = "2026-11-23T08:00:00+07:00") -> dict[str, Any]:

@@ -162,3 +162,22 @@ def _no_sipas_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("SIPAS_") and name != "SIPAS_TEST_POSTGRES_URL":
             monkeypatch.delenv(name)
+
+
+@pytest.fixture
+async def cli_database(
+    request: pytest.FixtureRequest,
+    migrated_database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> str:
+    """A migrated database of each backend, named by SIPAS_DATABASE_URL, with units loaded by
+    `sipas-bot units load`: the test module's `UNITS_YAML`, or the contract's units file."""
+    from tests.cli_support import run_main
+    from tests.contract_data import UNITS_YAML
+
+    monkeypatch.setenv("SIPAS_DATABASE_URL", migrated_database_url)
+    units = tmp_path / "units.yaml"
+    units.write_text(getattr(request.module, "UNITS_YAML", UNITS_YAML), encoding="utf-8")
+    assert await run_main(["units", "load", str(units)]) == 0
+    return migrated_database_url

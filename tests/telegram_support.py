@@ -7,7 +7,6 @@ settings. Citizens are played through the fake API (`rig.api.push_text`, `rig.ap
 
 from __future__ import annotations
 
-import copy
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -21,43 +20,24 @@ from bot.http.api import create_web_app
 from bot.jobs.sweeps import survey_sweep
 from handlers.clock import FakeClock
 from handlers.units import load_units, parse_units_file
+from tests.contract_data import API_TOKEN, AUTH, units_yaml
+from tests.contract_data import case_body as contract_case_body
 from tests.fakes.telegram_api import FakeTelegramAPI, SentCall
 
-API_TOKEN = "test-token"
-AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
-
-UNITS_YAML = """
-units:
-  - code: HN
-    name: UBND thành phố Hà Nội
-    head: {name: Nguyễn Văn An, telegram_chat_id: 900}
-  - code: HN-LB
-    name: UBND quận Long Biên
-    parent: HN
-    head: {name: Lê Thị Bình, telegram_chat_id: 901}
-"""
-
-CASE: dict[str, Any] = {
-    "case_code": "000.00.12.H26-261122-0001",
-    "unit_code": "HN-LB",
-    # A procedure without a courtesy message, so the invitation follows resolution directly.
-    "procedure": {
-        "code": "2.000815",
-        "name": "Chứng thực bản sao từ bản chính",
-        "field": "Chứng thực",
-    },
-    "officer": {"code": "CB-017", "name": "Nguyễn Thị Lan"},
-    "citizen": {"name": "Trần Văn Minh", "phone": "0912345678", "locale": "vi"},
-    "status": "received",
-    "received_at": "2026-11-20T08:05:00+07:00",
-    "due_at": "2026-11-25T17:00:00+07:00",
+UNITS_YAML = units_yaml(recipients=False)
+# A procedure without a courtesy message, so the invitation follows resolution directly.
+COPY_PROCEDURE = {
+    "code": "2.000815",
+    "name": "Chứng thực bản sao từ bản chính",
+    "field": "Chứng thực",
 }
 
 
 def case_body(**changes: Any) -> dict[str, Any]:
-    body = copy.deepcopy(CASE)
-    body.update(changes)
-    return body
+    return contract_case_body(**{"procedure": COPY_PROCEDURE, **changes})
+
+
+CASE = case_body()
 
 
 class Rig:

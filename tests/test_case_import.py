@@ -43,18 +43,6 @@ def csv_text(*rows: str, header: str = HEADER) -> str:
     return "\n".join([header, *rows]) + "\n"
 
 
-@pytest.fixture
-async def database(
-    migrated_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> str:
-    """A migrated database of each backend with Hà Nội and Long Biên loaded."""
-    monkeypatch.setenv("SIPAS_DATABASE_URL", migrated_database_url)
-    units = tmp_path / "units.yaml"
-    units.write_text(UNITS_YAML, encoding="utf-8")
-    assert await run_main(["units", "load", str(units)]) == 0
-    return migrated_database_url
-
-
 async def import_file(path: Path, text: str, *, encoding: str = "utf-8") -> int:
     await asyncio.to_thread(path.write_text, text, encoding=encoding)
     return await run_main(["cases", "import", str(path)])
@@ -75,13 +63,13 @@ async def stored_cases(database_url: str) -> dict[str, tuple[str, str | None]]:
 
 
 async def test_a_good_file_creates_every_case_with_vietnamese_text(
-    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cli_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     capsys.readouterr()
     assert await import_file(tmp_path / "cases.csv", csv_text(*GOOD_ROWS)) == 0
     out = capsys.readouterr().out
     assert "3 created, 0 updated, 0 unchanged, 0 rejected" in out
-    cases = await stored_cases(database)
+    cases = await stored_cases(cli_database)
     assert cases == {
         "000.00.12.H26-261120-0001": ("received", "Trần Văn Minh"),
         "000.00.12.H26-261120-0002": ("resolved", "Lê Thị Hồng Nhung"),
@@ -90,17 +78,17 @@ async def test_a_good_file_creates_every_case_with_vietnamese_text(
 
 
 async def test_excel_utf8_with_bom_and_semicolons_is_read(
-    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cli_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     row = GOOD_ROWS[0].replace(",", ";")
     text = csv_text(row, header=HEADER.replace(",", ";")).replace("\n", "\r\n")
     assert await import_file(tmp_path / "excel.csv", text, encoding="utf-8-sig") == 0
     assert "1 created" in capsys.readouterr().out
-    assert (await stored_cases(database))["000.00.12.H26-261120-0001"][1] == "Trần Văn Minh"
+    assert (await stored_cases(cli_database))["000.00.12.H26-261120-0001"][1] == "Trần Văn Minh"
 
 
 async def test_importing_the_same_file_twice_changes_nothing(
-    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cli_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "cases.csv"
     assert await import_file(path, csv_text(*GOOD_ROWS)) == 0
@@ -110,7 +98,7 @@ async def test_importing_the_same_file_twice_changes_nothing(
 
 
 async def test_bad_rows_are_rejected_with_line_and_column_and_the_others_kept(
-    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cli_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bad_phone = GOOD_ROWS[0].replace("0001", "0101").replace("0912 345 678", "12345")
     unknown_unit = GOOD_ROWS[0].replace("0001", "0102").replace(",HN-LB,", ",HN-XX,")
@@ -126,14 +114,14 @@ async def test_bad_rows_are_rejected_with_line_and_column_and_the_others_kept(
     assert "line 4: unit_code: unknown unit 'HN-XX'" in out
     assert "line 6: status: is required" in out  # line 5 is blank and skipped
     assert "line 8: resolved_at: is required when status is resolved" in out
-    assert set(await stored_cases(database)) == {
+    assert set(await stored_cases(cli_database)) == {
         "000.00.12.H26-261120-0001",
         "000.00.12.H26-261120-0003",
     }
 
 
 async def test_an_impossible_status_change_is_rejected_on_its_line(
-    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cli_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     resolved = GOOD_ROWS[1]
     reopened = resolved.replace(",resolved,", ",received,").replace(",2026-11-20 10:30,", ",,")
@@ -143,7 +131,7 @@ async def test_an_impossible_status_change_is_rejected_on_its_line(
 
 
 async def test_a_missing_or_unknown_column_stops_before_any_row(
-    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cli_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     header = HEADER.replace("due_at,", "").replace("citizen_locale", "citizen_language")
     rows = [",".join(row.split(",")[:-1]) for row in GOOD_ROWS[:1]]
@@ -152,7 +140,7 @@ async def test_a_missing_or_unknown_column_stops_before_any_row(
     err = capsys.readouterr().err
     assert "missing columns: due_at" in err
     assert "unknown columns: 'citizen_language'" in err
-    assert await stored_cases(database) == {}
+    assert await stored_cases(cli_database) == {}
 
 
 def test_line_numbers_follow_the_file_across_quoted_line_breaks() -> None:
@@ -199,7 +187,7 @@ async def test_the_documented_examples_load_and_import_cleanly(
 
 
 async def test_an_imported_delay_queues_the_apology_as_the_api_would(
-    database: str,
+    cli_database: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -209,7 +197,7 @@ async def test_an_imported_delay_queues_the_apology_as_the_api_would(
     delayed = GOOD_ROWS[2].replace(",Phạm Văn Đức,,,", ",Phạm Văn Đức,,777001,")
     assert await import_file(tmp_path / "cases.csv", csv_text(delayed)) == 0
     assert "1 created" in capsys.readouterr().out
-    engine = engine_for(database)
+    engine = engine_for(cli_database)
     try:
         async with engine.connect() as connection:
             queued = (await connection.execute(select(Outbox.channel, Outbox.address))).all()
@@ -219,7 +207,7 @@ async def test_an_imported_delay_queues_the_apology_as_the_api_would(
 
 
 async def test_rejections_say_what_is_allowed_in_the_projects_words(
-    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cli_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spaced_code = GOOD_ROWS[0].replace("000.00.12.H26-261120-0001", "000 00 12")
     future = GOOD_ROWS[1].replace("0002", "0105").replace("2026-11-20 10:30", "2031-11-20 10:30")

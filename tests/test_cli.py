@@ -16,19 +16,7 @@ from storage.migrate import current_revision
 from storage.models import Unit, UnitHead
 from tests.cli_support import PYTHON, REPO, run_main, subprocess_env
 from tests.conftest import engine_for
-
-UNITS_YAML = """\
-units:
-  - code: HN
-    name: UBND thành phố Hà Nội
-    head: {name: Nguyễn Văn An, telegram_chat_id: 900}
-  - code: HN-LB
-    name: UBND quận Long Biên
-    parent: HN
-    head: {name: Lê Thị Bình, telegram_chat_id: 901}
-digest_recipients:
-  - {name: Sở Nội vụ Hà Nội, telegram_chat_id: 950, scope: HN}
-"""
+from tests.contract_data import UNITS_YAML
 
 
 def test_python_dash_m_bot_help_lists_the_commands() -> None:

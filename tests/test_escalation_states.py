@@ -37,6 +37,7 @@ from handlers.units import load_units, parse_units_file
 from handlers.working_time import AlwaysCalendar, make_calendar
 from storage.db import SessionFactory
 from storage.models import Escalation, EscalationEvent, EscalationStatus, OutboxMessage
+from tests.contract_data import units_yaml
 from tests.telegram_support import case_body
 
 HANOI = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -45,16 +46,7 @@ DISTRICT_HEAD = "901"
 CITIZEN = "777"
 CASE_CODE = "000.00.12.H26-261122-0001"
 CHANNELS = ("telegram",)
-UNITS = """
-units:
-  - code: HN
-    name: UBND thành phố Hà Nội
-    head: {name: Nguyễn Văn An, telegram_chat_id: 900}
-  - code: HN-LB
-    name: UBND quận Long Biên
-    parent: HN
-    head: {name: Lê Thị Bình, telegram_chat_id: 901}
-"""
+UNITS = units_yaml(recipients=False)
 ALWAYS = SurveyPolicy(
     quiet_hours=None,
     escalation=EscalationPolicy(

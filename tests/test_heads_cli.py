@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from sqlalchemy import select
 
@@ -19,19 +17,8 @@ units:
 """
 
 
-@pytest.fixture
-async def database(
-    migrated_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> str:
-    monkeypatch.setenv("SIPAS_DATABASE_URL", migrated_database_url)
-    units = tmp_path / "units.yaml"
-    units.write_text(UNITS_YAML, encoding="utf-8")
-    assert await run_main(["units", "load", str(units)]) == 0
-    return migrated_database_url
-
-
 async def test_invite_prints_a_deep_link_with_a_fresh_token(
-    database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    cli_database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("SIPAS_TELEGRAM_BOT_USERNAME", "sipas_hn_bot")
     capsys.readouterr()
@@ -40,7 +27,7 @@ async def test_invite_prints_a_deep_link_with_a_fresh_token(
     assert link.startswith("https://t.me/sipas_hn_bot?start=")
     token = link.split("start=")[1]
     assert 20 <= len(token) <= 64
-    engine = engine_for(database)
+    engine = engine_for(cli_database)
     try:
         async with engine.connect() as connection:
             stored = (await connection.execute(select(HeadInvite.token))).scalars().all()
@@ -52,7 +39,7 @@ async def test_invite_prints_a_deep_link_with_a_fresh_token(
 
 
 async def test_invite_for_an_unknown_unit_exits_1(
-    database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    cli_database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("SIPAS_TELEGRAM_BOT_USERNAME", "sipas_hn_bot")
     assert await run_main(["heads", "invite", "NOPE"]) == 1
@@ -60,14 +47,14 @@ async def test_invite_for_an_unknown_unit_exits_1(
 
 
 async def test_invite_without_telegram_is_a_configuration_error_exit_2(
-    database: str, capsys: pytest.CaptureFixture[str]
+    cli_database: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert await run_main(["heads", "invite", "HN"]) == 2
     assert "SIPAS_TELEGRAM_TOKEN is not set" in capsys.readouterr().err
 
 
 async def test_invite_with_a_rejected_token_exits_2_without_the_token(
-    database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    cli_database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async with FakeTelegramAPI() as api:
         monkeypatch.setenv("SIPAS_TELEGRAM_TOKEN", "7123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw")
@@ -79,7 +66,7 @@ async def test_invite_with_a_rejected_token_exits_2_without_the_token(
 
 
 async def test_invite_with_the_bot_api_down_exits_1_and_says_so(
-    database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    cli_database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("SIPAS_TELEGRAM_TOKEN", "7123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw")
     monkeypatch.setenv("SIPAS_TELEGRAM_API_URL", f"http://127.0.0.1:{free_port()}/bot")

@@ -117,6 +117,32 @@ async def test_edit_replaces_the_text_of_the_message(
     assert api.last_message(CHAT).text == "anew"
 
 
+async def test_edit_by_platform_message_id_never_sends_anew(
+    api: FakeTelegramAPI, sender: TelegramSender
+) -> None:
+    """The pressed question gets the answer appended (through the outbox, paced)."""
+    question = await sender.send(
+        str(CHAT), {"text": "Câu 1/7", "buttons": BUTTONS}, clear_buttons_of=None
+    )
+    assert question is not None
+
+    edited = await sender.send(
+        str(CHAT), {"text": "Câu 1/7\n\n✔ 5", "edit_message_id": question}, clear_buttons_of=None
+    )
+
+    assert edited == question
+    state = api.message_state(CHAT, int(question))
+    assert state is not None
+    assert state["text"] == "Câu 1/7\n\n✔ 5"
+    assert "reply_markup" not in state
+    # A message that is gone has nothing left to edit: done, and nothing new is sent.
+    gone = await sender.send(
+        str(CHAT), {"text": "late", "edit_message_id": "999"}, clear_buttons_of=None
+    )
+    assert gone is None
+    assert len(api.messages_to(CHAT)) == 1
+
+
 @pytest.mark.parametrize(
     ("status", "description", "expected"),
     [

@@ -81,9 +81,14 @@ async def test_link_consent_and_full_short_survey(rig: Rig) -> None:
         "informal_payment": "no",
         "comment": "Cán bộ hướng dẫn rất tận tình, cảm ơn!",
     }
-    # The pressed question keeps the chosen answer and loses its buttons.
-    edits = rig.api.calls("editMessageText", CHAT)
-    assert any(call.text.endswith("✔ 5 - Rất hài lòng") for call in edits)
+    # The pressed question keeps the chosen answer and loses its buttons: an edit, paced
+    # through the outbox right behind the replies, so it may come after the last reply.
+    await rig.api.wait_until(
+        lambda: any(
+            (call.text or "").endswith("✔ 5 - Rất hài lòng")
+            for call in rig.api.calls("editMessageText", CHAT)
+        )
+    )
 
 
 async def test_back_changes_the_previous_answer_and_skip_leaves_it_out(rig: Rig) -> None:

@@ -14,19 +14,9 @@ from handlers.errors import InvalidInput
 from handlers.units import LoadReport, load_units, parse_units_file
 from storage.db import SessionFactory, create_session_factory
 from storage.models import DigestRecipient, Unit, UnitHead
+from tests.contract_data import UNITS_YAML
 
-CONTRACT_EXAMPLE = """
-units:
-  - code: HN
-    name: UBND thành phố Hà Nội
-    head: {name: Nguyễn Văn An, telegram_chat_id: 900}
-  - code: HN-LB
-    name: UBND quận Long Biên
-    parent: HN
-    head: {name: Lê Thị Bình, telegram_chat_id: 901}
-digest_recipients:
-  - {name: Sở Nội vụ Hà Nội, telegram_chat_id: 950, scope: HN}
-"""
+CONTRACT_EXAMPLE = UNITS_YAML
 
 
 async def load(sessions: SessionFactory, text: str) -> LoadReport:

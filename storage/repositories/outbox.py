@@ -7,11 +7,13 @@ wraps each claim and each settlement in its own short transaction.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import and_, case, delete, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -67,7 +69,68 @@ async def enqueue(
     if dedupe_key is not None:
         statement = statement.on_conflict_do_nothing(index_elements=[OutboxMessage.dedupe_key])
     result = await session.scalars(statement.returning(OutboxMessage))
-    return result.one_or_none()
+    row = result.one_or_none()
+    if row is not None:
+        await notify_dispatcher(session)
+    return row
+
+
+NOTIFY_CHANNEL = "sipas_outbox"
+_NOTIFIED = "sipas_outbox_notified"
+
+
+async def notify_dispatcher(session: AsyncSession) -> None:
+    """On PostgreSQL, wakes the elected sender (in whichever process it runs) at commit.
+
+    `NOTIFY` is transactional: delivered when the transaction commits, dropped when it rolls
+    back, so the sender never looks for rows it cannot see yet. Sent once per transaction;
+    the payload is the schema, so that deployments sharing a database ignore each other.
+    SQLite has one process: the caller's `wake()` after its commit is enough there.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    transaction = session.sync_session.get_transaction()
+    if transaction is None or session.info.get(_NOTIFIED) is transaction:
+        return
+    session.info[_NOTIFIED] = transaction
+    await session.execute(
+        text("SELECT pg_notify(:channel, current_schema())"), {"channel": NOTIFY_CHANNEL}
+    )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One round's claim: the rows taken, its token, and which addresses have more waiting."""
+
+    messages: list[OutboxMessage]
+    token: str
+    # Addresses with further rows behind the one claimed (or behind a row we hold already):
+    # the claimant comes back for them after sending what it holds.
+    more_behind: set[tuple[str, str]]
+
+
+async def fill_in(
+    session: AsyncSession, message_id: int, payload: Mapping[str, Any] | None
+) -> bool:
+    """Gives a message queued ahead of its content its payload, or drops it (None).
+
+    For a message whose place in the transaction matters but whose text is known only at its
+    end (the edit of a pressed button: queued before the handler runs, so that an erasure by
+    that handler erases it too). Touches only a still pending row; False when there was none.
+    """
+    condition = (OutboxMessage.id == message_id, OutboxMessage.status == OutboxStatus.PENDING)
+    if payload is None:
+        result = await session.execute(
+            delete(OutboxMessage).where(*condition).execution_options(synchronize_session=False)
+        )
+    else:
+        result = await session.execute(
+            update(OutboxMessage)
+            .where(*condition)
+            .values(payload=dict(payload))
+            .execution_options(synchronize_session=False)
+        )
+    return _rowcount(result) > 0
 
 
 async def claim_due(
@@ -77,54 +140,80 @@ async def claim_due(
     lease: timedelta,
     *,
     channels: Collection[str] | None = None,
-    per_address: int | None = None,
-    waiting_behind: set[tuple[str, str]] | None = None,
-) -> list[OutboxMessage]:
-    """Claims up to `limit` due messages for `lease`, most urgent first.
+    holding: int = 0,
+    exclude: Collection[int] = (),
+) -> Claim:
+    """Claims up to `limit` due messages for `lease`: at most one per address, most urgent first.
 
-    Returned in (priority, id) order; among equal priorities, the addresses whose messages
-    have been due the longest are taken first.
+    Each address is a queue in (priority, id) order and only its head may go: nothing of an
+    address is claimable while any of its rows carries a live claim (one claimant owns an
+    address at a time), and a row that failed and waits for its retry blocks the rows behind
+    it (nothing overtakes it). Rows scheduled for later that were never tried do not block.
+    Taking one head per address per round is what keeps one busy chat (a head with 500
+    complaints) from filling every claim while a hundred other chats wait: the heads of all
+    addresses are ranked together in (priority, id) order.
 
-    Each address is a queue in (priority, id) order, and only a prefix of it can be claimed:
-    nothing of an address is claimable while any of its rows carries a live claim (one
-    claimant owns an address at a time), and a row that failed and waits for its retry blocks
-    the rows behind it (nothing overtakes it). Rows scheduled for later that were never tried
-    do not block. At most `per_address` rows per address are taken, so a long queue for one
-    chat cannot outlive its lease in memory. `waiting_behind`, when given, receives the
-    addresses whose due rows were left because of a live claim: their claimant should come
-    back for them once it has sent what it holds.
+    The heads come from one `row_number()` window (works on SQLite and PostgreSQL alike) over
+    the queues of the addresses at the front of the backlog: an index walk of a few times
+    `limit` rows and a lookup of those queues (8 ms for 20 rows, 17 ms for 200 on SQLite with
+    10,000 waiting, against 40 ms for a window over all of them); the window runs over every
+    pending row only when a few addresses fill the whole front.
 
-    Cost: an index walk over the first `limit` due rows, a scan of the pending rows for the
-    candidate addresses' queues (an index on (channel, address) would make that a lookup),
-    and one UPDATE; never a sort of the whole backlog, which matters because on SQLite every
-    transaction holds the write lock (storage/db.py begins IMMEDIATE).
+    All rows of one claim carry one random `claim_token`; only its holder
+    can settle them (`mark_sent`, `mark_retry`, `mark_failed`, `release_claims`), so a send
+    that outlived its lease cannot settle the row another claimant took over.
 
-    On PostgreSQL the chosen rows are locked with `FOR UPDATE SKIP LOCKED` and the UPDATE
-    re-checks that each row is still free, so several processes share the outbox; a process
-    that loses the head of an address's queue to another gives back what it took behind it.
+    `holding` is how many rows the caller holds already: that many addresses blocked by a
+    live claim and with more rows behind it are reported in `more_behind` too. Rows in
+    `exclude` (those the caller holds) count as held: never claimed again, even with their
+    lease over, and nothing behind them is claimed either.
+
+    The UPDATE re-checks that each row is still free, so concurrent claimants never share a
+    row (PostgreSQL makes the second wait for the first, then skips the row).
     """
+    token = secrets.token_hex(16)
     if limit <= 0:
-        return []
+        return Claim([], token, set())
     free = or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until <= now)
-    pending = [OutboxMessage.status == OutboxStatus.PENDING]
+    where = [
+        OutboxMessage.status == OutboxStatus.PENDING,
+        # The rows that make up a queue: due ones, tried ones waiting for a retry, held ones.
+        or_(
+            OutboxMessage.not_before <= now,
+            OutboxMessage.last_error.is_not(None),
+            OutboxMessage.claimed_until > now,
+        ),
+    ]
     if channels is not None:
-        pending.append(OutboxMessage.channel.in_(list(channels)))
-
-    # 1. The most urgent due and free rows name the candidate addresses. Ordered as the
-    # ix_outbox_pending index is (the longest due first within a priority), so the database
-    # reads the first `limit` matches and stops instead of sorting the whole backlog.
-    heads = await session.execute(
-        select(OutboxMessage.channel, OutboxMessage.address)
-        .where(*pending, OutboxMessage.not_before <= now, free)
-        .order_by(OutboxMessage.priority, OutboxMessage.not_before, OutboxMessage.id)
-        .limit(limit)
-    )
-    candidates = list(dict.fromkeys((channel, address) for channel, address in heads))
-    if not candidates:
-        return []
-
-    # 2. Their whole queues (due rows, and tried rows waiting for a retry), to see who may go.
-    queue_rows = await session.execute(
+        where.append(OutboxMessage.channel.in_(list(channels)))
+    # The front of the backlog in index order (ix_outbox_pending: a walk, not a sort) names
+    # the candidate addresses, so the window reads their queues only. When a few addresses
+    # fill that whole front (one head with 500 complaints), every queue is ranked instead:
+    # that is the case fairness is for, and it is rare.
+    front_size = 4 * limit + max(0, holding)
+    front_where = [OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.not_before <= now]
+    if channels is not None:
+        front_where.append(OutboxMessage.channel.in_(list(channels)))
+    if exclude:
+        front_where.append(OutboxMessage.id.not_in(list(exclude)))
+    front = (
+        await session.execute(
+            select(OutboxMessage.channel, OutboxMessage.address)
+            .where(*front_where, free)
+            .order_by(OutboxMessage.priority, OutboxMessage.not_before, OutboxMessage.id)
+            .limit(front_size)
+        )
+    ).all()
+    if not front:
+        return Claim([], token, set())
+    addresses = {address for _, address in front}
+    if len(front) < front_size or len(addresses) >= limit:
+        where.append(OutboxMessage.address.in_(sorted(addresses)))
+    per_address = (OutboxMessage.channel, OutboxMessage.address)
+    live = OutboxMessage.claimed_until > now
+    # A row the caller holds blocks its address like a live claim, even with its lease over.
+    held = case((or_(live, OutboxMessage.id.in_(list(exclude))) if exclude else live, 1), else_=0)
+    queues = (
         select(
             OutboxMessage.id,
             OutboxMessage.channel,
@@ -132,103 +221,93 @@ async def claim_due(
             OutboxMessage.priority,
             OutboxMessage.not_before,
             OutboxMessage.claimed_until,
-        ).where(
-            *pending,
-            OutboxMessage.address.in_(sorted({address for _, address in candidates})),
-            or_(OutboxMessage.not_before <= now, OutboxMessage.last_error.is_not(None)),
+            func.row_number()
+            .over(partition_by=per_address, order_by=(OutboxMessage.priority, OutboxMessage.id))
+            .label("position"),
+            func.count().over(partition_by=per_address).label("length"),
+            func.max(held).over(partition_by=per_address).label("held"),
         )
+        .where(*where)
+        .subquery()
     )
-    queues: dict[tuple[str, str], list[tuple[int, int, datetime, datetime | None]]] = {}
-    for row_id, channel, address, priority, not_before, claimed_until in queue_rows:
-        queues.setdefault((channel, address), []).append(
-            (priority, row_id, not_before, claimed_until)
-        )
-    chosen: list[tuple[int, int]] = []
-    order: dict[tuple[str, str], list[int]] = {}
-    for key in candidates:
-        queue = sorted(queues.get(key, []))
-        if any(claimed is not None and claimed > now for _, _, _, claimed in queue):
-            if waiting_behind is not None:
-                waiting_behind.add(key)
-            continue
-        order[key] = [row_id for _, row_id, _, _ in queue]
-        for taken, (priority, row_id, not_before, _) in enumerate(queue):
-            if not_before > now or (per_address is not None and taken >= per_address):
-                break
-            chosen.append((priority, row_id))
-    chosen_ids = [row_id for _, row_id in sorted(chosen)[:limit]]
-    if not chosen_ids:
-        return []
-
-    # 3. Lock and claim; then keep, per address, only an unbroken prefix of its queue.
-    if session.get_bind().dialect.name == "postgresql":
-        chosen_ids = list(
-            (
-                await session.scalars(
-                    select(OutboxMessage.id)
-                    .where(OutboxMessage.id.in_(chosen_ids))
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
-        )
-    until = now + lease
-    claimed = set(
-        (
-            await session.scalars(
-                update(OutboxMessage)
-                .where(
-                    OutboxMessage.id.in_(chosen_ids),
-                    OutboxMessage.status == OutboxStatus.PENDING,
-                    free,
-                )
-                .values(claimed_until=until)
-                .returning(OutboxMessage.id)
-                .execution_options(synchronize_session=False)
+    found = (
+        await session.execute(
+            select(queues.c.id, queues.c.channel, queues.c.address, queues.c.length, queues.c.held)
+            .where(
+                queues.c.position == 1,
+                or_(
+                    and_(queues.c.held == 0, queues.c.not_before <= now),
+                    and_(queues.c.held == 1, queues.c.length > 1),
+                ),
             )
-        ).all()
-    )
-    kept: list[int] = []
-    given_back: list[int] = []
-    for ids in order.values():
-        unbroken = True
-        for row_id in ids:
-            unbroken = unbroken and row_id in claimed
-            if row_id in claimed:
-                (kept if unbroken else given_back).append(row_id)
-    if given_back:
-        await release_claims(session, given_back)
-    if not kept:
-        return []
+            # The claimable heads first, then addresses blocked by a claim (for more_behind).
+            .order_by(queues.c.held, queues.c.priority, queues.c.id)
+            .limit(limit + max(0, holding))
+        )
+    ).all()
+    heads = [row for row in found if not row.held][:limit]
+    more_behind = {(row.channel, row.address) for row in found if row.length > 1}
+    if not heads:
+        return Claim([], token, more_behind)
+    until = now + lease
+    claimed = (
+        await session.scalars(
+            update(OutboxMessage)
+            .where(
+                OutboxMessage.id.in_([row.id for row in heads]),
+                OutboxMessage.status == OutboxStatus.PENDING,
+                free,
+            )
+            .values(claimed_until=until, claim_token=token)
+            .returning(OutboxMessage.id)
+            .execution_options(synchronize_session=False)
+        )
+    ).all()
+    if not claimed:
+        return Claim([], token, more_behind)
     messages = (
         await session.scalars(
             select(OutboxMessage)
-            .where(OutboxMessage.id.in_(kept))
+            .where(OutboxMessage.id.in_(claimed))
             .order_by(OutboxMessage.priority, OutboxMessage.id)
         )
     ).all()
     for message in messages:
         # The identity map may hold the row from before the UPDATE.
         set_committed_value(message, "claimed_until", until)
-    return list(messages)
+        set_committed_value(message, "claim_token", token)
+    return Claim(list(messages), token, more_behind)
+
+
+def _held_by(message_id: int, token: str) -> list[Any]:
+    """The row, still pending and still under this claim (not taken over by another)."""
+    return [
+        OutboxMessage.id == message_id,
+        OutboxMessage.status == OutboxStatus.PENDING,
+        OutboxMessage.claim_token == token,
+    ]
 
 
 async def mark_sent(
     session: AsyncSession,
     message_id: int,
     *,
+    token: str,
     now: datetime,
     platform_message_id: str | None,
 ) -> bool:
-    """Records that the platform accepted the message; False if it was settled meanwhile."""
+    """Records that the platform accepted the message; False if the claim was lost meanwhile
+    (settled, or its lease ran out and another claimant holds it)."""
     result = await session.execute(
         update(OutboxMessage)
-        .where(OutboxMessage.id == message_id, OutboxMessage.status == OutboxStatus.PENDING)
+        .where(*_held_by(message_id, token))
         .values(
             status=OutboxStatus.SENT,
             sent_at=now,
             platform_message_id=platform_message_id,
             attempts=OutboxMessage.attempts + 1,
             claimed_until=None,
+            claim_token=None,
             last_error=None,
         )
         .execution_options(synchronize_session=False)
@@ -240,6 +319,7 @@ async def mark_retry(
     session: AsyncSession,
     message_id: int,
     *,
+    token: str,
     not_before: datetime,
     error: str,
     count_attempt: bool = True,
@@ -247,20 +327,32 @@ async def mark_retry(
     """Puts the message back in the queue, due at `not_before`; releases the claim.
 
     A rate limit (429) is not the message's fault, so the dispatcher passes
-    `count_attempt=False` for it and the message keeps all its attempts.
+    `count_attempt=False` for it and the message keeps all its attempts. False when the claim
+    was lost meanwhile.
     """
     return await _settle_unsent(
-        session, message_id, {"not_before": not_before}, error=error, count_attempt=count_attempt
+        session,
+        message_id,
+        token,
+        {"not_before": not_before},
+        error=error,
+        count_attempt=count_attempt,
     )
 
 
 async def mark_failed(
-    session: AsyncSession, message_id: int, *, error: str, count_attempt: bool = True
+    session: AsyncSession,
+    message_id: int,
+    *,
+    token: str,
+    error: str,
+    count_attempt: bool = True,
 ) -> bool:
     """Gives the message up for good (invalid, unreachable, or out of attempts)."""
     return await _settle_unsent(
         session,
         message_id,
+        token,
         {"status": OutboxStatus.FAILED},
         error=error,
         count_attempt=count_attempt,
@@ -270,35 +362,65 @@ async def mark_failed(
 async def _settle_unsent(
     session: AsyncSession,
     message_id: int,
+    token: str,
     changes: dict[str, Any],
     *,
     error: str,
     count_attempt: bool,
 ) -> bool:
-    """Releases the claim of a still pending message, records the error, counts the attempt."""
-    values: dict[str, Any] = {**changes, "claimed_until": None, "last_error": error[:_ERROR_LIMIT]}
+    """Releases our claim of a still pending message, records the error, counts the attempt."""
+    values: dict[str, Any] = {
+        **changes,
+        "claimed_until": None,
+        "claim_token": None,
+        "last_error": error[:_ERROR_LIMIT],
+    }
     if count_attempt:
         values["attempts"] = OutboxMessage.attempts + 1
     result = await session.execute(
         update(OutboxMessage)
-        .where(OutboxMessage.id == message_id, OutboxMessage.status == OutboxStatus.PENDING)
+        .where(*_held_by(message_id, token))
         .values(values)
         .execution_options(synchronize_session=False)
     )
     return _rowcount(result) > 0
 
 
-async def release_claims(session: AsyncSession, message_ids: Iterable[int]) -> None:
-    """Gives claimed but unsent messages back at once (a clean shutdown), not at lease expiry."""
+async def release_claims(
+    session: AsyncSession, message_ids: Iterable[int], *, token: str | None = None
+) -> None:
+    """Gives claimed but unsent messages back at once (a clean shutdown), not at lease expiry.
+
+    With `token`, only the rows still under that claim (the dispatcher always passes it).
+    """
     ids = list(message_ids)
     if not ids:
         return
+    condition = [OutboxMessage.id.in_(ids), OutboxMessage.status == OutboxStatus.PENDING]
+    if token is not None:
+        condition.append(OutboxMessage.claim_token == token)
     await session.execute(
         update(OutboxMessage)
-        .where(OutboxMessage.id.in_(ids), OutboxMessage.status == OutboxStatus.PENDING)
-        .values(claimed_until=None)
+        .where(*condition)
+        .values(claimed_until=None, claim_token=None)
         .execution_options(synchronize_session=False)
     )
+
+
+async def void_claims(session: AsyncSession, now: datetime, channels: Collection[str]) -> int:
+    """Frees every live claim on these channels at once (a new elected sender takes over: the
+    only one that sends, so any claim left is of a sender that is gone). Returns how many."""
+    result = await session.execute(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.status == OutboxStatus.PENDING,
+            OutboxMessage.channel.in_(list(channels)),
+            OutboxMessage.claimed_until > now,
+        )
+        .values(claimed_until=None, claim_token=None)
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(result)
 
 
 async def mark_address_unreachable(
@@ -336,6 +458,7 @@ async def mark_address_unreachable(
         .values(
             status=OutboxStatus.CANCELLED,
             claimed_until=None,
+            claim_token=None,
             last_error="recipient unreachable",
         )
         .execution_options(synchronize_session=False)

@@ -2,7 +2,10 @@
 
 Thin by design: each update is parsed, handled in one transaction together with
 the record that it was seen (so a redelivery does nothing), and answered through the outbox.
-Only a press gets an immediate answer (its notice, and its message loses the buttons).
+Only a press gets an immediate answer, its notice (answerCallbackQuery is not a message and
+does not count against the bot's limits); the pressed message gets the choice appended and
+loses its buttons through the outbox, like the error reply, so that every message and edit
+is paced by the one sender of the bot (bot/outbox.py).
 Polling, or webhook on the service's own aiohttp server with the secret header checked.
 """
 
@@ -18,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 from telegram import BotCommand, Update, User
 from telegram.constants import ChatType
 from telegram.error import BadRequest, InvalidToken, NetworkError, TelegramError
@@ -40,7 +44,8 @@ from bot.logging_setup import mask
 from handlers import conversation
 from handlers.chat import ChatContext, Reaction
 from handlers.texts import t
-from storage.models import Channel
+from storage.models import Channel, Priority
+from storage.repositories import outbox
 from storage.repositories.updates import first_time
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,8 @@ log = logging.getLogger(__name__)
 WEBHOOK_PATH = "/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 CHANNEL = Channel.TELEGRAM.value
+# Right behind the reply it caused: the next question first, then the old one's checkmark.
+_EDIT_PRIORITY = Priority.REPLY + 1
 
 Step = Callable[[Any, ChatContext], Awaitable[Reaction | None]]
 
@@ -344,9 +351,32 @@ class TelegramChannel:
             await query.answer()
             return
         data = query.data or ""
+        pressed = query.message
 
         async def step(session: Any, ctx: ChatContext) -> Reaction:
-            return await conversation.choice_pressed(session, ctx, data)
+            # The pressed message gets the choice appended and loses its buttons: an edit,
+            # paced like any message, so it goes through the outbox. Queued before the handler
+            # runs, so that a handler erasing the person's data (/delete) erases it too, and
+            # filled in (or dropped) once the handler said what was chosen.
+            edit = await outbox.enqueue(
+                session,
+                channel=CHANNEL,
+                address=ctx.address,
+                payload={"text": "", "edit_message_id": str(pressed.message_id)},
+                priority=_EDIT_PRIORITY,
+                not_before=ctx.now,
+            )
+            reaction = await conversation.choice_pressed(session, ctx, data)
+            assert edit is not None  # no dedupe key: always inserted
+            chosen = None
+            if reaction.chosen:
+                text = getattr(pressed, "text", None) or ""
+                chosen = {
+                    "text": f"{text}\n\n✔ {reaction.chosen}",
+                    "edit_message_id": str(pressed.message_id),
+                }
+            await outbox.fill_in(session, edit.id, chosen)
+            return reaction
 
         reaction = await self._handle(update, step)
         await self._show(update, reaction)
@@ -375,29 +405,39 @@ class TelegramChannel:
         return reaction
 
     async def _show(self, update: Update, reaction: Reaction | None) -> None:
-        """Answers the press at once; the pressed message keeps the answer and loses its buttons."""
+        """Answers the press at once (its notice; the edit of the pressed message is queued)."""
         query = update.callback_query
         assert query is not None
         try:
             await query.answer(reaction.toast if reaction else None)
-            message = query.message
-            if reaction is not None and reaction.chosen and message is not None:
-                text = getattr(message, "text", None) or ""
-                await query.edit_message_text(f"{text}\n\n✔ {reaction.chosen}", reply_markup=None)
         except TelegramError as exc:
             # Cosmetic: the answer is stored and the next message is queued whatever happens here.
-            log.info("could not update the pressed message: %s", exc)
+            log.info("could not answer the press: %s", exc)
+
+    async def _queue_reply(self, chat_id: int, payload: dict[str, Any]) -> None:
+        """A message or edit outside a handler's transaction, through the outbox all the same."""
+        services = self.services
+        try:
+            async with services.sessions.begin() as session:
+                await outbox.enqueue(
+                    session,
+                    channel=CHANNEL,
+                    address=str(chat_id),
+                    payload=payload,
+                    priority=Priority.REPLY,
+                    not_before=services.clock.now(),
+                )
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("could not queue a reply: %s", exc)
+            return
+        services.wake_dispatcher()
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         update_id = update.update_id if isinstance(update, Update) else None
         log.error("error while handling Telegram update %s", update_id, exc_info=context.error)
         if isinstance(update, Update) and update.effective_chat is not None:
-            try:
-                await self.application.bot.send_message(
-                    update.effective_chat.id, t("error.generic", self.services.settings.locale)
-                )
-            except TelegramError:
-                log.info("could not tell the chat about the error")
+            text = t("error.generic", self.services.settings.locale)
+            await self._queue_reply(update.effective_chat.id, {"text": text})
 
 
 def configure_telegram(services: Services) -> TelegramChannel:

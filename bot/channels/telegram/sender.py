@@ -129,6 +129,10 @@ class TelegramSender:
             return await self._send_file(chat_id, payload, text)
         markup = keyboard(payload.get("buttons"))
         try:
+            if payload.get("edit_message_id") is not None:
+                # An edit of a message in this chat (the pressed question gets the answer):
+                # when that message is gone there is nothing left to edit, and that is fine.
+                return await self._edit(chat_id, int(payload["edit_message_id"]), text, markup)
             if clear_buttons_of is not None:
                 if payload.get("edit"):
                     edited = await self._edit(chat_id, int(clear_buttons_of), text, markup)

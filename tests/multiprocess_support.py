@@ -1,0 +1,258 @@
+"""Several real `sipas-bot serve` processes on one PostgreSQL schema, around one fake Bot API
+in the calling process: for tests/test_multiprocess.py and benchmarks/multiprocess_bench.py.
+
+The fake stamps every call on arrival with this process's monotonic clock, so the limits are
+checked where Telegram would check them: at the platform, across every process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from handlers.units import load_units as load
+from handlers.units import parse_units_file
+from storage.db import create_session_factory
+from tests.cli_support import PYTHON, free_port, subprocess_env
+from tests.conftest import engine_for
+from tests.fakes.telegram_api import FakeTelegramAPI, SentCall
+
+API_TOKEN = "multiprocess-token-7c2e"
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+WEBHOOK_SECRET = "multiprocess-webhook-secret"
+# What Telegram counts as messages: sends and edits (a callback answer is not one).
+MESSAGE_CALLS = frozenset(
+    {
+        "sendMessage",
+        "sendPhoto",
+        "sendDocument",
+        "editMessageText",
+        "editMessageReplyMarkup",
+    }
+)
+UNITS_YAML = """\
+units:
+  - {code: HN, name: UBND thành phố Hà Nội}
+  - {code: HN-LB, name: UBND quận Long Biên, parent: HN}
+"""
+FIRST_CHAT = 7_000_000
+
+
+@dataclass
+class Serve:
+    process: asyncio.subprocess.Process
+    url: str
+    log: Path
+
+    @property
+    def running(self) -> bool:
+        return self.process.returncode is None
+
+    async def is_leader(self, client: aiohttp.ClientSession) -> bool:
+        """Whether this process is the elected sender (its /metrics gauge)."""
+        async with client.get(f"{self.url}/metrics") as response:
+            text = await response.text()
+        found = re.search(r"^sipas_outbox_leader (\S+)$", text, re.MULTILINE)
+        return found is not None and float(found.group(1)) == 1.0
+
+    def kill(self) -> None:
+        """`kill -9`: no shutdown, no release; the database sees the connections drop."""
+        self.process.send_signal(signal.SIGKILL)
+
+    async def stop(self) -> None:
+        if self.running:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), 15)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+
+
+async def start_serves(
+    count: int,
+    database_url: str,
+    api: FakeTelegramAPI,
+    directory: Path,
+    **settings: str,
+) -> list[Serve]:
+    """Starts `count` `serve` processes at once (webhook mode, one database), waits until
+    every one answers /healthz. Their logs go to files in `directory`."""
+    units = directory / "units.yaml"
+    units.write_text(UNITS_YAML, encoding="utf-8")
+    serves = []
+    for number in range(count):
+        port = free_port()
+        log = directory / f"serve-{number}.log"
+        env = subprocess_env(
+            SIPAS_DATABASE_URL=database_url,
+            SIPAS_API_TOKENS=API_TOKEN,
+            SIPAS_HTTP_PORT=str(port),
+            SIPAS_TELEGRAM_TOKEN=api.token,
+            SIPAS_TELEGRAM_API_URL=api.base_url,
+            SIPAS_TELEGRAM_MODE="webhook",
+            SIPAS_TELEGRAM_WEBHOOK_SECRET=WEBHOOK_SECRET,
+            SIPAS_PUBLIC_URL=settings.pop("public_url", "https://sipas.example"),
+            **{
+                "SIPAS_QUIET_HOURS": "none",
+                "SIPAS_LOG_LEVEL": "INFO",
+                **{f"SIPAS_{key.upper()}": value for key, value in settings.items()},
+            },
+        )
+        with log.open("wb") as output:
+            process = await asyncio.create_subprocess_exec(
+                PYTHON,
+                "-m",
+                "bot",
+                "serve",
+                env=env,
+                cwd=directory,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=output,
+            )
+        serves.append(Serve(process, f"http://127.0.0.1:{port}", log))
+    try:
+        await asyncio.gather(*(wait_healthy(serve) for serve in serves))
+    except BaseException:
+        await asyncio.gather(*(serve.stop() for serve in serves))
+        raise
+    return serves
+
+
+START_SECONDS = 60.0
+
+
+async def wait_healthy(serve: Serve) -> None:
+    deadline = time.monotonic() + START_SECONDS
+    async with aiohttp.ClientSession() as client:
+        while time.monotonic() < deadline and serve.running:
+            try:
+                async with client.get(f"{serve.url}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.2)  # polling a process that is starting up
+    raise AssertionError(
+        f"serve at {serve.url} did not become healthy: {serve.log.read_text(errors='replace')}"
+    )
+
+
+async def load_units(database_url: str) -> None:
+    """The units every case refers to, loaded once (not by every process at start-up)."""
+    engine = engine_for(database_url)
+    try:
+        async with create_session_factory(engine).begin() as session:
+            await load(session, parse_units_file(UNITS_YAML))
+    finally:
+        await engine.dispose()
+
+
+def resolved_case(number: int) -> dict[str, Any]:
+    """A case resolved now, of a citizen whose Telegram chat the one-stop system knows."""
+    return {
+        "case_code": f"MP-{number:06d}",
+        "unit_code": "HN-LB",
+        # No courtesy message for this procedure: the invitation is the one message.
+        "procedure": {
+            "code": "2.000815",
+            "name": "Chứng thực bản sao từ bản chính",
+            "field": "Chứng thực",
+        },
+        "citizen": {
+            "name": f"Công dân {number}",
+            "telegram_chat_id": FIRST_CHAT + number,
+            "locale": "vi",
+        },
+        "status": "resolved",
+        "received_at": "2026-11-20T08:05:00+07:00",
+        "due_at": "2099-11-25T17:00:00+07:00",
+        "resolved_at": "2026-11-21T08:00:00+07:00",
+    }
+
+
+async def post_cases(serves: list[Serve], numbers: Iterable[int], concurrency: int = 8) -> None:
+    """Posts the cases round-robin to the processes (as a load balancer would)."""
+    queue = list(numbers)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as client:
+
+        async def post(number: int) -> None:
+            serve = serves[number % len(serves)]
+            url = f"{serve.url}/api/v1/cases"
+            async with client.post(url, json=resolved_case(number), headers=AUTH) as answer:
+                assert answer.status in (200, 201), await answer.text()
+
+        await asyncio.gather(*(post(number) for number in queue))
+
+
+async def post_batches(serves: list[Serve], numbers: Iterable[int], size: int = 50) -> None:
+    """Posts the cases in batches (`POST /api/v1/cases:batch`), one request per process at a
+    time, round-robin: quick enough that the invitations make a backlog."""
+    ordered = list(numbers)
+    chunks = [ordered[start : start + size] for start in range(0, len(ordered), size)]
+    async with aiohttp.ClientSession() as client:
+
+        async def post_via(index: int) -> None:
+            serve = serves[index]
+            for chunk in chunks[index :: len(serves)]:
+                body = {"cases": [resolved_case(number) for number in chunk]}
+                url = f"{serve.url}/api/v1/cases:batch"
+                async with client.post(url, json=body, headers=AUTH) as answer:
+                    assert answer.status == 200, await answer.text()
+                    summary = (await answer.json())["summary"]
+                    assert not summary.get("rejected"), summary
+
+        await asyncio.gather(*(post_via(index) for index in range(len(serves))))
+
+
+def message_calls(api: FakeTelegramAPI) -> list[SentCall]:
+    return [call for call in api.sent if call.method in MESSAGE_CALLS]
+
+
+def most_in_a_window(times: Iterable[float], window: float = 1.0) -> int:
+    """The most of `times` in any half-open window [t, t + window)."""
+    ordered = sorted(times)
+    most, first = 0, 0
+    for last, moment in enumerate(ordered):
+        while ordered[first] <= moment - window:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def most_in_a_calendar_second(times: Iterable[float]) -> int:
+    counts: dict[int, int] = {}
+    for moment in times:
+        counts[int(moment)] = counts.get(int(moment), 0) + 1
+    return max(counts.values(), default=0)
+
+
+def arrival(call: SentCall, latency: float = 0.0) -> float:
+    """When the call reached the platform: the fake stamps a sendMessage after its answer
+    delay (`FakeTelegramAPI(latency=...)`), every other call at once."""
+    return call.timestamp - (latency if call.method == "sendMessage" else 0.0)
+
+
+def per_chat_most(calls: list[SentCall], latency: float = 0.0) -> int:
+    by_chat: dict[Any, list[float]] = {}
+    for call in calls:
+        by_chat.setdefault(call.chat_id, []).append(arrival(call, latency))
+    return max((most_in_a_window(times) for times in by_chat.values()), default=0)
+
+
+def invitations(api: FakeTelegramAPI) -> dict[Any, list[SentCall]]:
+    """sendMessage calls to the citizens' chats, by chat."""
+    found: dict[Any, list[SentCall]] = {}
+    for call in api.calls("sendMessage"):
+        if isinstance(call.chat_id, int) and call.chat_id >= FIRST_CHAT:
+            found.setdefault(call.chat_id, []).append(call)
+    return found
