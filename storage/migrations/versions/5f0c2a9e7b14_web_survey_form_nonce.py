@@ -1,7 +1,7 @@
 """web survey form nonce
 
 Revision ID: 5f0c2a9e7b14
-Revises: 3f7a2c9d1e40
+Revises: 3c9e51a7d2f4
 Create Date: 2026-12-01 00:40:00.000000
 
 """
@@ -13,7 +13,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "5f0c2a9e7b14"
-down_revision: str | Sequence[str] | None = "3f7a2c9d1e40"
+down_revision: str | Sequence[str] | None = "3c9e51a7d2f4"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
