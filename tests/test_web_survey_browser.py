@@ -1,7 +1,8 @@
 """The web survey page in a real headless Chromium (Playwright, Debian's /usr/bin/chromium) on
 a phone's viewport (390×844), with JavaScript off, against the real service: the aiohttp
-server on a local port, the outbox dispatcher, and Telegram faked over HTTP for the unit head.
-On SQLite and PostgreSQL. Screenshots are kept as test artefacts (SIPAS_TEST_ARTIFACTS, by
+server on a local port, the outbox dispatcher, and Telegram faked over HTTP for the unit head:
+a whole survey, the pages with nothing to answer, and forged and replayed forms refused. On
+SQLite and PostgreSQL. Screenshots are kept as test artefacts (SIPAS_TEST_ARTIFACTS, by
 default tests/artifacts/, which git ignores).
 
 Outside CI the tests skip, saying why, when no Chromium is found; under CI=true they fail.
@@ -226,3 +227,40 @@ async def test_before_resolution_and_after_a_decline_the_page_says_so(
     await expect(phone.get_by_text(re.compile("We keep nothing"))).to_be_visible()
     await screenshot(phone, rig, "declined")
     assert (await rig.get_case(CASE["case_code"]))["survey"]["status"] == "scheduled"
+
+
+async def test_forged_and_replayed_forms_change_nothing_in_the_browser(
+    rig: Rig, phone: Page
+) -> None:
+    await rig.post_case(case_body(), 201)
+    await rig.post_case(case_body(**RESOLVED), 200)
+    url = await web_url(rig)
+    await phone.goto(url)
+    await press(phone, "Đồng ý")
+    await on_question(phone, 1)
+    # The first question's page as it was, its form pointing at the page (for the replay).
+    first = (await phone.content()).replace('action="', f'action="{url.rsplit("/", 1)[0]}/', 1)
+    await press(phone, "4 - Hài lòng")
+    await on_question(phone, 2)
+
+    # Another site's page posting to the survey, with a token it made up.
+    await phone.set_content(
+        f'<form method="post" action="{url}"><input type="hidden" name="step" value="1">'
+        '<input type="hidden" name="csrf" value="made.up"><button name="choice" value="1">'
+        "Gửi</button></form>"
+    )
+    await press(phone, "Gửi")
+    await expect(
+        phone.get_by_text(re.compile("không phải do trang lấy ý kiến cấp"))
+    ).to_be_visible()
+    await screenshot(phone, rig, "refused-forged")
+
+    # The first question's form sent again.
+    await phone.set_content(first)
+    await press(phone, "1 - Rất không hài lòng")
+    await expect(phone.get_by_text(re.compile("Câu hỏi này không còn mở"))).to_be_visible()
+    await phone.get_by_role("link", name="Về trang lấy ý kiến").click()
+    await on_question(phone, 2)
+
+    answers = (await rig.get_case(CASE["case_code"]))["survey"]["answers"]
+    assert answers == {"access": 4}
