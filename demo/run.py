@@ -143,6 +143,7 @@ def seed_steps() -> list[SeedStep]:
     """Every seeding step, in order; add new concerns here."""
     from demo.digest import seed_digest_weeks, write_demo_digest
     from demo.feedback import seed_feedback
+    from demo.web import pick_web_sample
 
     return [
         seed_units,
@@ -151,6 +152,7 @@ def seed_steps() -> list[SeedStep]:
         seed_digest_weeks,
         pick_sample,
         pick_story,
+        pick_web_sample,
         write_demo_digest,
     ]
 
@@ -296,8 +298,9 @@ def instructions(setup: DemoSetup, context: DemoContext, base_url: str, *, servi
         "View it (status, citizen links, survey, escalations):",
         f"  curl -sS -H {auth} {base_url}/api/v1/cases/{code}",
         "",
-        *_qr_lines(settings, auth, base_url, code),
+        *_qr_lines(auth, base_url, code),
         "",
+        *_web_lines(context, serving=serving),
         f"Health:   {base_url}/healthz",
         f"Metrics:  {base_url}/metrics",
         f"API docs: {base_url}/api/v1/openapi.json",
@@ -317,16 +320,29 @@ def instructions(setup: DemoSetup, context: DemoContext, base_url: str, *, servi
     return "\n".join(lines)
 
 
-def _qr_lines(settings: Settings, auth: str, base_url: str, code: str) -> list[str]:
-    """The QR code encodes the citizen's chat link: without a chat channel there is none."""
-    if settings.telegram_token is None:
-        return [
-            "QR code for the citizen's receipt: it encodes the case's chat link, so it needs a",
-            "chat channel; set SIPAS_TELEGRAM_TOKEN and start the demo again to get one.",
-        ]
+def _qr_lines(auth: str, base_url: str, code: str) -> list[str]:
+    """The QR code opens the case's web survey page (or a chat, see SIPAS_QR_TARGET)."""
     return [
-        "QR code for the citizen's receipt:",
+        "QR code for the citizen's receipt (it opens the case's web survey page):",
         f"  curl -sS --fail -H {auth} -o receipt-qr.png {base_url}/api/v1/cases/{code}/qr.png",
+    ]
+
+
+def _web_lines(context: DemoContext, *, serving: bool) -> list[str]:
+    """The web survey link of a resolved sample case: the newcomer plays its citizen."""
+    if context.web_sample is None:
+        return []
+    code, token = context.web_sample
+    link = context.services.links(token).get("web")
+    if link is None:
+        return []
+    when = "" if serving else " (once the server runs)"
+    return [
+        f"Play a citizen on the web survey page{when}: case {code} is resolved",
+        "and its survey not answered yet. Open this link in a browser (a phone's too), agree",
+        "and answer; a low rating or a complaint goes to the head of the case's unit:",
+        f"  {link}",
+        "",
     ]
 
 
