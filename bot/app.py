@@ -24,6 +24,7 @@ from handlers.clock import Clock, SystemClock
 from handlers.errors import InvalidInput
 from handlers.policy import EscalationPolicy, SurveyPolicy
 from handlers.units import LoadReport, load_units, parse_units_file
+from handlers.web_survey import survey_link
 from handlers.working_time import make_calendar
 from storage.db import SessionFactory, create_engine, create_session_factory, ping
 from storage.migrate import upgrade
@@ -63,7 +64,9 @@ class Services:
 
     def links(self, token: str) -> Mapping[str, str]:
         built = {name: build(token) for name, build in self.link_builders.items()}
-        return {name: link for name, link in built.items() if link is not None}
+        # The chat links first, as docs/contract.md shows them; the web page's last.
+        made = {name: link for name, link in built.items() if link is not None}
+        return {name: made[name] for name in sorted(made, key=lambda name: name == "web")}
 
     @property
     def invitation_channels(self) -> list[str]:
@@ -107,13 +110,16 @@ def survey_policy(settings: Settings) -> SurveyPolicy:
 
 def build_services(settings: Settings, *, clock: Clock | None = None) -> Services:
     engine = create_engine(settings.database_url)
-    return Services(
+    services = Services(
         settings=settings,
         engine=engine,
         sessions=create_session_factory(engine),
         clock=clock or SystemClock(),
         policy=survey_policy(settings),
     )
+    # The web survey page is always there (bot/http/web_survey.py): anyone can answer in a browser.
+    services.link_builders["web"] = survey_link(settings.public_url)
+    return services
 
 
 async def prepare_database(services: Services) -> None:

@@ -229,6 +229,8 @@ class Settings(BaseSettings):
     # A chat platform unreachable at start-up is retried with backoff up to this interval.
     channel_retry_max: Duration = timedelta(seconds=60)
     log_level: str = "INFO"
+    # Extension: what the receipt's QR code opens (the web survey page, or a chat deep link).
+    qr_target: Literal["web", "telegram", "zalo"] = "web"
 
     @field_validator("public_url", "telegram_api_url", "zalo_api_url")
     @classmethod
@@ -274,6 +276,16 @@ class Settings(BaseSettings):
                 "SIPAS_ZALO_WEBHOOK_SECRET is required when SIPAS_ZALO_MODE=webhook"
             )
 
+    def check_qr_target(self) -> None:
+        """A QR code pointing at a chat the service does not run would lead nowhere."""
+        token = {"telegram": self.telegram_token, "zalo": self.zalo_token}.get(self.qr_target)
+        if self.qr_target != "web" and token is None:
+            raise SettingsError(
+                f"SIPAS_QR_TARGET={self.qr_target} needs SIPAS_{self.qr_target.upper()}_TOKEN: "
+                "the QR code would open a chat this service does not run; set the token, or "
+                "use SIPAS_QR_TARGET=web (the default: the web survey page)"
+            )
+
     def api_token_values(self) -> frozenset[str]:
         return frozenset(token.get_secret_value() for token in self.api_tokens)
 
@@ -299,6 +311,7 @@ def load_settings(**overrides: object) -> Settings:
             lines.append(f"{ENV_PREFIX}{field.upper()}: {_in_our_words(field, error)}")
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
     settings.check_webhooks()
+    settings.check_qr_target()
     return settings
 
 

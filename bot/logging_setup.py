@@ -28,6 +28,8 @@ _MASKS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     (re.compile(r"(?<!\d)\d{6,12}:[A-Za-z0-9_-]{30,}"), "<bot-token>"),
     # Authorization headers and the like.
     (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+"), r"\1 ***"),
+    # The link token in a web survey path (/s/<token>): whoever holds it can answer the survey.
+    (re.compile(r"(/s/)[A-Za-z0-9_-]{8,64}"), r"\1***"),
     # Vietnamese phone numbers: 0 + 9-10 digits, +84/84 + 9-10 digits, with common separators.
     (
         re.compile(r"(?<![\w+])(?:\+84|84|0)(?:[\s.-]?\d){9,10}(?!\d)"),

@@ -25,6 +25,8 @@ class DemoContext:
     sample: tuple[str, str] | None = None
     # The case to open first: answered, complained about, handled by the head with a note.
     story: StoryCase | None = None
+    # A resolved case whose survey is still open, and its link token: to answer on the web.
+    web_sample: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Seeding is a list of steps, one per concern (`seed_steps`); later features add t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -15,7 +16,7 @@ import secrets
 import shlex
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -142,6 +143,7 @@ def seed_steps() -> list[SeedStep]:
     """Every seeding step, in order; add new concerns here."""
     from demo.digest import seed_digest_weeks, write_demo_digest
     from demo.feedback import seed_feedback
+    from demo.web import pick_web_sample
 
     return [
         seed_units,
@@ -150,6 +152,7 @@ def seed_steps() -> list[SeedStep]:
         seed_digest_weeks,
         pick_sample,
         pick_story,
+        pick_web_sample,
         write_demo_digest,
     ]
 
@@ -204,8 +207,9 @@ async def run_demo(
     services = await open_services(setup.settings)
     context = DemoContext(services, random.Random(SEED), services.clock.now(), cases)
     try:
-        for step in seed_steps():
-            await step(context)
+        with _quiet_handlers():
+            for step in seed_steps():
+                await step(context)
     except BaseException:
         await services.engine.dispose()
         raise
@@ -219,6 +223,19 @@ async def run_demo(
         print(instructions(setup, context, address, serving=True), file=out, flush=True)
 
     await run_until_stopped(services, on_listening=ready, stop=stop)
+
+
+@contextlib.contextmanager
+def _quiet_handlers() -> Iterator[None]:
+    """Seeding replays hundreds of cases through the real handlers, which log each apology
+    with no chat and each critical complaint; in the demo that is noise before the banner."""
+    handlers_log = logging.getLogger("handlers")
+    level = handlers_log.level
+    handlers_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        handlers_log.setLevel(level)
 
 
 def _browser_host(host: str) -> str:
@@ -281,8 +298,9 @@ def instructions(setup: DemoSetup, context: DemoContext, base_url: str, *, servi
         "View it (status, citizen links, survey, escalations):",
         f"  curl -sS -H {auth} {base_url}/api/v1/cases/{code}",
         "",
-        *_qr_lines(settings, auth, base_url, code),
+        *_qr_lines(auth, base_url, code),
         "",
+        *_web_lines(context, serving=serving),
         f"Health:   {base_url}/healthz",
         f"Metrics:  {base_url}/metrics",
         f"API docs: {base_url}/api/v1/openapi.json",
@@ -302,16 +320,29 @@ def instructions(setup: DemoSetup, context: DemoContext, base_url: str, *, servi
     return "\n".join(lines)
 
 
-def _qr_lines(settings: Settings, auth: str, base_url: str, code: str) -> list[str]:
-    """The QR code encodes the citizen's chat link: without a chat channel there is none."""
-    if settings.telegram_token is None:
-        return [
-            "QR code for the citizen's receipt: it encodes the case's chat link, so it needs a",
-            "chat channel; set SIPAS_TELEGRAM_TOKEN and start the demo again to get one.",
-        ]
+def _qr_lines(auth: str, base_url: str, code: str) -> list[str]:
+    """The QR code opens the case's web survey page (or a chat, see SIPAS_QR_TARGET)."""
     return [
-        "QR code for the citizen's receipt:",
+        "QR code for the citizen's receipt (it opens the case's web survey page):",
         f"  curl -sS --fail -H {auth} -o receipt-qr.png {base_url}/api/v1/cases/{code}/qr.png",
+    ]
+
+
+def _web_lines(context: DemoContext, *, serving: bool) -> list[str]:
+    """The web survey link of a resolved sample case: the newcomer plays its citizen."""
+    if context.web_sample is None:
+        return []
+    code, token = context.web_sample
+    link = context.services.links(token).get("web")
+    if link is None:
+        return []
+    when = "" if serving else " (once the server runs)"
+    return [
+        f"Play a citizen on the web survey page{when}: case {code} is resolved",
+        "and its survey not answered yet. Open this link in a browser (a phone's too), agree",
+        "and answer; a low rating or a complaint goes to the head of the case's unit:",
+        f"  {link}",
+        "",
     ]
 
 

@@ -365,6 +365,9 @@ class Survey(Base):
     started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None] = mapped_column(index=True)
     expires_at: Mapped[datetime | None]
+    # The web page's current form nonce: a form is honoured only with it, and every accepted
+    # form replaces it, so a forged or replayed form changes nothing.
+    web_nonce: Mapped[str | None] = mapped_column(String(32))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     case: Mapped[Case] = relationship(lazy="raise")

@@ -71,7 +71,7 @@ async def test_a_new_case_is_created_with_201_and_its_view(api: Api) -> None:
         "answers": {},
     }
     assert view["escalations"] == []
-    assert set(view["links"]) == {"telegram"}
+    assert set(view["links"]) == {"telegram", "web"}
     # A 2xx answer means committed: a fresh session sees the case.
     assert await api.count(Case, Case.case_code == view["case_code"]) == 1
     response = await api.get(f"/api/v1/cases/{view['case_code']}")
@@ -437,13 +437,13 @@ async def test_vietnamese_text_is_stored_byte_exact(api: Api) -> None:
 
 async def test_links_are_those_of_the_registered_link_builders(api: Api) -> None:
     view = await api.post_json(case_body("L-1"), 201)
-    assert "web" not in view["links"]
+    token = start_token(view)
+    # The web survey page is always there; a chat's link while its channel is configured.
+    assert view["links"] == {"telegram": telegram_link(token), "web": web_link(token)}
 
-    api.services.link_builders["web"] = web_link
+    api.services.link_builders.pop("telegram")
     response = await api.get("/api/v1/cases/L-1")
-    links = (await response.json())["links"]
-    token = start_token({"links": links})
-    assert links == {"telegram": telegram_link(token), "web": web_link(token)}
+    assert (await response.json())["links"] == {"web": web_link(token)}
 
     api.services.link_builders.clear()
     view = await api.post_json(case_body("L-2"), 201)
@@ -485,22 +485,15 @@ def qr_png(link: str) -> bytes:
     return expected.getvalue()
 
 
-async def test_qr_code_encodes_the_primary_link(api: Api) -> None:
+async def test_qr_code_encodes_the_web_page_by_default(api: Api) -> None:
     view = await api.post_json(case_body("Q-1"), 201)
     response = await api.get("/api/v1/cases/Q-1/qr.png")
     assert response.status == 200
     assert response.content_type == "image/png"
     png = await response.read()
     assert png.startswith(PNG_SIGNATURE)
-    assert png == qr_png(view["links"]["telegram"])
-
-    # With the web page only, the web link is the one on the receipt.
-    api.services.link_builders.clear()
-    api.services.link_builders["web"] = web_link
-    view = await api.post_json(case_body("Q-2"), 201)
-    response = await api.get("/api/v1/cases/Q-2/qr.png")
-    assert response.status == 200
-    assert await response.read() == qr_png(view["links"]["web"])
+    # SIPAS_QR_TARGET=web (the default): anyone can answer, with or without a chat app.
+    assert png == qr_png(view["links"]["web"])
 
 
 # --- health, metrics, the document -----------------------------------------------------------

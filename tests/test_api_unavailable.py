@@ -101,6 +101,10 @@ async def assert_everything_is_503(api: Api) -> None:
     response = await api.client.get("/healthz")
     await assert_unavailable(response, "GET", "/healthz")
     assert await response.json() == {"status": "unavailable", "database": "unreachable"}
+    # The web survey page says so to people, as a page.
+    response = await api.client.get("/s/AnyLinkTokenAtAll")
+    await assert_unavailable(response, "GET", "/s/{token}")
+    assert "Xin lỗi, đã có lỗi xảy ra" in await response.text()
 
 
 async def assert_nothing_stored_while_down_and_service_is_back(api: Api) -> None:

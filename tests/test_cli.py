@@ -178,6 +178,11 @@ def test_a_missing_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
         ),
         ("header Authorization: Bearer abc.DEF-123", "abc.DEF-123", "Bearer ***"),
         (
+            "GET http://127.0.0.1:8080/s/pLHpW6rxoZBkN-UZ0gcvwj9WOiNV22Lm?lang=en failed",
+            "pLHpW6rxoZBkN-UZ0gcvwj9WOiNV22Lm",
+            "http://127.0.0.1:8080/s/***?lang=en failed",
+        ),
+        (
             "db postgresql+asyncpg://sipas:hunter2@db:5432/sipas",
             "hunter2",
             "postgresql+asyncpg://sipas:***@db:5432/sipas",

@@ -1,4 +1,5 @@
-"""The HTTP API of docs/contract.md section 4 (aiohttp): case intake, case view, QR code, health.
+"""The HTTP API of docs/contract.md section 4 (aiohttp): case intake, case view, QR code, health;
+the web survey page (bot/http/web_survey.py) is served by the same application.
 
 Every route answers JSON; domain errors, bad JSON and an unreachable database are mapped to
 the contract's error shape in one middleware. A 2xx answer is sent only after the commit.
@@ -28,8 +29,8 @@ from sqlalchemy.exc import (
 )
 
 from bot.app import Services
-from bot.channels import CHANNEL_NAMES
 from bot.digest.report import weekly_report
+from bot.http.web_survey import web_survey_routes
 from handlers.case_view import case_view_by_code, case_views, shown_code
 from handlers.errors import Conflict, DomainError, InvalidInput, NotFound
 from handlers.intake import SURVEYED, Posted, ReferenceIds, cases_posted, without_repeats
@@ -356,11 +357,9 @@ async def get_case(request: web.Request) -> web.Response:
     return web.json_response(view)
 
 
-PRIMARY_LINK_ORDER = (*CHANNEL_NAMES, "web")
-
-
 async def get_case_qr(request: web.Request) -> web.Response:
-    """A QR code of the citizen's primary link, to print on the receipt."""
+    """A QR code of the citizen's link, to print on the receipt: the web survey page, or the
+    chat deep link SIPAS_QR_TARGET names (the web page while that link cannot be made)."""
     services = request.app[SERVICES]
     code = _case_code(request)
     async with services.sessions() as session:
@@ -369,12 +368,9 @@ async def get_case_qr(request: web.Request) -> web.Response:
             raise NotFound(f"no case {shown_code(code)}")
         token = await case_repo.link_token_for_case(session, case.id)
     links = services.links(token.token) if token else {}
-    link = next((links[name] for name in PRIMARY_LINK_ORDER if name in links), None)
+    link = links.get(services.settings.qr_target) or links.get("web")
     if link is None:
-        raise NotFound(
-            "no channel is configured to reach citizens; set SIPAS_TELEGRAM_TOKEN "
-            "or SIPAS_ZALO_TOKEN"
-        )
+        raise NotFound("this case has no citizen link to encode")
     buffer = io.BytesIO()
     segno.make(link, error="m").save(buffer, kind="png", scale=8, border=2)
     return web.Response(
@@ -448,5 +444,6 @@ def create_web_app(services: Services) -> web.Application:
     app[SERVICES] = services
     app[INTAKE] = IntakeQueue(services)
     app.add_routes(api_routes())
+    app.add_routes(web_survey_routes(services))
     app.add_routes(services.web_routes)
     return app

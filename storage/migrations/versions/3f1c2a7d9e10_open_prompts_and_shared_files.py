@@ -1,7 +1,7 @@
 """open prompts (the choices open at each address) and shared files (expiring links)
 
 Revision ID: 3f1c2a7d9e10
-Revises: 3c9e51a7d2f4
+Revises: 5f0c2a9e7b14
 Create Date: 2026-12-01 00:45:00
 
 """
@@ -13,7 +13,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "3f1c2a7d9e10"
-down_revision: str | Sequence[str] | None = "3c9e51a7d2f4"
+down_revision: str | Sequence[str] | None = "5f0c2a9e7b14"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,39 +1,13 @@
-"""The outbox dispatcher: sends every outgoing message from the outbox, within the platform limits.
+"""The outbox dispatcher: sends every outgoing message from the outbox, within the platform
+limits.
 
 Handlers never call a platform; they write outbox rows in the transaction of the change that
 caused them (docs/design.md, "transactional outbox"). The dispatcher claims due rows, paces them,
 sends them through a channel's `Sender`, and settles each row in its own short transaction
 (docs/design.md, "the dispatcher owns the platform limits"). Replies to a person who is answering
 go first: rows are claimed and sent in (priority, id) order, and a `wake()` after a commit
-makes the next claim immediate.
-
-**One sender per bot, elected.** Telegram's limits (30 messages a second in all, one a second
-per chat, and a pause for everyone after a flood of 429s) belong to the bot, not to a process.
-With several `serve` processes on one PostgreSQL, exactly one of them sends: the one holding a
-session-level advisory lock (`pg_try_advisory_lock`, keyed by schema and channels) on a
-connection of its own. Its in-memory pacing then *is* the bot's pacing, exact to the
-millisecond and costing no database round trip per message; the other processes only enqueue,
-and wait to take over. The lock goes with the holder's connection: a process that dies
-(`kill -9`, a lost network) loses it at once, and a standby, retrying four times a second,
-takes over, frees the claims the dead one left (no waiting for their leases) and first waits
-one pacing window, so the dead leader's last second cannot add to its first.
-The leader checks its connection every second and stops sending when it is gone. A leader
-LISTENs on `sipas_outbox`, and every enqueue NOTIFYs in its transaction (delivered on commit),
-so a reply queued by whichever process took the update leaves within milliseconds, as the
-in-process `wake()` does for the leader's own.
-Why not limits kept in the database (a shared token bucket row)? Every send would take a row
-lock and a round trip on the hottest row of the deployment, a stalled process holding tokens
-would still need leases, and 30 a second is one process's easy work; the election costs one
-idle connection. SQLite is one process by definition (the file's write lock is per host and
-`serve` at scale is PostgreSQL, docs/design.md): there the dispatcher is its own leader.
-
-Pacing counts the starts of calls to the platform: at most `global_rate` in any window of one
-second (a sliding log, plus a minimum gap so a window's sends are spread, not bunched), and
-`1 / per_chat_rate` seconds between two calls to one chat. Both are widened by
-`pacing_margin` (3 %) so that the jitter between our start and the platform's arrival cannot
-put one more message into the platform's one-second window. The dispatcher's monotonic clock
-and waits are injected (`PacingClock`); everything about when a row is due (not_before,
-backoff, leases) uses the injected wall `clock`.
+makes the next claim immediate. Which process sends is decided in `bot/outbox/leadership.py`;
+how fast, in `bot/outbox/pacing.py`; what a platform may answer, in `bot/outbox/errors.py`.
 
 Delivery is at least once, and exactly once in every case but one: the platform accepted a
 message and the process died (or the database failed) before the row was marked sent. The row
@@ -61,22 +35,29 @@ then sends makes two platform calls and is paced as two.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import logging
-import math
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bot.outbox.errors import (
+    PermanentSendError,
+    RetryAfter,
+    Sender,
+    TransientSendError,
+    Unreachable,
+    describe,
+)
+from bot.outbox.leadership import Leadership, leadership_for
+from bot.outbox.pacing import PacingClock, SystemPacingClock, global_pace
 from handlers.clock import Clock
 from storage.db import SessionFactory
 from storage.models import OutboxMessage
@@ -95,48 +76,6 @@ SEND_SECONDS = Histogram(
     ["channel"],
     buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-LEADER = Gauge("sipas_outbox_leader", "1 while this process is the elected sender.")
-
-
-class SendError(Exception):
-    """A platform refused or failed to take a message; the subclass says what to do next."""
-
-
-class RetryAfter(SendError):
-    """The platform's rate limit (HTTP 429): try this address again after `seconds`."""
-
-    def __init__(self, seconds: float, message: str = "") -> None:
-        super().__init__(message or f"rate limited, retry after {seconds:g}s")
-        self.seconds = max(0.0, float(seconds))
-
-
-class Unreachable(SendError):
-    """The recipient blocked the bot or no longer exists: stop writing to them."""
-
-
-class TransientSendError(SendError):
-    """Network trouble, a timeout or a 5xx: the same message may go through later."""
-
-
-class PermanentSendError(SendError):
-    """The platform rejected this message itself (400): sending it again cannot help."""
-
-
-class Sender(Protocol):
-    """One channel's way to deliver a payload; it raises the `SendError` family, nothing else.
-
-    `clear_buttons_of` is the platform id of an earlier message whose inline keyboard goes
-    away before this one is sent (or, with `payload["edit"]`, the message whose text is
-    replaced). Returns the platform's id of the message it produced.
-    """
-
-    channel: str
-
-    async def send(
-        self, address: str, payload: Mapping[str, Any], *, clear_buttons_of: str | None
-    ) -> str | None: ...
-
-
 _CHANNEL_TAGS = {"telegram": "tg", "zalo": "zl", "web": "web"}
 
 
@@ -147,251 +86,10 @@ def mask_address(channel: str, address: str) -> str:
     return f"{tag}:…{tail}"
 
 
-def _describe(error: BaseException) -> str:
-    """Class and platform description of an error, for `last_error` and logs (no payload)."""
-    text = str(error)
-    return f"{type(error).__name__}: {text}"[:300] if text else type(error).__name__
-
-
 def _log_crash(task: asyncio.Task[bool]) -> None:
     # _deliver handles every failure it expects; anything else is a bug worth a traceback.
     if not task.cancelled() and task.exception() is not None:
         logger.error("outbox send task %s crashed", task.get_name(), exc_info=task.exception())
-
-
-class PacingClock(Protocol):
-    """The dispatcher's monotonic time and its waits (tests move a fake one)."""
-
-    def monotonic(self) -> float: ...
-
-    async def wait(self, event: asyncio.Event, seconds: float) -> None:
-        """Returns when `event` is set or after `seconds` on this clock, whichever is first."""
-        ...
-
-
-class SystemPacingClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    async def wait(self, event: asyncio.Event, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), max(seconds, 0.0))
-
-
-class _Pace:
-    """At most `count` starts in any `window` seconds, and at least `gap` seconds apart.
-
-    A sliding log rather than a token bucket: a bucket of rate r and burst b lets b + r
-    starts into one second, which is how a bucket "at 30 a second" sent 33.
-    """
-
-    def __init__(self, count: int, window: float, gap: float) -> None:
-        self._count = count
-        self._window = window
-        self._gap = gap
-        self._starts: deque[float] = deque()
-
-    def ready_at(self, now: float, cost: int = 1) -> float:
-        """The earliest moment `cost` starts may be taken (now, when that is allowed)."""
-        starts = self._starts
-        while starts and starts[0] <= now - self._window:
-            starts.popleft()
-        at = now
-        if starts:
-            at = max(at, starts[-1] + self._gap)
-        excess = len(starts) + min(cost, self._count) - self._count
-        if excess > 0:
-            at = max(at, starts[excess - 1] + self._window)
-        return at
-
-    def take(self, now: float, cost: int = 1) -> None:
-        self._starts.extend([now] * cost)
-
-    def started_late(self, decided: float, started: float, cost: int = 1) -> None:
-        """The send decided at `decided` really started at `started` (the event loop was busy
-        in between): count it then, or the next window could take a full share besides it."""
-        if started <= decided:
-            return
-        starts = list(self._starts)
-        for _ in range(cost):
-            if decided in starts:
-                starts.remove(decided)
-                bisect.insort(starts, started)
-        self._starts = deque(starts)
-
-
-def global_pace(rate: float, margin: float) -> _Pace:
-    """`rate` a second in any window, e.g. 30 in any 1.03 s at rate 30 and a 3 % margin."""
-    count = max(1, math.floor(rate))
-    window = count / rate * (1 + margin)
-    return _Pace(count, window, gap=window / count / 2)
-
-
-class Leadership(Protocol):
-    """Who of the processes sharing a database sends for the bot (see the module docstring)."""
-
-    lost: asyncio.Event
-    # True when no one else can be sending while this one leads: a new leader then frees
-    # the claims its predecessor left, instead of waiting for their leases to run out.
-    exclusive: bool
-
-    async def acquire(self, stop: asyncio.Event, on_notify: Callable[[], None]) -> bool:
-        """Waits until this process is the sender (True) or `stop` is set (False).
-
-        `lost` is cleared on success and set when the leadership goes; `on_notify` is called
-        whenever another process committed messages to send.
-        """
-        ...
-
-    @property
-    def contended(self) -> bool:
-        """Whether someone else held the leadership while this one waited for it."""
-        ...
-
-    async def release(self) -> None: ...
-
-
-class SoleSender:
-    """One process (SQLite, or a test): always the sender, at once.
-
-    `exclusive=False` for a test that runs several dispatchers on one database on purpose.
-    """
-
-    contended = False
-
-    def __init__(self, *, exclusive: bool = True) -> None:
-        self.lost = asyncio.Event()
-        self.exclusive = exclusive
-
-    async def acquire(self, stop: asyncio.Event, on_notify: Callable[[], None]) -> bool:
-        return not stop.is_set()
-
-    async def release(self) -> None:
-        return None
-
-
-class AdvisoryLockLeadership:
-    """PostgreSQL: the holder of a session-level advisory lock on its own connection sends.
-
-    The key is the schema and `name` (the channels sent), hashed by the server, so two
-    deployments in one database (or two test schemas) elect their senders independently.
-    """
-
-    exclusive = True
-
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        name: str,
-        pacing: PacingClock,
-        *,
-        retry_interval: float = 0.25,
-        heartbeat_interval: float = 1.0,
-    ) -> None:
-        self._engine = engine
-        self._name = f"sipas-outbox:{name}"
-        self._pacing = pacing
-        self._retry_interval = retry_interval
-        self._heartbeat_interval = heartbeat_interval
-        self.lost = asyncio.Event()
-        self.contended = False
-        self._connection: AsyncConnection | None = None
-        self._driver: Any = None
-        self._schema = ""
-        self._heartbeat: asyncio.Task[None] | None = None
-        self._on_notify: Callable[[], None] = lambda: None
-        self._failures = 0
-
-    async def acquire(self, stop: asyncio.Event, on_notify: Callable[[], None]) -> bool:
-        self._on_notify = on_notify
-        self.contended = False
-        while not stop.is_set():
-            try:
-                if await self._try_lock():
-                    self.lost.clear()
-                    self._heartbeat = asyncio.create_task(
-                        self._watch(), name="outbox-leader-heartbeat"
-                    )
-                    LEADER.set(1)
-                    logger.info("outbox: this process is now the sender for %s", self._name)
-                    return True
-                self.contended = True
-            except Exception as exc:  # SQLAlchemy, asyncpg and network errors alike
-                await self._close()
-                self._failures += 1
-                if self._failures in (1, 10) or self._failures % 60 == 0:
-                    logger.error("outbox: cannot try the sender lock: %s", _describe(exc))
-            await self._pacing.wait(stop, self._retry_interval)
-        await self._close()
-        return False
-
-    async def _try_lock(self) -> bool:
-        if self._driver is None:
-            self._connection = await self._engine.connect()
-            raw = await self._connection.get_raw_connection()
-            self._driver = raw.driver_connection
-            self._schema = str(await self._driver.fetchval("SELECT current_schema()"))
-        locked = bool(
-            await self._driver.fetchval(
-                "SELECT pg_try_advisory_lock(hashtextextended($1 || ':' || $2, 0))",
-                self._schema,
-                self._name,
-            )
-        )
-        self._failures = 0
-        if locked:
-            await self._driver.add_listener(repository.NOTIFY_CHANNEL, self._notified)
-            self._driver.add_termination_listener(self._terminated)
-        return locked
-
-    def _notified(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
-        if payload == self._schema:
-            self._on_notify()
-
-    def _terminated(self, _connection: Any) -> None:
-        if not self.lost.is_set():
-            logger.error("outbox: the sender's database connection closed; stepping down")
-        self.lost.set()
-
-    async def _watch(self) -> None:
-        """Steps down when the lock's connection stops answering: another may hold it soon."""
-        while not self.lost.is_set():
-            await asyncio.sleep(self._heartbeat_interval)
-            try:
-                await asyncio.wait_for(
-                    self._driver.fetchval("SELECT 1"), self._heartbeat_interval * 2
-                )
-            except Exception as exc:
-                logger.error("outbox: sender connection lost (%s); stepping down", _describe(exc))
-                self.lost.set()
-
-    async def release(self) -> None:
-        LEADER.set(0)
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-            self._heartbeat = None
-        self.lost.set()
-        await self._close()
-
-    async def _close(self) -> None:
-        connection, self._connection, self._driver = self._connection, None, None
-        if connection is None:
-            return
-        # Never back to the pool: a pooled connection would keep the lock and the LISTEN.
-        with contextlib.suppress(Exception):
-            await connection.invalidate()
-        with contextlib.suppress(Exception):
-            await connection.close()
-
-
-def leadership_for(sessions: SessionFactory, name: str, pacing: PacingClock) -> Leadership:
-    """An advisory-lock election on PostgreSQL; on SQLite (one process) the sole sender."""
-    bind = sessions.kw.get("bind")
-    if isinstance(bind, AsyncEngine) and bind.dialect.name == "postgresql":
-        return AdvisoryLockLeadership(bind, name, pacing)
-    return SoleSender()
 
 
 @dataclass(frozen=True)
@@ -617,7 +315,7 @@ class Dispatcher:
             async with self._sessions.begin() as session:
                 freed = await repository.void_claims(session, self._clock.now(), self._senders)
         except (SQLAlchemyError, OSError) as exc:
-            logger.error("outbox: could not free earlier claims: %s", _describe(exc))
+            logger.error("outbox: could not free earlier claims: %s", describe(exc))
             return
         if freed:
             logger.warning("outbox: took over %d messages claimed by an earlier sender", freed)
@@ -657,7 +355,7 @@ class Dispatcher:
                     await self._claim()
                 except (SQLAlchemyError, OSError) as exc:
                     # The database is away: keep what is held going, try again after a pause.
-                    logger.error("outbox claim failed: %s", _describe(exc))
+                    logger.error("outbox claim failed: %s", describe(exc))
                     self._claim_needed = False
             await self._dispatch()
             if finished():
@@ -774,7 +472,7 @@ class Dispatcher:
             async with self._sessions.begin() as session:
                 await self._release(session, claims)
         except (SQLAlchemyError, OSError) as exc:
-            logger.error("outbox release failed (leases will expire): %s", _describe(exc))
+            logger.error("outbox release failed (leases will expire): %s", describe(exc))
 
     @staticmethod
     async def _release(session: Any, claims: list[_Claim]) -> None:
@@ -851,7 +549,7 @@ class Dispatcher:
                 "retried when its lease expires",
                 claim.id,
                 claim.masked,
-                _describe(exc),
+                describe(exc),
             )
             return False
         finally:
@@ -937,7 +635,7 @@ class Dispatcher:
                 claim.id,
                 token=claim.token,
                 not_before=self._clock.now() + timedelta(seconds=error.seconds),
-                error=_describe(error),
+                error=describe(error),
                 count_attempt=False,
             )
             await self._release(session, self._drop_held(claim.key))
@@ -948,7 +646,7 @@ class Dispatcher:
         now = self._clock.now()
         async with self._sessions.begin() as session:
             await repository.mark_failed(
-                session, claim.id, token=claim.token, error=_describe(error)
+                session, claim.id, token=claim.token, error=describe(error)
             )
             # True whoever holds the row now: the platform said the person is gone.
             cancelled = await repository.mark_address_unreachable(
@@ -960,21 +658,21 @@ class Dispatcher:
             "outbox %s: %s is unreachable (%s); %d other messages cancelled",
             claim.id,
             claim.masked,
-            _describe(error),
+            describe(error),
             cancelled,
         )
 
     async def _give_up(self, claim: _Claim, reason: str, error: BaseException) -> None:
         async with self._sessions.begin() as session:
             settled = await repository.mark_failed(
-                session, claim.id, token=claim.token, error=_describe(error)
+                session, claim.id, token=claim.token, error=describe(error)
             )
         if not settled:
             self._claim_lost(claim)
             return
         FAILED.labels(claim.channel, reason).inc()
         logger.warning(
-            "outbox %s to %s failed (%s): %s", claim.id, claim.masked, reason, _describe(error)
+            "outbox %s to %s failed (%s): %s", claim.id, claim.masked, reason, describe(error)
         )
 
     async def _retry_later(self, claim: _Claim, reason: str, error: BaseException) -> None:
@@ -989,7 +687,7 @@ class Dispatcher:
                 claim.id,
                 token=claim.token,
                 not_before=self._clock.now() + delay,
-                error=_describe(error),
+                error=describe(error),
             )
             await self._release(session, self._drop_held(claim.key))
         if not settled:
@@ -1001,7 +699,7 @@ class Dispatcher:
             claim.id,
             claim.masked,
             attempts,
-            _describe(error),
+            describe(error),
             delay.total_seconds(),
         )
 
