@@ -86,6 +86,34 @@ def _completed_in(start: datetime, end: datetime) -> ColumnElement[bool]:
     return and_(Survey.completed_at >= start, Survey.completed_at < end)
 
 
+async def _cases_between(
+    session: AsyncSession, moment: Any, start: datetime, end: datetime
+) -> list[ColumnElement[bool]]:
+    """On PostgreSQL: `cases.id` between the least and greatest case id of the surveys whose
+    `moment` (completed_at or invited_at) lies in [start, end).
+
+    Implied by the join, so it changes no count; but it lets PostgreSQL read only that range
+    of `pk_cases` (a week's surveys are of recent cases, whose ids lie together) instead of
+    hashing the whole cases table for each query (measured: the item tallies of a week of
+    125,000 responses from 0.69 s to 0.44 s). The range is read first from the covering
+    index on (moment, case_id) and given as literals: the planner estimates a literal range
+    well, and a subquery's badly (measured slower than none). At worst the range is the whole
+    table, as before. SQLite, which joins by rowid lookups, is slower with it: not used there.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return []
+    # `case_id + 0`: not the bare column, whose min/max PostgreSQL would look for by walking
+    # the unique index on case_id from one end, filtering a million rows (measured 0.24 s),
+    # rather than by the index on (moment, case_id) over the interval's rows (0.02 s).
+    shifted = Survey.case_id + 0
+    query = select(func.min(shifted), func.max(shifted)).where(moment >= start, moment < end)
+    lowest, highest = (await session.execute(query)).one()
+    if lowest is None or highest is None:
+        return []
+    # Inline integers, so that the plan is made for this range.
+    return [Case.id.between(literal_column(str(int(lowest))), literal_column(str(int(highest))))]
+
+
 def _in_units(column: Any, unit_ids: Collection[int] | None) -> list[ColumnElement[bool]]:
     return [] if unit_ids is None else [column.in_(list(unit_ids))]
 
@@ -119,6 +147,7 @@ async def item_tallies(
         .join(Answer, Answer.survey_id == Survey.id)
         .where(
             _completed_in(start, end),
+            *await _cases_between(session, Survey.completed_at, start, end),
             Answer.factor.is_not(None),
             Answer.value_int.is_not(None),
             *_in_units(Case.unit_id, unit_ids),
@@ -165,6 +194,7 @@ async def survey_counts(
         .where(
             Survey.invited_at >= start,
             Survey.invited_at < end,
+            *await _cases_between(session, Survey.invited_at, start, end),
             *_in_units(Case.unit_id, unit_ids),
         )
         .group_by(Case.unit_id)
@@ -173,7 +203,11 @@ async def survey_counts(
         select(Case.unit_id, func.count())
         .select_from(Survey)
         .join(Case, Case.id == Survey.case_id)
-        .where(_completed_in(start, end), *_in_units(Case.unit_id, unit_ids))
+        .where(
+            _completed_in(start, end),
+            *await _cases_between(session, Survey.completed_at, start, end),
+            *_in_units(Case.unit_id, unit_ids),
+        )
         .group_by(Case.unit_id)
     )
     # From the (few) escalations to their surveys, not from every survey to its escalations.
@@ -183,7 +217,11 @@ async def survey_counts(
         .select_from(escalated_cases)
         .join(Survey, Survey.case_id == escalated_cases.c.case_id)
         .join(Case, Case.id == Survey.case_id)
-        .where(_completed_in(start, end), *_in_units(Case.unit_id, unit_ids))
+        .where(
+            _completed_in(start, end),
+            *await _cases_between(session, Survey.completed_at, start, end),
+            *_in_units(Case.unit_id, unit_ids),
+        )
         .group_by(Case.unit_id)
     )
     counts: dict[int, tuple[int, ...]] = {}
@@ -214,6 +252,7 @@ async def yes_counts(
         .join(Answer, Answer.survey_id == Survey.id)
         .where(
             _completed_in(start, end),
+            *await _cases_between(session, Survey.completed_at, start, end),
             Answer.question_id.in_(list(question_ids)),
             # A literal, so that both backends see the partial index ix_answers_yes applies.
             Answer.value_text == literal_column("'yes'"),
@@ -245,6 +284,7 @@ async def comments(
         .join(Answer, Answer.survey_id == Survey.id)
         .where(
             _completed_in(start, end),
+            *await _cases_between(session, Survey.completed_at, start, end),
             Answer.question_id.in_(list(question_ids)),
             Answer.value_text.is_not(None),
             *_in_units(Case.unit_id, unit_ids),
