@@ -211,8 +211,10 @@ async def _index_counts(
     counts: dict[int, Counts],
     *,
     invitations: bool,
+    escalated: bool = True,
 ) -> None:
-    """Ratings, responses (and invitations): what the index and its interval need."""
+    """Ratings, responses (and invitations): what the index and its interval need; the
+    responses with an escalation (for a QĐ 766 rate) unless `escalated` is False."""
     start, end = week.start(tz), week.end(tz)
     for row in await repo.item_tallies(session, start, end, unit_ids):
         _of(counts, row.unit_id).items[(row.question_id, row.factor)] = [
@@ -220,11 +222,17 @@ async def _index_counts(
             row.satisfied,
             row.score_sum,
         ]
-    for unit_id, (sent, responses, escalated) in (
-        await repo.survey_counts(session, start, end, unit_ids, invitations=invitations)
+    for unit_id, (sent, responses, with_escalation) in (
+        await repo.survey_counts(
+            session, start, end, unit_ids, invitations=invitations, escalated=escalated
+        )
     ).items():
         unit = _of(counts, unit_id)
-        unit.surveys_sent, unit.responses, unit.escalated_responses = sent, responses, escalated
+        unit.surveys_sent, unit.responses, unit.escalated_responses = (
+            sent,
+            responses,
+            with_escalation,
+        )
 
 
 async def _other_counts(
@@ -594,7 +602,11 @@ async def build_report(
     unit_ids = None if scope is None else tree.subtree(scope.id)
     if side_session is None:
         counts = await week_counts(session, week, tz, unit_ids)
-        previous = await week_counts(session, week.previous(), tz, unit_ids, full=False)
+        # Of the previous week the report shows only the index, its factors and the trend.
+        previous: dict[int, Counts] = {}
+        await _index_counts(
+            session, week.previous(), tz, unit_ids, previous, invitations=False, escalated=False
+        )
     else:
         # Two connections share the work: this week's index counts on one; the previous
         # week's, then this week's other counts, on the other.
@@ -602,7 +614,13 @@ async def build_report(
 
         async def side() -> None:
             await _index_counts(
-                side_session, week.previous(), tz, unit_ids, previous, invitations=False
+                side_session,
+                week.previous(),
+                tz,
+                unit_ids,
+                previous,
+                invitations=False,
+                escalated=False,
             )
             await _other_counts(side_session, week, tz, unit_ids, counts)
 

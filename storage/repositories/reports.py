@@ -181,57 +181,52 @@ async def survey_counts(
     unit_ids: Collection[int] | None,
     *,
     invitations: bool = True,
+    escalated: bool = True,
 ) -> dict[int, tuple[int, ...]]:
-    """Per unit: (invitations sent, responses, responses whose case has an escalation).
+    """Per unit: (invitations sent, responses, responses whose case has an escalation); the
+    first is 0 without `invitations`, the last 0 without `escalated` (the previous week's
+    figures need neither).
 
     Two queries, each on its own index (invited_at; completed_at), rather than one with an OR
-    that neither backend can answer from an index.
+    that neither backend can answer from an index. The responses and those with an
+    escalation come from one pass over the interval's surveys, each looked up in the
+    (distinct, few) escalated case ids: one join to the cases where there were two.
     """
-    invited = (
-        select(Case.unit_id, func.count())
-        .select_from(Survey)
-        .join(Case, Case.id == Survey.case_id)
-        .where(
-            Survey.invited_at >= start,
-            Survey.invited_at < end,
-            *await _cases_between(session, Survey.invited_at, start, end),
-            *_in_units(Case.unit_id, unit_ids),
-        )
-        .group_by(Case.unit_id)
-    )
-    completed = (
-        select(Case.unit_id, func.count())
-        .select_from(Survey)
-        .join(Case, Case.id == Survey.case_id)
-        .where(
-            _completed_in(start, end),
-            *await _cases_between(session, Survey.completed_at, start, end),
-            *_in_units(Case.unit_id, unit_ids),
-        )
-        .group_by(Case.unit_id)
-    )
-    # From the (few) escalations to their surveys, not from every survey to its escalations.
-    escalated_cases = select(Escalation.case_id).distinct().subquery()
-    escalated = (
-        select(Case.unit_id, func.count())
-        .select_from(escalated_cases)
-        .join(Survey, Survey.case_id == escalated_cases.c.case_id)
-        .join(Case, Case.id == Survey.case_id)
-        .where(
-            _completed_in(start, end),
-            *await _cases_between(session, Survey.completed_at, start, end),
-            *_in_units(Case.unit_id, unit_ids),
-        )
-        .group_by(Case.unit_id)
-    )
     counts: dict[int, tuple[int, ...]] = {}
-    for unit_id, sent in await session.execute(invited) if invitations else ():
-        counts[unit_id] = (int(sent), 0, 0)
-    for unit_id, responses in await session.execute(completed):
-        counts[unit_id] = (counts.get(unit_id, (0,))[0], int(responses), 0)
-    for unit_id, with_escalation in await session.execute(escalated):
-        sent, responses, _ = counts.get(unit_id, (0, 0, 0))
-        counts[unit_id] = (sent, responses, int(with_escalation))
+    if invitations:
+        invited = (
+            select(Case.unit_id, func.count())
+            .select_from(Survey)
+            .join(Case, Case.id == Survey.case_id)
+            .where(
+                Survey.invited_at >= start,
+                Survey.invited_at < end,
+                *await _cases_between(session, Survey.invited_at, start, end),
+                *_in_units(Case.unit_id, unit_ids),
+            )
+            .group_by(Case.unit_id)
+        )
+        for unit_id, sent in await session.execute(invited):
+            counts[unit_id] = (int(sent), 0, 0)
+    escalated_cases = select(Escalation.case_id).distinct().subquery()
+    with_escalation = func.count(escalated_cases.c.case_id) if escalated else literal_column("0")
+    completed = (
+        select(Case.unit_id, func.count(), with_escalation)
+        .select_from(Survey)
+        .join(Case, Case.id == Survey.case_id)
+        .where(
+            _completed_in(start, end),
+            *await _cases_between(session, Survey.completed_at, start, end),
+            *_in_units(Case.unit_id, unit_ids),
+        )
+        .group_by(Case.unit_id)
+    )
+    if escalated:
+        completed = completed.outerjoin(
+            escalated_cases, escalated_cases.c.case_id == Survey.case_id
+        )
+    for unit_id, responses, escalations in await session.execute(completed):
+        counts[unit_id] = (counts.get(unit_id, (0,))[0], int(responses), int(escalations or 0))
     return counts
 
 
