@@ -211,8 +211,10 @@ async def _index_counts(
     counts: dict[int, Counts],
     *,
     invitations: bool,
+    escalated: bool = True,
 ) -> None:
-    """Ratings, responses (and invitations): what the index and its interval need."""
+    """Ratings, responses (and invitations): what the index and its interval need; the
+    responses with an escalation (for a QĐ 766 rate) unless `escalated` is False."""
     start, end = week.start(tz), week.end(tz)
     for row in await repo.item_tallies(session, start, end, unit_ids):
         _of(counts, row.unit_id).items[(row.question_id, row.factor)] = [
@@ -220,11 +222,17 @@ async def _index_counts(
             row.satisfied,
             row.score_sum,
         ]
-    for unit_id, (sent, responses, escalated) in (
-        await repo.survey_counts(session, start, end, unit_ids, invitations=invitations)
+    for unit_id, (sent, responses, with_escalation) in (
+        await repo.survey_counts(
+            session, start, end, unit_ids, invitations=invitations, escalated=escalated
+        )
     ).items():
         unit = _of(counts, unit_id)
-        unit.surveys_sent, unit.responses, unit.escalated_responses = sent, responses, escalated
+        unit.surveys_sent, unit.responses, unit.escalated_responses = (
+            sent,
+            responses,
+            with_escalation,
+        )
 
 
 async def _other_counts(
@@ -233,8 +241,10 @@ async def _other_counts(
     tz: ZoneInfo,
     unit_ids: Collection[int] | None,
     counts: dict[int, Counts],
+    *,
+    with_comments: bool = True,
 ) -> None:
-    """Complaints, cases, informal payments and comment themes."""
+    """Complaints, cases, informal payments and comment themes (unless not `with_comments`)."""
     start, end = week.start(tz), week.end(tz)
     payment_ids = _role_question_ids("informal_payment")
     for unit_id, yes in (await repo.yes_counts(session, start, end, payment_ids, unit_ids)).items():
@@ -260,6 +270,19 @@ async def _other_counts(
     ).items():
         unit = _of(counts, unit_id)
         unit.cases_overdue, unit.apologies_sent = overdue, apologies
+    if with_comments:
+        await _comment_counts(session, week, tz, unit_ids, counts)
+
+
+async def _comment_counts(
+    session: AsyncSession,
+    week: Week,
+    tz: ZoneInfo,
+    unit_ids: Collection[int] | None,
+    counts: dict[int, Counts],
+) -> None:
+    """The themes of the week's comments, per unit."""
+    start, end = week.start(tz), week.end(tz)
     comment_ids = _role_question_ids("comment")
     by_unit: dict[int, list[str]] = {}
     for unit_id, text in await repo.comments(session, start, end, comment_ids, unit_ids):
@@ -594,20 +617,34 @@ async def build_report(
     unit_ids = None if scope is None else tree.subtree(scope.id)
     if side_session is None:
         counts = await week_counts(session, week, tz, unit_ids)
-        previous = await week_counts(session, week.previous(), tz, unit_ids, full=False)
+        # Of the previous week the report shows only the index, its factors and the trend.
+        previous: dict[int, Counts] = {}
+        await _index_counts(
+            session, week.previous(), tz, unit_ids, previous, invitations=False, escalated=False
+        )
     else:
-        # Two connections share the work: this week's index counts on one; the previous
-        # week's, then this week's other counts, on the other.
+        # Two connections share the work, about evenly (measured): this week's index counts
+        # and comments on one; the previous week's index counts, then this week's other
+        # counts, on the other.
         counts, previous = {}, {}
 
         async def side() -> None:
             await _index_counts(
-                side_session, week.previous(), tz, unit_ids, previous, invitations=False
+                side_session,
+                week.previous(),
+                tz,
+                unit_ids,
+                previous,
+                invitations=False,
+                escalated=False,
             )
-            await _other_counts(side_session, week, tz, unit_ids, counts)
+            await _other_counts(side_session, week, tz, unit_ids, counts, with_comments=False)
 
-        this_week = _index_counts(session, week, tz, unit_ids, counts, invitations=True)
-        await asyncio.gather(this_week, side())
+        async def main() -> None:
+            await _index_counts(session, week, tz, unit_ids, counts, invitations=True)
+            await _comment_counts(session, week, tz, unit_ids, counts)
+
+        await asyncio.gather(main(), side())
     officers = None
     if with_officers and scope is not None:
         officers = await officer_figures(session, week, tz, scope.id, min_responses)
