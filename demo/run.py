@@ -376,7 +376,10 @@ def _channel_line(settings: Settings, state: str | None) -> str:
         return line
     if settings.telegram_token is not None:
         return "Telegram: enabled (SIPAS_TELEGRAM_TOKEN); citizens open the links above."
+    if settings.zalo_token is not None:
+        return "Zalo: enabled (SIPAS_ZALO_TOKEN); citizens send the link's token to the bot."
     return (
-        "Chat channels: none configured. Set SIPAS_TELEGRAM_TOKEN (from @BotFather) to survey "
-        "citizens on Telegram; the sample citizens have no chat ids, so nobody is messaged."
+        "Chat channels: none configured. Set SIPAS_TELEGRAM_TOKEN (from @BotFather) or "
+        "SIPAS_ZALO_TOKEN (Zalo Bot Platform) to survey citizens in chat; the web page above "
+        "works without either. The sample citizens have no chat ids, so nobody is messaged."
     )
