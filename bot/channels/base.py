@@ -7,8 +7,9 @@ A channel module only translates its platform's updates into an `Incoming` and a
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Step = Callable[[Any, ChatContext], Awaitable[Reaction | None]]
+
+# How long start-up waits for a channel's first attempt to reach its platform before the
+# service starts without it (the channel keeps trying in the background).
+FIRST_ATTEMPT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -64,3 +69,43 @@ class ChannelBase:
             reaction = await step(session, ctx)
         self.services.wake_dispatcher()
         return reaction
+
+    async def start_in_background(
+        self,
+        run: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+        *,
+        release: Callable[[], Awaitable[None]],
+    ) -> asyncio.Task[None]:
+        """Runs the channel's `run(first_attempt)` loop as a task and waits, at most
+        FIRST_ATTEMPT_SECONDS, for its first attempt to reach the platform.
+
+        A loop that fails by then (a rejected token) fails start-up, after `release` frees
+        what it holds; a platform that cannot be reached does not, and the loop keeps trying
+        while the service runs. A loop that fails later stops the service (`abort`).
+        """
+        self.services.channels.set(self.name, "starting")
+        first_attempt = asyncio.Event()
+        task = asyncio.create_task(run(first_attempt), name=f"{self.name}-channel")
+        waiting = asyncio.create_task(first_attempt.wait())
+        try:
+            await asyncio.wait(
+                {task, waiting}, timeout=FIRST_ATTEMPT_SECONDS, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            waiting.cancel()
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            await release()
+            task.result()
+        if not task.done():
+            log.info(
+                "%s channel not up yet; the service starts, the channel keeps trying", self.name
+            )
+        task.add_done_callback(self._ended)
+        return task
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        assert error is not None
+        self.services.abort(error)

@@ -58,7 +58,6 @@ _EDIT_PRIORITY = Priority.REPLY + 1
 
 # Start-up waits this long for the first attempt to reach Telegram (a refused connection or
 # a rejected token answers at once); past it the service starts and the channel follows.
-FIRST_ATTEMPT_SECONDS = 5.0
 RETRY_FIRST_SECONDS = 1.0
 
 
@@ -158,31 +157,7 @@ class TelegramChannel(ChannelBase):
         in the outbox, and the channel retries with backoff, one log line per attempt, until
         it is up (`/healthz` shows which). A rejection after start-up stops the service.
         """
-        self.services.channels.set(CHANNEL, "starting")
-        first_attempt = asyncio.Event()
-        starting = asyncio.create_task(self._keep_starting(first_attempt), name="telegram-start")
-        self._starting = starting
-        waiting = asyncio.create_task(first_attempt.wait())
-        try:
-            await asyncio.wait(
-                {starting, waiting}, timeout=FIRST_ATTEMPT_SECONDS, return_when="FIRST_COMPLETED"
-            )
-        finally:
-            waiting.cancel()
-        if starting.done():
-            if starting.exception() is not None:
-                await self.stop()  # release PTB's HTTP sessions; the service stops anyway
-                starting.result()
-        else:
-            log.info("Telegram channel not up yet; the service starts, the channel keeps trying")
-        starting.add_done_callback(self._started)
-
-    def _started(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
-        error = task.exception()
-        assert error is not None
-        self.services.abort(error)
+        self._starting = await self.start_in_background(self._keep_starting, release=self.stop)
 
     async def _keep_starting(self, first_attempt: asyncio.Event) -> None:
         settings = self.services.settings

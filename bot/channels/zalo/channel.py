@@ -38,7 +38,6 @@ CHANNEL = "zalo"
 WEBHOOK_PATH = "/zalo/webhook"
 SECRET_HEADER = "X-Bot-Api-Secret-Token"
 
-FIRST_ATTEMPT_SECONDS = 5.0
 RETRY_FIRST_SECONDS = 1.0
 # getUpdates waits this long for an update before answering with none.
 POLL_SECONDS = 30
@@ -122,28 +121,7 @@ class ZaloChannel(ChannelBase):
     async def start(self) -> None:
         """Reaches Zalo, or keeps trying in the background (as the Telegram channel does): a
         rejected token stops start-up; an unreachable platform does not."""
-        self.services.channels.set(CHANNEL, "starting")
-        first_attempt = asyncio.Event()
-        running = asyncio.create_task(self._run(first_attempt), name="zalo-channel")
-        self._running = running
-        waiting = asyncio.create_task(first_attempt.wait())
-        try:
-            await asyncio.wait(
-                {running, waiting}, timeout=FIRST_ATTEMPT_SECONDS, return_when="FIRST_COMPLETED"
-            )
-        finally:
-            waiting.cancel()
-        if running.done() and not running.cancelled() and running.exception() is not None:
-            await self.api.close()
-            running.result()
-        running.add_done_callback(self._ended)
-
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
-        error = task.exception()
-        assert error is not None
-        self.services.abort(error)
+        self._running = await self.start_in_background(self._run, release=self.api.close)
 
     def _rejected(self) -> Exception:
         settings = self.services.settings
