@@ -670,6 +670,42 @@ async def _tell_citizen(
     )
 
 
+def recovery_open(escalation: Escalation) -> bool:
+    """Whether the citizen may rate how the complaint was handled: it is resolved, and this
+    resolution is not rated yet (after a reopening and a new resolution, it is asked again)."""
+    resolved_at = escalation.resolved_at
+    answered = (
+        escalation.recovery_at is not None
+        and resolved_at is not None
+        and (escalation.recovery_at >= resolved_at)
+    )
+    return escalation.status == EscalationStatus.RESOLVED and not answered
+
+
+async def record_recovery(
+    session: AsyncSession,
+    escalation: Escalation,
+    case: Case,
+    score: int,
+    now: datetime,
+    policy: SurveyPolicy,
+    channels: Sequence[str],
+    *,
+    actor: str,
+) -> bool:
+    """Stores the citizen's 1-5 rating of how the complaint was handled, on any channel; a low
+    rating reopens it one level up. False (nothing changed) when no rating is open."""
+    if not recovery_open(escalation) or not 1 <= score <= 5:
+        return False
+    escalation.recovery_rating = score
+    escalation.recovery_at = now
+    repo.add_event(session, escalation, "recovery", now, actor=actor, detail={"rating": score})
+    if score <= default_rules().low_rating_max:
+        act = _Act(now, policy, channels, actor=actor)
+        await _fire(session, escalation, case, Event.REOPENED, act)
+    return True
+
+
 async def recovery_pressed(
     session: AsyncSession, ctx: ChatContext, ref: str, value: str
 ) -> Reaction:
@@ -688,26 +724,15 @@ async def recovery_pressed(
     ):
         log.warning("refused a recovery press that does not belong to the chat")
         return Reaction(toast=t("survey.not_yours", locale))
-    # One answer per resolution: after a reopening and a new resolution, it is asked again.
-    resolved_at = escalation.resolved_at
-    answered = (
-        escalation.recovery_at is not None
-        and resolved_at is not None
-        and (escalation.recovery_at >= resolved_at)
-    )
-    if escalation.status != EscalationStatus.RESOLVED or answered:
+    if not recovery_open(escalation):
         return Reaction(toast=t("survey.stale_press", locale))
     score = int(value)
-    escalation.recovery_rating = score
-    escalation.recovery_at = ctx.now
-    repo.add_event(
-        session, escalation, "recovery", ctx.now, actor=actor_of(ctx), detail={"rating": score}
-    )
     await say(
         session, ctx.channel, ctx.address, payload(t("escalation.recovery_thanks", locale)), ctx.now
     )
-    if score <= default_rules().low_rating_max:
-        await _fire(session, escalation, case, Event.REOPENED, _act(ctx))
+    await record_recovery(
+        session, escalation, case, score, ctx.now, ctx.policy, ctx.channels, actor=actor_of(ctx)
+    )
     return Reaction(chosen=rating_labels(locale)[score - 1])
 
 

@@ -2,8 +2,8 @@
 and complete the survey (which opens the escalations the answers call for).
 
 These change state only; what to show next is the channel's business (a chat message
-through the outbox, or the next web page). The chat's `survey_flow._apply` applies the same
-rules, step for step.
+through the outbox, or the next web page). The chat (`survey_flow._apply`) and the web page
+(`web_survey`) both call these, so the rules live here only.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from handlers import apologies, escalations
+from handlers import apologies, survey_answers
 from handlers.chat import ChatContext, Reaction, say
 from handlers.policy import SurveyPolicy
 from handlers.questionnaire import Question, load_questionnaire
@@ -27,7 +27,6 @@ from handlers.rendering import (
 )
 from handlers.texts import t
 from storage.models import (
-    Answer,
     Case,
     Citizen,
     CitizenContact,
@@ -405,37 +404,15 @@ async def _apply(
     *,
     text: str | None = None,
 ) -> None:
-    """Stores one answer (or goes back) and asks the next question or ends the survey."""
-    if value == "back":
-        survey.position = max(0, survey.position - 1)
+    """Stores one answer (or goes back) through the rules every channel shares, then asks the
+    next question or, after the last, completes the survey and thanks the citizen."""
+    assert question.id == survey_answers.open_question(survey).id
+    await survey_answers.record_answer(session, survey, value, ctx.now, text=text)
+    if not survey_answers.answered_all(survey):
         await _ask(session, survey, ctx)
         return
-    answer = await survey_repo.answer_for(session, survey.id, question.id)
-    if answer is None:
-        answer = Answer(survey_id=survey.id, question_id=question.id, factor=question.factor)
-        session.add(answer)
-    answer.value_int = None
-    answer.value_text = None
-    answer.skipped = value == "skip"
-    answer.answered_at = ctx.now
-    if question.kind == "rating" and value.isdigit():
-        answer.value_int = int(value)
-    elif question.kind == "yes_no" and value in {"y", "n"}:
-        answer.value_text = "yes" if value == "y" else "no"
-    elif question.kind == "text" and text is not None:
-        answer.value_text = text[:4000]
-    survey.position += 1
-    questionnaire = load_questionnaire(survey.questionnaire)
-    if survey.position < len(questionnaire):
-        await _ask(session, survey, ctx)
-        return
-    survey.status = SurveyStatus.COMPLETED
-    survey.completed_at = ctx.now
-    await _close_prompts(session, survey)
-    await session.flush()
-    answers = await case_repo.answers_of(session, survey.id)
-    opened = await escalations.survey_completed(
-        session, survey, answers, ctx.now, ctx.policy, ctx.channels
+    opened = await survey_answers.complete_survey(
+        session, survey, ctx.now, ctx.policy, ctx.channels
     )
     thanks = t("survey.thanks", survey.locale)
     if opened:

@@ -19,6 +19,7 @@ from enum import StrEnum
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from handlers.escalations import record_recovery, recovery_open
 from handlers.policy import SurveyPolicy
 from handlers.questionnaire import LOCALES, load_questionnaire
 from handlers.rendering import local_date, minutes_for
@@ -39,6 +40,7 @@ from storage.models import (
     CaseStatus,
     Channel,
     ContactStatus,
+    Escalation,
     EscalationStatus,
     LinkToken,
     Survey,
@@ -46,6 +48,7 @@ from storage.models import (
 )
 from storage.repositories import cases as case_repo
 from storage.repositories import citizens as citizen_repo
+from storage.repositories import escalations as escalation_repo
 from storage.repositories import surveys as survey_repo
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,8 @@ ANSWERABLE = frozenset(
     }
 )
 CONSENT_STEP = "consent"
+# The closed loop's rating form: "recovery:<escalation id>".
+RECOVERY_STEP = "recovery:"
 AGREE = "agree"
 DECLINE = "decline"
 
@@ -120,6 +125,15 @@ class QuestionView:
 
 
 @dataclass(frozen=True)
+class RecoveryView:
+    """The closed loop's question under the head's note: how was the complaint handled (1-5)."""
+
+    step: str
+    csrf: str
+    options: tuple[Option, ...]
+
+
+@dataclass(frozen=True)
 class WebPage:
     kind: PageKind
     locale: str
@@ -132,6 +146,10 @@ class WebPage:
     escalated_to: str | None = None
     follow_up_in_chat: bool = False
     outcomes: tuple[str, ...] = ()
+    # A citizen with no chat rates the handling here (as `escalations.recovery_pressed` in
+    # chat); `recovered` once they have, and the form is not shown again.
+    recovery: RecoveryView | None = None
+    recovered: bool = False
     refusal: Refusal | None = None
 
 
@@ -221,29 +239,55 @@ def _header(case: Case, policy: SurveyPolicy, survey: Survey | None) -> CaseHead
 
 
 async def _thanks_page(
-    session: AsyncSession, survey: Survey, case: Case, locale: str, header: CaseHeader
+    session: AsyncSession,
+    token: str,
+    survey: Survey,
+    case: Case,
+    locale: str,
+    header: CaseHeader,
 ) -> WebPage:
-    escalations = [e for e, _ in await case_repo.escalations_of(session, case.id)]
-    opened = [e for e in escalations if e.survey_id == survey.id]
+    opened = await _escalations_of(session, survey, case)
     if not opened:
         return WebPage(PageKind.THANKS, locale, header)
     contacts = await citizen_repo.contacts_of(session, case.citizen_id) if case.citizen_id else []
+    in_chat = any(c.status == ContactStatus.ACTIVE for c in contacts)
+    recovery: RecoveryView | None = None
+    rateable = next((e for e in opened if recovery_open(e)), None)
+    if not in_chat and rateable is not None:
+        if survey.web_nonce is None:
+            survey.web_nonce = new_nonce()
+        step = f"{RECOVERY_STEP}{rateable.id}"
+        labels = rating_labels(locale)
+        recovery = RecoveryView(
+            step=step,
+            csrf=form_token(token, survey, step),
+            options=tuple(Option(str(n), label) for n, label in enumerate(labels, start=1)),
+        )
     return WebPage(
         PageKind.THANKS,
         locale,
         header,
         escalated_to=case.unit.name,
-        follow_up_in_chat=any(c.status == ContactStatus.ACTIVE for c in contacts),
+        follow_up_in_chat=in_chat,
         outcomes=tuple(
             e.resolution_note
             for e in opened
             if e.status == EscalationStatus.RESOLVED and e.resolution_note
         ),
+        recovery=recovery,
+        recovered=recovery is None and any(e.recovery_at is not None for e in opened),
     )
+
+
+async def _escalations_of(session: AsyncSession, survey: Survey, case: Case) -> list[Escalation]:
+    """The escalations the survey opened, oldest first."""
+    rows = await case_repo.escalations_of(session, case.id)
+    return [e for e, _ in rows if e.survey_id == survey.id]
 
 
 async def _closed_page(
     session: AsyncSession,
+    token: str,
     link: LinkToken,
     case: Case,
     survey: Survey | None,
@@ -256,7 +300,7 @@ async def _closed_page(
         kind = PageKind.WITHDRAWN if case.status == CaseStatus.WITHDRAWN else PageKind.NOT_DUE
         return WebPage(kind, locale, header)
     if survey.status == SurveyStatus.COMPLETED:
-        return await _thanks_page(session, survey, case, locale, header)
+        return await _thanks_page(session, token, survey, case, locale, header)
     citizen = case.citizen
     if survey.status == SurveyStatus.OPTED_OUT or (
         citizen is not None and (citizen.opted_out_at is not None or citizen.erased_at is not None)
@@ -365,7 +409,7 @@ async def page_opened(
     survey = await _survey_for_update(session, case.id)
     locale = page_locale(requested_locale, survey, case, policy.default_locale)
     header = _header(case, policy, survey)
-    closed = await _closed_page(session, link, case, survey, now, locale, header)
+    closed = await _closed_page(session, token, link, case, survey, now, locale, header)
     if closed is not None or survey is None:
         return closed or WebPage(PageKind.NOT_DUE, locale, header)
     return await _open_page(session, token, survey, locale, header)
@@ -408,9 +452,15 @@ async def form_posted(
 
     if survey is None or not _signed(token, survey, form):
         return refused(Refusal.FORGED)
+    if form.step.startswith(RECOVERY_STEP):
+        why = await _recovery_posted(session, survey, case, form, now, policy, channels)
+        if why is not None:
+            return refused(why)
+        survey.web_nonce = new_nonce()
+        return FormOutcome(None, changed=True)
     if survey.status == SurveyStatus.COMPLETED:
         return refused(Refusal.COMPLETED)
-    closed = await _closed_page(session, link, case, survey, now, locale, header)
+    closed = await _closed_page(session, token, link, case, survey, now, locale, header)
     if closed is not None:
         return FormOutcome(closed, changed=False)
     if form.step != current_step(survey):
@@ -446,6 +496,43 @@ async def form_posted(
             log.info("web survey %s completed; %d escalation(s) opened", survey.id, len(opened))
     survey.web_nonce = new_nonce()
     return FormOutcome(None, changed=True)
+
+
+async def _recovery_posted(
+    session: AsyncSession,
+    survey: Survey,
+    case: Case,
+    form: WebForm,
+    now: datetime,
+    policy: SurveyPolicy,
+    channels: Sequence[str],
+) -> Refusal | None:
+    """The rating under the head's note, through the chat's rules (`record_recovery`): a low
+    one reopens the complaint one level up. None when taken, else why it changed nothing."""
+    if survey.status != SurveyStatus.COMPLETED:
+        return Refusal.STALE
+    nonce = form.csrf.partition(".")[0]
+    if survey.web_nonce is None or not hmac.compare_digest(
+        nonce.encode(), survey.web_nonce.encode()
+    ):
+        return Refusal.REPLAYED
+    wanted = form.step.removeprefix(RECOVERY_STEP)
+    opened = await _escalations_of(session, survey, case)
+    found = next((e for e in opened if str(e.id) == wanted), None)
+    if found is None:
+        return Refusal.FORGED
+    escalation = await escalation_repo.by_ref(session, found.ref, for_update=True)
+    assert escalation is not None
+    if not recovery_open(escalation):
+        return Refusal.STALE
+    if form.choice not in {"1", "2", "3", "4", "5"}:
+        return Refusal.INVALID
+    taken = await record_recovery(
+        session, escalation, case, int(form.choice), now, policy, channels, actor=WEB
+    )
+    assert taken
+    log.info("web survey %s: recovery rating %s", survey.id, form.choice)
+    return None
 
 
 def _consented(session: AsyncSession, survey: Survey, now: datetime, locale: str) -> None:

@@ -39,6 +39,7 @@ CHROMIUM_CANDIDATES = (os.environ.get("SIPAS_TEST_CHROMIUM"), "/usr/bin/chromium
 PHONE = {"width": 390, "height": 844}
 MIN_TAP = 44  # px: the smallest comfortable tap target (WCAG 2.5.5, Apple HIG)
 HEAD_CHAT = 901  # the head of HN-LB in telegram_support.UNITS_YAML
+CITY_HEAD = 900  # the head of HN, above it
 RESOLVED = {"status": "resolved", "resolved_at": "2026-11-23T08:00:00+07:00"}
 
 
@@ -200,7 +201,7 @@ async def test_a_citizen_answers_the_whole_survey_on_a_phone(rig: Rig, phone: Pa
     }
 
     # The head acknowledges and handles it on Telegram; the citizen, who has no chat, reads
-    # what was done on the page (opened again, it shows the thanks, never the form).
+    # what was done on the page and rates the handling there, once.
     await rig.answer(HEAD_CHAT, "Tiếp nhận")
     await rig.answer(HEAD_CHAT, "Đã xử lý")
     note = "Đã nhắc nhở cán bộ tiếp nhận và bổ sung bảng hướng dẫn thủ tục."
@@ -208,8 +209,21 @@ async def test_a_citizen_answers_the_whole_survey_on_a_phone(rig: Rig, phone: Pa
     await phone.goto(url)
     await expect(phone.get_by_text(re.compile("Xin cảm ơn"))).to_be_visible()
     await expect(phone.get_by_text(re.compile("bổ sung bảng hướng dẫn thủ tục"))).to_be_visible()
-    assert await phone.locator("form").count() == 0
+    assert await phone.locator("form").count() == 1
+    assert len(await phone.get_by_role("button").all_inner_texts()) == 5
+    await assert_fits_a_phone(phone)
     await screenshot(phone, rig, "5-outcome")
+    mark = rig.api.mark()
+    await press(phone, "2 - Không hài lòng")
+    await expect(phone.get_by_text(re.compile("đã cho biết ý kiến"))).to_be_visible()
+    assert await phone.locator("form").count() == 0
+    await phone.goto(url)
+    await expect(phone.get_by_text(re.compile("đã cho biết ý kiến"))).to_be_visible()
+    assert await phone.locator("form").count() == 0
+    await screenshot(phone, rig, "6-recovery")
+    # The low rating reopened it one level up: the city's head has it now.
+    card = await rig.api.wait_for_message(CITY_HEAD, since=mark)
+    assert CASE["case_code"] in card.text
 
 
 async def test_before_resolution_and_after_a_decline_the_page_says_so(

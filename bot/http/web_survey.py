@@ -143,6 +143,8 @@ class WebSurveyPages:
                     context["texts"].append(
                         text("web.outcome", unit_name=page.escalated_to, note=note)
                     )
+                if page.recovered:
+                    context["texts"].append(text("escalation.recovery_thanks"))
         html = self.templates.get_template(name).render(context)
         if status is None:
             status = _STATUS.get(page.kind, 200)
