@@ -8,10 +8,14 @@ A channel module only translates its platform's updates into an `Incoming` and a
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from pydantic import SecretStr
 
 from handlers.chat import ChatContext, Reaction
 from storage.repositories.updates import first_time
@@ -109,3 +113,19 @@ class ChannelBase:
         error = task.exception()
         assert error is not None
         self.services.abort(error)
+
+    def webhook_refusal(
+        self, request: web.Request, header: str, secret: SecretStr | None
+    ) -> web.Response | None:
+        """A 403 answer when the webhook call lacks the configured secret in `header`
+        (compared in constant time), else None; a 503 while the channel is not up is the
+        caller's, since only it knows."""
+        given = request.headers.get(header, "")
+        if secret is None or not hmac.compare_digest(
+            given.encode(), secret.get_secret_value().encode()
+        ):
+            log.warning("refused a %s webhook call without the right secret", self.name)
+            return web.json_response(
+                {"error": {"code": "forbidden", "message": "bad secret"}}, status=403
+            )
+        return None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import os
@@ -269,15 +268,11 @@ class TelegramChannel(ChannelBase):
 
     async def webhook_route(self, request: web.Request) -> web.Response:
         """Processes the update before answering, so Telegram redelivers what we did not store."""
-        secret = self.services.settings.telegram_webhook_secret
-        given = request.headers.get(SECRET_HEADER, "")
-        if secret is None or not hmac.compare_digest(
-            given.encode(), secret.get_secret_value().encode()
-        ):
-            log.warning("refused a Telegram webhook call without the right secret")
-            return web.json_response(
-                {"error": {"code": "forbidden", "message": "bad secret"}}, status=403
-            )
+        refusal = self.webhook_refusal(
+            request, SECRET_HEADER, self.services.settings.telegram_webhook_secret
+        )
+        if refusal is not None:
+            return refusal
         if not self.application.running:
             # Still starting: Telegram redelivers the update later.
             return web.json_response(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 from collections.abc import Mapping
@@ -241,15 +240,11 @@ class ZaloChannel(ChannelBase):
 
     async def webhook_route(self, request: web.Request) -> web.Response:
         """Processes the update before answering, so Zalo redelivers what we did not store."""
-        secret = self.services.settings.zalo_webhook_secret
-        given = request.headers.get(SECRET_HEADER, "")
-        if secret is None or not hmac.compare_digest(
-            given.encode(), secret.get_secret_value().encode()
-        ):
-            log.warning("refused a Zalo webhook call without the right secret")
-            return web.json_response(
-                {"error": {"code": "forbidden", "message": "bad secret"}}, status=403
-            )
+        refusal = self.webhook_refusal(
+            request, SECRET_HEADER, self.services.settings.zalo_webhook_secret
+        )
+        if refusal is not None:
+            return refusal
         if not self._up:
             return web.json_response(
                 {"error": {"code": "unavailable", "message": "starting"}}, status=503
