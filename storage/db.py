@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,11 +29,30 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # (the recipe of SQLAlchemy's SQLite dialect documentation) and begin explicitly below.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    _enter_wal(cursor)
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _enter_wal(cursor: Any) -> None:
+    """Switches a new database file to WAL (a setting the file keeps).
+
+    The switch needs the file to itself, and SQLite refuses it at once ("database is locked")
+    rather than waiting when several connections open a fresh file together, e.g. processes
+    starting side by side. One of them switches it; the others retry briefly until the file
+    reports WAL. Only a fresh file ever takes this path: afterwards the mode is already WAL.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
 
 
 def create_engine(database_url: str | URL, *, schema: str | None = None) -> AsyncEngine:
