@@ -472,6 +472,8 @@ class OutboxMessage(Base):
         Index("ix_outbox_pending", "status", "priority", "not_before", "id"),
         # The dispatcher's claim looks up each candidate chat's queue by address.
         Index("ix_outbox_address", "channel", "address", "status"),
+        # A new elected sender reads the sends of the last second (bot/outbox/leadership.py).
+        Index("ix_outbox_sent_at", "sent_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

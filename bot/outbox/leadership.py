@@ -7,9 +7,10 @@ session-level advisory lock (`pg_try_advisory_lock`, keyed by schema and channel
 connection of its own. Its in-memory pacing then *is* the bot's pacing, exact to the
 millisecond and costing no database round trip per message; the other processes only enqueue,
 and wait to take over. The lock goes with the holder's connection: a process that dies
-(`kill -9`, a lost network) loses it at once, and a standby, retrying four times a second,
-takes over, frees the claims the dead one left (no waiting for their leases) and first waits
-one pacing window, so the dead leader's last second cannot add to its first.
+(`kill -9`, a lost network) loses it at once, and a standby, retrying ten times a second,
+takes over, frees the claims the dead one left (no waiting for their leases) and counts the
+dead leader's last second (its sends marked in the outbox, and the freed rows as if sent just
+now) against its own first, so the two cannot add up to more than the limits.
 The leader checks its connection every second and stops sending when it is gone. A leader
 LISTENs on `sipas_outbox`, and every enqueue NOTIFYs in its transaction (delivered on commit),
 so a reply queued by whichever process took the update leaves within milliseconds, as the
@@ -100,7 +101,7 @@ class AdvisoryLockLeadership:
         name: str,
         pacing: PacingClock,
         *,
-        retry_interval: float = 0.25,
+        retry_interval: float = 0.1,
         heartbeat_interval: float = 1.0,
     ) -> None:
         self._engine = engine

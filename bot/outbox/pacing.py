@@ -68,6 +68,11 @@ class Pace:
     def take(self, now: float, cost: int = 1) -> None:
         self._starts.extend([now] * cost)
 
+    def add_earlier(self, started: float, cost: int = 1) -> None:
+        """Counts starts made elsewhere (an earlier sender), in their place in the log."""
+        for _ in range(cost):
+            bisect.insort(self._starts, started)
+
     def started_late(self, decided: float, started: float, cost: int = 1) -> None:
         """The send decided at `decided` really started at `started` (the event loop was busy
         in between): count it then, or the next window could take a full share besides it."""

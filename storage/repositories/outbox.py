@@ -407,9 +407,24 @@ async def release_claims(
     )
 
 
-async def void_claims(session: AsyncSession, now: datetime, channels: Collection[str]) -> int:
+@dataclass(frozen=True)
+class RecentSend:
+    """A send of an earlier sender, for a new one to count against the limits: `at` is when
+    it was marked sent, or None when it was in flight when its sender went (started then or
+    never; counted as started now)."""
+
+    channel: str
+    address: str
+    payload: Mapping[str, Any]
+    at: datetime | None
+
+
+async def void_claims(
+    session: AsyncSession, now: datetime, channels: Collection[str]
+) -> list[RecentSend]:
     """Frees every live claim on these channels at once (a new elected sender takes over: the
-    only one that sends, so any claim left is of a sender that is gone). Returns how many."""
+    only one that sends, so any claim left is of a sender that is gone). Returns the rows
+    freed: each may have been sent just before its sender went."""
     result = await session.execute(
         update(OutboxMessage)
         .where(
@@ -418,9 +433,29 @@ async def void_claims(session: AsyncSession, now: datetime, channels: Collection
             OutboxMessage.claimed_until > now,
         )
         .values(claimed_until=None, claim_token=None)
+        .returning(OutboxMessage.channel, OutboxMessage.address, OutboxMessage.payload)
         .execution_options(synchronize_session=False)
     )
-    return _rowcount(result)
+    return [RecentSend(channel, address, payload, None) for channel, address, payload in result]
+
+
+async def recent_sends(
+    session: AsyncSession, channels: Collection[str], since: datetime
+) -> list[RecentSend]:
+    """The messages marked sent on these channels since `since` (read from ix_outbox_sent_at)."""
+    rows = await session.execute(
+        select(
+            OutboxMessage.channel,
+            OutboxMessage.address,
+            OutboxMessage.payload,
+            OutboxMessage.sent_at,
+        ).where(
+            OutboxMessage.sent_at >= since,
+            OutboxMessage.channel.in_(list(channels)),
+            OutboxMessage.status == OutboxStatus.SENT,
+        )
+    )
+    return [RecentSend(channel, address, payload, at) for channel, address, payload, at in rows]
 
 
 async def mark_address_unreachable(
