@@ -63,8 +63,12 @@ async def bench(args: argparse.Namespace) -> None:
     await admin.execute(f'CREATE SCHEMA "{schema}"')
     url = f"{args.database_url}?search_path={schema}"
     try:
-        with tempfile.TemporaryDirectory(prefix="sipas-mp-bench-") as directory:
-            await run(args, url, Path(directory))
+        if args.logs is not None:  # keep the serve logs there
+            args.logs.mkdir(parents=True, exist_ok=True)
+            await run(args, url, args.logs)
+        else:
+            with tempfile.TemporaryDirectory(prefix="sipas-mp-bench-") as directory:
+                await run(args, url, Path(directory))
     finally:
         await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await admin.close()
@@ -82,6 +86,8 @@ async def run(args: argparse.Namespace, url: str, directory: Path) -> None:
             send_rate_per_chat="1",
             # Quiet hours until every case is in: then all invitations are due at once.
             quiet_hours=quiet_until(args.hold),
+            # With --logs, each send is logged (masked) to see a takeover to the millisecond.
+            log_level="DEBUG" if args.logs is not None else "INFO",
         )
         print(
             f"{args.processes} serve processes started together on an empty PostgreSQL schema:"
@@ -112,7 +118,10 @@ async def run(args: argparse.Namespace, url: str, directory: Path) -> None:
                     print(f"elected senders before the kill: {len(leaders)}")
                     leaders[0].kill()
                     killed_at = time.monotonic()
-                    print(f"kill -9 of the sender after {len(invitations(api))} invitations")
+                    print(
+                        f"kill -9 of the sender after {len(invitations(api))} invitations, "
+                        f"at {datetime.now():%H:%M:%S.%f}"[:-3]
+                    )
             await api.wait_until(
                 lambda: len(invitations(api)) >= args.cases, max(1.0, deadline - time.monotonic())
             )
@@ -224,6 +233,7 @@ def main() -> None:
         "--hold", type=int, default=50, help="seconds of quiet hours from start (posting time)"
     )
     parser.add_argument("--database-url", default=DEFAULT_URL)
+    parser.add_argument("--logs", type=Path, help="keep the serve processes' logs in this folder")
     asyncio.run(bench(parser.parse_args()))
 
 

@@ -16,7 +16,7 @@ from typing import Final
 
 from bot.config import SettingsError
 
-FORMAT: Final = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+FORMAT: Final = "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s"
 DATE_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
 
 # Order matters: a bot token contains digits a phone pattern could bite into, and a URL

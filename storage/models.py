@@ -494,6 +494,7 @@ class OutboxMessage(Base):
     platform_message_id: Mapped[str | None] = mapped_column(String(64))
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the accepted send started (not when it was marked): pacing counts starts.
     sent_at: Mapped[datetime | None]
 
 

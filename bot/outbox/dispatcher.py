@@ -236,6 +236,8 @@ class Dispatcher:
         # or our own claim blocked them): claim again as soon as we let go of the address.
         self._more_behind: set[tuple[str, str]] = set()
         self._claim_needed = True
+        # A moment (monotonic) to claim at, whatever else: when rows put back come due.
+        self._claim_at: float | None = None
         self._last_claim = float("-inf")
         self._more_due = False
         self._sent = 0
@@ -310,13 +312,19 @@ class Dispatcher:
 
         Its claims are freed at once (when this one is exclusive), not a lease later: a row it
         had sent but not yet marked goes out again, as it would after the lease (the
-        at-least-once window of the module docstring). And its last second counts against this
-        one's limits: the sends it marked in the last pacing window are added to the pacing
-        log at their time (the wall clock's age, moved onto the monotonic clock; the mark comes
-        after the start, so this errs late, on the safe side), and the freed rows as started
-        now. Sending then goes on at the full rate as the old sends age out, where waiting a
-        whole window after every takeover cost about 5 % of a minute's drain. If the database
-        cannot say, this one waits the whole window instead.
+        at-least-once window of the module docstring).
+
+        Its last window counts against this one's limits. A row's `sent_at` is when its send
+        started, so the sends it marked in the last window go into the pacing log at their
+        time (the wall clock's age, moved onto the monotonic clock). What it started and never
+        marked (a send cut off by its death, an attempt that failed) is unknown, but its own
+        pacing allowed no more than the bot's count in that window: the rest of the count is
+        taken as started now, which is no earlier than any of them. A freed row waits one chat
+        spacing in the outbox, as a tried row waits for its retry, while other chats' rows go
+        on. So when the old sender was draining at the limit, the new one goes on at the limit
+        as the old starts age out, where a whole window's pause after every takeover cost
+        about 5 % of a minute's drain; after a quiet sender it waits about one window, as
+        before. If the database cannot say, it waits the whole window.
         """
         contended, exclusive = leadership.contended, leadership.exclusive
         if not contended and not exclusive:
@@ -330,8 +338,11 @@ class Dispatcher:
                     if contended
                     else []
                 )
+                retry_at = wall + timedelta(seconds=self._takeover_wait)
                 freed = (
-                    await repository.void_claims(session, wall, self._senders) if exclusive else []
+                    await repository.void_claims(session, wall, self._senders, retry_at)
+                    if exclusive
+                    else []
                 )
         except (SQLAlchemyError, OSError) as exc:
             logger.error(
@@ -342,19 +353,39 @@ class Dispatcher:
             return
         if freed:
             logger.warning("outbox: took over %d messages claimed by an earlier sender", len(freed))
+            # Claim them the moment they are due, not at the next idle look (a second later).
+            self._claim_at = mono + self._takeover_wait + 0.005
         if contended:
-            for send in sorted([*earlier, *freed], key=lambda s: s.at or wall):
-                age = 0.0 if send.at is None else (wall - send.at).total_seconds()
-                self._count_earlier(send, mono - max(age, 0.0))
+            self._count_earlier(earlier, wall, mono)
 
-    def _count_earlier(self, send: repository.RecentSend, started: float) -> None:
-        pace = self._paces.get(send.channel)
-        if pace is None:
-            return
-        cost = _payload_cost(send.payload)
-        pace.add_earlier(started, cost)
-        key = (send.channel, send.address)
-        spaced = started + self._spacings.get(send.channel, self._spacing) * cost
+    def _count_earlier(
+        self, earlier: list[repository.RecentSend], wall: datetime, mono: float
+    ) -> None:
+        """Puts an earlier sender's last window into this one's pacing (see _take_over)."""
+        marked: dict[str, int] = dict.fromkeys(self._paces, 0)
+        for send in earlier:
+            if send.channel not in self._paces or send.at is None:
+                continue
+            cost = _payload_cost(send.payload)
+            started = mono - max((wall - send.at).total_seconds(), 0.0)
+            self._paces[send.channel].add_earlier(started, cost)
+            marked[send.channel] += cost
+            self._space_from(send.channel, send.address, started, cost)
+        for channel, pace in self._paces.items():
+            unknown = max(0, pace.count - marked[channel])
+            pace.add_earlier(mono, unknown)
+            logger.info(
+                "outbox: %s: the earlier sender's last %.2f s counted: %d sends marked, "
+                "%d more taken as sent now",
+                channel,
+                self._takeover_wait,
+                marked[channel],
+                unknown,
+            )
+
+    def _space_from(self, channel: str, address: str, started: float, cost: int) -> None:
+        key = (channel, address)
+        spaced = started + self._spacings.get(channel, self._spacing) * cost
         self._next_at[key] = max(self._next_at.get(key, 0.0), spaced)
 
     async def _wait_until(self, deadline: float, finished: Callable[[], bool]) -> None:
@@ -406,6 +437,9 @@ class Dispatcher:
 
     def _should_claim(self) -> bool:
         if self._claim_needed:
+            return True
+        if self._claim_at is not None and self._pacing.monotonic() >= self._claim_at:
+            self._claim_at = None
             return True
         if len(self._held) + len(self._inflight) >= self._refill_below:
             return False
@@ -498,6 +532,8 @@ class Dispatcher:
                 self._paces[claim.channel].ready_at(mono, claim.cost),
             )
             delay = min(delay, ready_at - mono)
+        if self._claim_at is not None:
+            delay = min(delay, self._claim_at - mono)
         return max(delay, 0.001)
 
     def _forget_old_spacing(self, mono: float) -> None:
@@ -545,6 +581,8 @@ class Dispatcher:
         try:
             clear = await self._message_to_clear(claim)
             self._started(claim, decided)
+            # Recorded as the row's sent_at: a sender taking over counts starts (see _take_over).
+            started_at = self._clock.now()
             try:
                 started = time.perf_counter()
                 message_id = await sender.send(claim.address, claim.payload, clear_buttons_of=clear)
@@ -575,7 +613,7 @@ class Dispatcher:
                     session,
                     claim.id,
                     token=claim.token,
-                    now=self._clock.now(),
+                    now=started_at,
                     platform_message_id=message_id,
                 )
             if not settled:

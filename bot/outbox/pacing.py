@@ -52,6 +52,11 @@ class Pace:
         self._gap = gap
         self._starts: deque[float] = deque()
 
+    @property
+    def count(self) -> int:
+        """Starts allowed in any window."""
+        return self._count
+
     def ready_at(self, now: float, cost: int = 1) -> float:
         """The earliest moment `cost` starts may be taken (now, when that is allowed)."""
         starts = self._starts

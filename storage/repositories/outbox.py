@@ -407,11 +407,15 @@ async def release_claims(
     )
 
 
+# The last_error of a row freed from a sender that stopped: its send may have gone out.
+TAKEN_OVER = "taken over from a sender that stopped; it may have been sent"
+
+
 @dataclass(frozen=True)
 class RecentSend:
     """A send of an earlier sender, for a new one to count against the limits: `at` is when
-    it was marked sent, or None when it was in flight when its sender went (started then or
-    never; counted as started now)."""
+    it started (the row's `sent_at`), or None for a row it held unsettled when it went (sent
+    or not, nobody knows)."""
 
     channel: str
     address: str
@@ -420,11 +424,16 @@ class RecentSend:
 
 
 async def void_claims(
-    session: AsyncSession, now: datetime, channels: Collection[str]
+    session: AsyncSession, now: datetime, channels: Collection[str], retry_at: datetime
 ) -> list[RecentSend]:
     """Frees every live claim on these channels at once (a new elected sender takes over: the
     only one that sends, so any claim left is of a sender that is gone). Returns the rows
-    freed: each may have been sent just before its sender went."""
+    freed.
+
+    Any of them may have been sent just before its sender went, so each waits until
+    `retry_at` (one chat spacing) as a tried row waits for its retry: marked with a
+    `last_error`, it also keeps the rows behind it in its chat from overtaking it.
+    """
     result = await session.execute(
         update(OutboxMessage)
         .where(
@@ -432,7 +441,12 @@ async def void_claims(
             OutboxMessage.channel.in_(list(channels)),
             OutboxMessage.claimed_until > now,
         )
-        .values(claimed_until=None, claim_token=None)
+        .values(
+            claimed_until=None,
+            claim_token=None,
+            not_before=retry_at,  # a claimed row was due already: this only puts it later
+            last_error=TAKEN_OVER,
+        )
         .returning(OutboxMessage.channel, OutboxMessage.address, OutboxMessage.payload)
         .execution_options(synchronize_session=False)
     )
@@ -442,7 +456,7 @@ async def void_claims(
 async def recent_sends(
     session: AsyncSession, channels: Collection[str], since: datetime
 ) -> list[RecentSend]:
-    """The messages marked sent on these channels since `since` (read from ix_outbox_sent_at)."""
+    """The messages sent on these channels that started since `since` (ix_outbox_sent_at)."""
     rows = await session.execute(
         select(
             OutboxMessage.channel,
