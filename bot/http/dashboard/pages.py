@@ -1,0 +1,554 @@
+"""The dashboard's pages with figures: the overview, a unit's week, its chart and the
+exports (docs/contract.md section 8). Every route asks for the session first (no session:
+the sign-in page, never a figure) and answers 404 for a unit outside the session's scope,
+as for one that does not exist. Figures come from bot/http/dashboard/view.py; this module
+only reads parameters, formats and renders.
+
+Every answer is a human page, errors included: a browser never gets a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+
+from bot.app import Services
+from bot.http.dashboard import view
+from bot.http.dashboard.cells import COLUMNS, cells_of
+from bot.http.dashboard.export_files import export_csv, export_rows, export_xlsx
+from bot.http.dashboard.query import (
+    MAX_SPAN_WEEKS,
+    BadParameter,
+    choice_param,
+    span_params,
+    week_param,
+    weeks_between,
+)
+from bot.http.dashboard.session import (
+    Viewer,
+    dashboard_environment,
+    page_locale,
+    signin_page,
+    viewer_of,
+)
+from handlers.comment_themes import THEME_NAMES
+from handlers.dashboard_text import (
+    date_text,
+    duration_text,
+    item_name,
+    item_text,
+    moment_text,
+    page_text,
+    percent,
+    signed,
+    too_few_text,
+)
+from handlers.digest import Week
+from handlers.digest_text import factor_name
+from handlers.questionnaire import FACTORS
+from handlers.redaction import mask_phones
+from storage.models import AuditEntry
+
+log = logging.getLogger(__name__)
+
+# No script at all; the chart is an image of our own; forms post only here.
+HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    # Same-origin, not no-referrer: the sign-out form's CSRF check reads Origin/Referer, and
+    # with no-referrer a browser sends `Origin: null`.
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
+UNIT_PATH = "/dashboard/units/{code}"
+_CODE = re.compile(r"[A-Za-z0-9._\-]{1,64}")
+_FILENAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_UNREACHABLE = (OperationalError, InterfaceError, DisconnectionError, OSError, TimeoutError)
+SORTABLE = tuple(view.SORTS)
+DIRECTIONS = ("asc", "desc")
+# Numbers read best largest first; the unit column, in the tree's order.
+_FIRST_DIRECTION = {"unit": "asc", "rank": "asc"}
+
+Handler = Callable[[web.Request, Viewer, str], Awaitable[web.StreamResponse]]
+
+
+class OutOfScope(Exception):
+    """A unit the session may not see, or that does not exist: both answer 404."""
+
+
+def unit_link(code: str, week: Week) -> str:
+    return f"/dashboard/units/{code}?week={week.label}"
+
+
+def _week_dates(week: Week, locale: str) -> str:
+    sunday = week.monday.fromordinal(week.monday.toordinal() + 6)
+    return page_text(
+        "week_dates", locale, week=week.label, first=date_text(week.monday), last=date_text(sunday)
+    )
+
+
+def _labels(locale: str) -> dict[str, str]:
+    return {column: page_text(f"col.{column}", locale) for column in ("unit", *dict(COLUMNS))}
+
+
+class DashboardPages:
+    """The routes of the pages with figures, over one template environment."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.templates = dashboard_environment()
+
+    # --- the frame ---------------------------------------------------------------------
+
+    def _last_week(self) -> Week:
+        return Week.last(self.services.clock.now(), self.services.settings.timezone)
+
+    def _html(
+        self,
+        request: web.Request,
+        viewer: Viewer | None,
+        locale: str,
+        template: str,
+        status: int = 200,
+        **context: Any,
+    ) -> web.Response:
+        def text(key: str, **values: Any) -> str:
+            return page_text(key, locale, **values)
+
+        body = self.templates.get_template(template).render(
+            t=text,
+            locale=locale,
+            csrf=viewer.csrf_token if viewer else None,
+            scope_name=context.pop("scope_name", None),
+            lang_links={
+                lang: str(request.rel_url.update_query(lang=lang)) for lang in ("vi", "en")
+            },
+            **context,
+        )
+        response = web.Response(
+            text=body, status=status, content_type="text/html", charset="utf-8", headers=HEADERS
+        )
+        remember_locale(request, response)
+        return response
+
+    def _problem(
+        self, request: web.Request, viewer: Viewer | None, locale: str, status: int, message: str
+    ) -> web.Response:
+        return self._html(request, viewer, locale, "problem.html.j2", status, message=message)
+
+    async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The one place where a request gets its session, and failures become a page."""
+        viewer = await viewer_of(request)
+        if viewer is None:
+            return await signin_page(request)
+        locale = page_locale(request)
+        try:
+            return await handler(request, viewer, locale)
+        except BadParameter as exc:
+            message = page_text(exc.key, locale, **exc.values)
+            return self._problem(request, viewer, locale, exc.status, message)
+        except OutOfScope:
+            return self._problem(request, viewer, locale, 404, page_text("not_found", locale))
+        except Exception as exc:
+            unreachable = isinstance(exc, _UNREACHABLE) or (
+                isinstance(exc, DBAPIError) and exc.connection_invalidated
+            )
+            if unreachable:
+                log.warning("database unreachable on %s", request.path)
+                key, status = "unavailable", 503
+            else:
+                log.exception("unexpected error on the dashboard page %s", request.path)
+                key, status = "server_error", 500
+            response = self._problem(request, viewer, locale, status, page_text(key, locale))
+            if unreachable:
+                response.headers["Retry-After"] = "5"
+            return response
+
+    async def _scope_unit(self, viewer: Viewer, code: str) -> str:
+        """`code` when it is in the viewer's scope; else OutOfScope (404)."""
+        if not _CODE.fullmatch(code):
+            raise OutOfScope
+        tree = await view.scope_tree(self.services)
+        if not view.in_scope(tree, viewer.scope_code, code):
+            raise OutOfScope
+        return code
+
+    def _scope_name(self, report_scope_name: str | None, viewer: Viewer) -> str:
+        return report_scope_name or viewer.scope_code
+
+    def _week_links(self, base: str, week: Week, extra: str = "") -> tuple[str, str | None]:
+        previous = f"{base}?week={week.previous().label}{extra}"
+        following = week.following()
+        last = self._last_week()
+        return previous, (f"{base}?week={following.label}{extra}" if following <= last else None)
+
+    def _export_context(self, week: Week, unit: str | None) -> dict[str, Any]:
+        return {
+            "export_from": week.back(13)[0].label,
+            "export_to": week.label,
+            "export_unit": unit,
+            "max_span": MAX_SPAN_WEEKS,
+        }
+
+    # --- GET /dashboard ----------------------------------------------------------------
+
+    async def overview(self, request: web.Request) -> web.StreamResponse:
+        return await self._guarded(request, self._overview)
+
+    async def _overview(self, request: web.Request, viewer: Viewer, locale: str) -> web.Response:
+        query = request.query
+        week = week_param(query, "week", self._last_week())
+        sort = choice_param(query, "sort", SORTABLE, "unit")
+        direction = choice_param(query, "dir", DIRECTIONS, _FIRST_DIRECTION.get(sort, "desc"))
+        scope = viewer.scope_code
+        if query.get("unit"):
+            scope = await self._scope_unit(viewer, query["unit"])
+        data = await view.overview(self.services, scope, week, sort, direction == "desc")
+        labels = _labels(locale)
+        unit_extra = f"&unit={scope}" if scope != viewer.scope_code else ""
+
+        def sort_link(column: str) -> str:
+            if column == sort:
+                flipped = "asc" if direction == "desc" else "desc"
+                return f"/dashboard?week={week.label}&sort={column}&dir={flipped}{unit_extra}"
+            first = _FIRST_DIRECTION.get(column, "desc")
+            return f"/dashboard?week={week.label}&sort={column}&dir={first}{unit_extra}"
+
+        header = [
+            {
+                "label": labels["unit"],
+                "link": sort_link("unit"),
+                "current": sort == "unit",
+                "numeric": False,
+            }
+        ] + [
+            {
+                "label": labels[column],
+                "link": sort_link(column) if column in view.SORTS else None,
+                "current": column == sort,
+                "numeric": True,
+            }
+            for column, _ in COLUMNS
+        ]
+        overall = data.overall
+        rows = [
+            {
+                "code": overall["unit_code"],
+                "name": f"{page_text('overall', locale)}: {overall['unit_name']}",
+                "link": unit_link(overall["unit_code"], week),
+                "css": "overall",
+                "cells": list(cells_of(overall, locale).values()),
+            }
+        ] + [
+            {
+                "code": row.body["unit_code"],
+                "name": row.body["unit_name"],
+                "link": unit_link(row.body["unit_code"], week),
+                "css": f"depth-{min(row.depth, 5)}",
+                "cells": list(cells_of(row.body, locale).values()),
+            }
+            for row in data.rows
+        ]
+        falls = [self._fall(fall, week, locale) for fall in data.falls]
+        previous_link, next_link = self._week_links(
+            "/dashboard",
+            week,
+            (f"&sort={sort}&dir={direction}" if sort != "unit" else "") + unit_extra,
+        )
+        return self._html(
+            request,
+            viewer,
+            locale,
+            "overview.html.j2",
+            scope_name=overall["unit_name"],
+            week=week,
+            week_dates=_week_dates(week, locale),
+            previous_link=previous_link,
+            next_link=next_link,
+            sort=sort,
+            direction=direction,
+            sortable=[{"key": key, "label": labels[key]} for key in SORTABLE],
+            header=header,
+            labels=labels,
+            rows=rows,
+            falls=falls,
+            **self._export_context(week, unit_extra and scope),
+        )
+
+    def _fall(self, fall: view.Fall, week: Week, locale: str) -> dict[str, Any]:
+        body = fall.body
+        reasons = []
+        if fall.weakest_factor is not None:
+            name, value = fall.weakest_factor
+            reasons.append(
+                page_text(
+                    "fall_factor",
+                    locale,
+                    factor=factor_name(name, locale),
+                    value=percent(value, locale),
+                )
+            )
+        if fall.lowest_item is not None:
+            item = fall.lowest_item
+            reasons.append(
+                page_text(
+                    "fall_item",
+                    locale,
+                    item=item_name(item["question_id"], item["factor"], locale),
+                    rate=percent(item["rate"], locale),
+                )
+            )
+        change = body["change"] or 0.0
+        return {
+            "code": body["unit_code"],
+            "link": unit_link(body["unit_code"], week),
+            "line": page_text(
+                "fall_line",
+                locale,
+                name=body["unit_name"],
+                index=percent(body["sipas_index"], locale),
+                change=signed(change, locale),
+            ),
+            "reasons": reasons,
+        }
+
+    # --- GET /dashboard/units/{code} ---------------------------------------------------
+
+    async def unit(self, request: web.Request) -> web.StreamResponse:
+        return await self._guarded(request, self._unit)
+
+    async def _unit(self, request: web.Request, viewer: Viewer, locale: str) -> web.Response:
+        code = await self._scope_unit(viewer, request.match_info["code"])
+        week = week_param(request.query, "week", self._last_week())
+        data = await view.unit_page(
+            self.services,
+            code,
+            week,
+            viewer_scope=viewer.scope_code,
+            # Per-officer figures: the head's own unit only, as in the head's digest.
+            with_officers=viewer.head_of == code,
+        )
+        tz = self.services.settings.timezone
+        body = data.body
+        labels = _labels(locale)
+        previous_link, next_link = self._week_links(f"/dashboard/units/{code}", week)
+        factors = [
+            {
+                "key": name,
+                "name": factor_name(name, locale),
+                "this": _percent_or_few(body["factors"][name], locale),
+                "raw": "" if body["factors"][name] is None else str(body["factors"][name]),
+                "last": _percent_or_few(data.previous_factors[name], locale),
+            }
+            for name in FACTORS
+        ]
+        lowest = [
+            {
+                "name": item_name(item["question_id"], item["factor"], locale),
+                "text": item_text(item["question_id"], locale),
+                "rate": page_text(
+                    "item_rate",
+                    locale,
+                    rate=percent(item["rate"], locale),
+                    answered=item["answered"],
+                ),
+            }
+            for item in body["lowest_items"]
+        ]
+        masked = page_text("phone_masked", locale)
+        comments = [
+            {
+                "when": moment_text(comment.at, tz),
+                "unit": None if comment.unit_code == code else comment.unit_name,
+                "text": mask_phones(comment.text, masked),
+            }
+            for comment in data.comments
+        ]
+        complaints = [
+            {
+                "ref": complaint.ref,
+                "head": page_text(
+                    "escalation_head",
+                    locale,
+                    ref=complaint.ref,
+                    case_code=complaint.case_code,
+                    unit=complaint.origin_name,
+                ),
+                "state": page_text(
+                    "escalation_state",
+                    locale,
+                    status=page_text(f"status.{complaint.status}", locale),
+                    level=complaint.level,
+                    holder=complaint.holder_name,
+                ),
+                "steps": [
+                    {
+                        "kind": step.kind,
+                        "kind_text": _event_text(step.kind, locale),
+                        "level": step.level,
+                        "unit": step.unit_name or "—",
+                        "when": moment_text(step.at, tz),
+                        "took": "—" if step.took is None else duration_text(step.took, locale),
+                    }
+                    for step in complaint.steps
+                ],
+            }
+            for complaint in data.complaints
+        ]
+        officers = None
+        if data.officers is not None:
+            officers = [
+                {
+                    "name": officer["officer"],
+                    "index": _percent_or_few(officer["sipas_index"], locale),
+                    "responses": officer["responses"],
+                }
+                for officer in data.officers
+            ]
+        children = [
+            {
+                "name": child["unit_name"],
+                "link": unit_link(child["unit_code"], week),
+                "index": _percent_or_few(child["sipas_index"], locale),
+            }
+            for child in data.children
+        ]
+        parent = (
+            None
+            if data.parent is None
+            else {"name": data.parent[1], "link": unit_link(data.parent[0], week)}
+        )
+        summary = [cell for cell in cells_of(body, locale).values() if cell.column != "rank"]
+        themes = [
+            {"name": THEME_NAMES[name][locale] if name in THEME_NAMES else name, "count": count}
+            for name, count in body["comment_themes"].items()
+        ]
+        return self._html(
+            request,
+            viewer,
+            locale,
+            "unit.html.j2",
+            scope_name=data.report.scope.name if data.report.scope else None,
+            unit_code=code,
+            unit_name=body["unit_name"],
+            has_children=data.has_children,
+            week=week,
+            week_dates=_week_dates(week, locale),
+            previous_link=previous_link,
+            next_link=next_link,
+            overview_link=f"/dashboard?week={week.label}",
+            parent=parent,
+            summary=summary,
+            labels=labels,
+            factors=factors,
+            lowest=lowest,
+            chart_link=f"/dashboard/units/{code}/chart.png?week={week.label}&lang={locale}",
+            chart_alt=page_text("chart_alt", locale, name=body["unit_name"], week=week.label),
+            themes=themes,
+            comments=comments,
+            comments_total=data.comments_total,
+            comments_more=data.comments_total - len(comments),
+            complaints=complaints,
+            complaints_total=data.complaints_total,
+            complaints_more=data.complaints_total - len(complaints),
+            officers=officers,
+            min_responses=self.services.settings.digest_min_responses,
+            children=children,
+            **self._export_context(week, code),
+        )
+
+    # --- GET /dashboard/units/{code}/chart.png -----------------------------------------
+
+    async def chart(self, request: web.Request) -> web.StreamResponse:
+        return await self._guarded(request, self._chart)
+
+    async def _chart(self, request: web.Request, viewer: Viewer, locale: str) -> web.Response:
+        code = await self._scope_unit(viewer, request.match_info["code"])
+        week = week_param(request.query, "week", self._last_week())
+        png = await view.unit_chart(self.services, code, week, locale)
+        return web.Response(body=png, content_type="image/png", headers=HEADERS)
+
+    # --- GET /dashboard/export.xlsx and export.csv -------------------------------------
+
+    async def export_xlsx(self, request: web.Request) -> web.StreamResponse:
+        return await self._guarded(request, self._export_xlsx)
+
+    async def export_csv(self, request: web.Request) -> web.StreamResponse:
+        return await self._guarded(request, self._export_csv)
+
+    async def _export_xlsx(self, request: web.Request, viewer: Viewer, locale: str) -> web.Response:
+        return await self._export(request, viewer, "xlsx")
+
+    async def _export_csv(self, request: web.Request, viewer: Viewer, locale: str) -> web.Response:
+        return await self._export(request, viewer, "csv")
+
+    async def _export(self, request: web.Request, viewer: Viewer, fmt: str) -> web.Response:
+        query = request.query
+        scope = viewer.scope_code
+        if query.get("unit"):
+            scope = await self._scope_unit(viewer, query["unit"])
+        start, end = span_params(query, self._last_week())
+        rows = await export_rows(self.services, scope, weeks_between(start, end))
+        if fmt == "xlsx":
+            title = f"SIPAS {start.label}–{end.label}: {scope}"
+            body = await asyncio.to_thread(export_xlsx, rows, title)
+            content_type = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+        else:
+            body = export_csv(rows)
+            content_type = "text/csv"
+        # Who took which figures, committed before the file leaves.
+        async with self.services.sessions.begin() as session:
+            session.add(
+                AuditEntry(
+                    at=self.services.clock.now(),
+                    actor=viewer.actor,
+                    action="dashboard.export",
+                    entity="unit",
+                    entity_id=scope,
+                    detail={"format": fmt, "from": start.label, "to": end.label},
+                )
+            )
+        safe_scope = _FILENAME_UNSAFE.sub("-", scope)
+        filename = f"sipas-{safe_scope}-{start.label}-{end.label}.{fmt}"
+        headers = {**HEADERS, "Content-Disposition": f'attachment; filename="{filename}"'}
+        charset = "utf-8" if fmt == "csv" else None
+        return web.Response(body=body, content_type=content_type, charset=charset, headers=headers)
+
+
+def _percent_or_few(value: float | None, locale: str) -> str:
+    return too_few_text(locale) if value is None else percent(value, locale)
+
+
+def _event_text(kind: str, locale: str) -> str:
+    try:
+        return page_text(f"event.{kind}", locale)
+    except KeyError:
+        return kind
+
+
+def remember_locale(request: web.Request, response: web.StreamResponse) -> None:
+    """Placeholder until ACCESS's page_locale lands: see the merge."""
+
+
+def page_routes(services: Services) -> list[web.RouteDef]:
+    pages = DashboardPages(services)
+    return [
+        web.get("/dashboard", pages.overview, allow_head=False),
+        web.get(UNIT_PATH, pages.unit, allow_head=False),
+        web.get(UNIT_PATH + "/chart.png", pages.chart, allow_head=False),
+        web.get("/dashboard/export.xlsx", pages.export_xlsx, allow_head=False),
+        web.get("/dashboard/export.csv", pages.export_csv, allow_head=False),
+    ]
+
+
+__all__ = ["HEADERS", "DashboardPages", "page_routes"]
