@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from typing import Any
 
 import pytest
 from openpyxl import load_workbook
@@ -22,10 +23,11 @@ from tests.api_support import (
 from tests.dashboard_seed import W46, W47, seed
 
 
-async def report_json(api: Api, week: Week, unit: str) -> dict:
+async def report_json(api: Api, week: Week, unit: str) -> dict[str, Any]:
     response = await api.get(f"/api/v1/reports/weekly?week={week.label}&unit={unit}")
     assert response.status == 200
-    return await response.json()
+    body: dict[str, Any] = await response.json()
+    return body
 
 
 async def test_the_overview_rows_are_the_json_reports(api: Api) -> None:
@@ -61,6 +63,7 @@ async def test_the_unit_page_reads_comments_and_complaints(api: Api) -> None:
     assert [complaint.ref for complaint in page.complaints] == ["E-0001"]
     steps = page.complaints[0].steps
     assert [step.kind for step in steps] == ["opened", "sent", "acknowledged", "resolved"]
+    assert steps[0].took is None and steps[2].took is not None
     assert duration_text(steps[2].took, "vi") == "3 giờ 19 phút"
     assert page.officers is not None
     assert [officer["officer"] for officer in page.officers] == ["Cán bộ CB-1"]
@@ -89,7 +92,7 @@ async def test_the_exports_read_back_as_the_json_reports(api: Api) -> None:
         for (key, _, _), from_book, from_text in zip(
             EXPORT_COLUMNS, xlsx_row, csv_row, strict=True
         ):
-            value = json_row
+            value: Any = json_row
             for part in key.split("."):
                 value = None if value is None else value.get(part)
             assert from_book == value, key

@@ -83,7 +83,7 @@ async def recent_comments(
     rows = await session.execute(
         joined.order_by(Survey.completed_at.desc(), Answer.id.desc()).limit(limit)
     )
-    found = [CommentRow(row[0], row[1], row[2]) for row in rows if row[2]]
+    found = [CommentRow(row[0], row[1], row[2]) for row in rows if row[1] is not None and row[2]]
     return found, int(total or 0)
 
 
@@ -123,7 +123,7 @@ async def scope_escalations(
         .order_by(Escalation.opened_at.desc(), Escalation.id.desc())
         .limit(limit)
     )
-    rows = [EscalationRow(*row) for row in await session.execute(query)]
+    rows = [EscalationRow(*tuple(row)) for row in await session.execute(query)]
     return rows, int(total or 0)
 
 
