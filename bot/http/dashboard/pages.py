@@ -174,17 +174,18 @@ class DashboardPages:
                 response.headers["Retry-After"] = "5"
             return response
 
-    async def _scope_unit(self, viewer: Viewer, code: str) -> str:
-        """`code` when it is in the viewer's scope; else OutOfScope (404)."""
-        if not _CODE.fullmatch(code):
-            raise OutOfScope
+    async def _scope_unit(self, viewer: Viewer, code: str | None) -> tuple[str, str]:
+        """`code` (the viewer's scope when None) and the name of the viewer's scope; a code
+        outside that scope, or unknown, is OutOfScope (404)."""
         tree = await view.scope_tree(self.services)
-        if not view.in_scope(tree, viewer.scope_code, code):
+        scope = tree.by_code.get(viewer.scope_code)
+        if scope is None:  # the scope's unit was removed since the sign-in
             raise OutOfScope
-        return code
-
-    def _scope_name(self, report_scope_name: str | None, viewer: Viewer) -> str:
-        return report_scope_name or viewer.scope_code
+        if code is None:
+            return scope.code, scope.name
+        if not _CODE.fullmatch(code) or not view.in_scope(tree, scope.code, code):
+            raise OutOfScope
+        return code, scope.name
 
     def _week_links(self, base: str, week: Week, extra: str = "") -> tuple[str, str | None]:
         previous = f"{base}?week={week.previous().label}{extra}"
@@ -210,9 +211,7 @@ class DashboardPages:
         week = week_param(query, "week", self._last_week())
         sort = choice_param(query, "sort", SORTABLE, "unit")
         direction = choice_param(query, "dir", DIRECTIONS, _FIRST_DIRECTION.get(sort, "desc"))
-        scope = viewer.scope_code
-        if query.get("unit"):
-            scope = await self._scope_unit(viewer, query["unit"])
+        scope, scope_name = await self._scope_unit(viewer, query.get("unit") or None)
         data = await view.overview(self.services, scope, week, sort, direction == "desc")
         labels = _labels(locale)
         unit_extra = f"&unit={scope}" if scope != viewer.scope_code else ""
@@ -254,7 +253,8 @@ class DashboardPages:
                 "code": row.body["unit_code"],
                 "name": row.body["unit_name"],
                 "link": unit_link(row.body["unit_code"], week),
-                "css": f"depth-{min(row.depth, 5)}",
+                # Indented by depth in the tree's order only: sorted, the tree is gone.
+                "css": f"depth-{min(row.depth, 5)}" if sort == "unit" else "",
                 "cells": list(cells_of(row.body, locale).values()),
             }
             for row in data.rows
@@ -270,7 +270,7 @@ class DashboardPages:
             viewer,
             locale,
             "overview.html.j2",
-            scope_name=overall["unit_name"],
+            scope_name=scope_name,
             week=week,
             week_dates=_week_dates(week, locale),
             previous_link=previous_link,
@@ -328,7 +328,7 @@ class DashboardPages:
         return await self._guarded(request, self._unit)
 
     async def _unit(self, request: web.Request, viewer: Viewer, locale: str) -> web.Response:
-        code = await self._scope_unit(viewer, request.match_info["code"])
+        code, scope_name = await self._scope_unit(viewer, request.match_info["code"])
         week = week_param(request.query, "week", self._last_week())
         data = await view.unit_page(
             self.services,
@@ -438,7 +438,7 @@ class DashboardPages:
             viewer,
             locale,
             "unit.html.j2",
-            scope_name=data.report.scope.name if data.report.scope else None,
+            scope_name=scope_name,
             unit_code=code,
             unit_name=body["unit_name"],
             has_children=data.has_children,
@@ -473,7 +473,7 @@ class DashboardPages:
         return await self._guarded(request, self._chart)
 
     async def _chart(self, request: web.Request, viewer: Viewer, locale: str) -> web.Response:
-        code = await self._scope_unit(viewer, request.match_info["code"])
+        code, _ = await self._scope_unit(viewer, request.match_info["code"])
         week = week_param(request.query, "week", self._last_week())
         png = await view.unit_chart(self.services, code, week, locale)
         return web.Response(body=png, content_type="image/png", headers=HEADERS)
@@ -494,9 +494,7 @@ class DashboardPages:
 
     async def _export(self, request: web.Request, viewer: Viewer, fmt: str) -> web.Response:
         query = request.query
-        scope = viewer.scope_code
-        if query.get("unit"):
-            scope = await self._scope_unit(viewer, query["unit"])
+        scope, _ = await self._scope_unit(viewer, query.get("unit") or None)
         start, end = span_params(query, self._last_week())
         rows = await export_rows(self.services, scope, weeks_between(start, end))
         if fmt == "xlsx":
@@ -538,6 +536,9 @@ def _event_text(kind: str, locale: str) -> str:
 
 def remember_locale(request: web.Request, response: web.StreamResponse) -> None:
     """Placeholder until ACCESS's page_locale lands: see the merge."""
+    lang = request.query.get("lang")
+    if lang in ("vi", "en"):
+        response.set_cookie("dashboard_lang", lang, httponly=True, samesite="Lax")  # TEMP
 
 
 def page_routes(services: Services) -> list[web.RouteDef]:
