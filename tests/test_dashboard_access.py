@@ -9,10 +9,12 @@ import asyncio
 from datetime import timedelta
 from http.cookies import SimpleCookie
 
+import pytest
 from aiohttp import ClientResponse
 from sqlalchemy import select
 
 from bot.http.dashboard.session import COOKIE, LANG_COOKIE
+from bot.logging_setup import mask
 from handlers.dashboard_access import LINK_TTL, SESSION_TTL, session_found
 from storage.models import AuditEntry, DashboardLink, DashboardSession
 from storage.repositories.dashboard import token_hash
@@ -268,3 +270,65 @@ async def test_links_sign_ins_and_sign_outs_are_audited(api: Api) -> None:
     ]
     [signin] = await audit(api, "dashboard.signin")
     assert signin.at == api.clock.now()
+
+
+# --- housekeeping and failures ----------------------------------------------------------------
+
+
+async def test_dead_links_and_sessions_are_pruned_a_week_later(api: Api) -> None:
+    await sign_in(api.client, api.services, "HN")
+    unused = await issue_link(api.services, "HN")
+    api.clock.advance(timedelta(days=7))
+    await issue_link(api.services, "HN-LB")  # issuing a link prunes what ended a week ago
+    # Ended less than a week ago: still told apart from a link that never existed.
+    assert (await follow(api, unused.token)).status == 410
+    assert await api.count(DashboardSession) == 1
+    api.clock.advance(SESSION_TTL + timedelta(minutes=1))
+    await issue_link(api.services, "HN-LB")
+    assert await api.count(DashboardLink) == 2  # the two issued in the last week
+    assert await api.count(DashboardSession) == 0
+    assert (await follow(api, unused.token)).status == 404
+    assert len(await audit(api, "dashboard.signin")) == 1  # the audit log keeps the story
+
+
+async def test_an_unexpected_error_is_a_human_page(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_args: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("bot.http.dashboard.access.signed_in", broken)
+    issued = await issue_link(api.services, "HN")
+    page = await read_page(await follow(api, issued.token))
+    assert page.status == 500 and "Có lỗi xảy ra" in page.text
+    assert "boom" not in page.html and "Traceback" not in page.html
+
+
+async def test_the_link_pages_have_english_too(api: Api) -> None:
+    issued = await issue_link(api.services, "HN")
+    await follow(api, issued.token)
+    gone = await read_page(
+        await api.client.get(f"/dashboard/login/{issued.token}", params={"lang": "en"})
+    )
+    assert gone.status == 410 and gone.lang == "en"
+    assert "This link no longer works" in gone.text and "sipas-bot dashboard link" in gone.text
+
+
+def test_a_sign_in_link_in_a_log_line_is_masked() -> None:
+    token = "Zm9vYmFyYmF6cXV4cXV1eHh4eHh4eHh4eHh4eHh4eA"
+    line = f"GET http://127.0.0.1:8080/dashboard/login/{token} HTTP/1.1"
+    assert mask(line) == "GET http://127.0.0.1:8080/dashboard/login/*** HTTP/1.1"
+
+
+async def test_a_chat_apps_link_previewer_does_not_use_up_a_link(api: Api) -> None:
+    issued = await issue_link(api.services, "HN")
+    for agent in ("TelegramBot (like TwitterBot)", "facebookexternalhit/1.1", "WhatsApp/2.23"):
+        response = await api.client.get(
+            f"/dashboard/login/{issued.token}",
+            headers={"User-Agent": agent},
+            allow_redirects=False,
+        )
+        page = await read_page(response)
+        assert page.status == 200 and COOKIE not in response.cookies, agent
+        assert "UBND" not in page.text
+    assert (await follow(api, issued.token)).status == 303

@@ -45,13 +45,14 @@ async def signed_in_page(client: TestClient[Any, Any], path: str) -> str:
     return page.text
 
 
-async def settled_rows(services: Services) -> list[OutboxMessage]:
-    """The outbox's rows once none is pending any more (the dispatcher settles after a send)."""
+async def settled_rows(services: Services, expected: int = 1) -> list[OutboxMessage]:
+    """The outbox's rows once `expected` are there and none is pending any more (the
+    dispatcher settles a row after the platform answered)."""
     deadline = asyncio.get_running_loop().time() + DEADLINE
     while True:
         async with services.sessions() as session:
             rows = list((await session.scalars(select(OutboxMessage))).all())
-        if all(row.status != OutboxStatus.PENDING for row in rows):
+        if len(rows) >= expected and all(row.status != OutboxStatus.PENDING for row in rows):
             return rows
         assert asyncio.get_running_loop().time() < deadline, "outbox rows still pending"
         await asyncio.sleep(0.02)
@@ -123,6 +124,13 @@ async def test_a_link_from_chat_works_once(rig: Rig) -> None:
     await signed_in_page(rig.client, path)
     again = await read_page(await rig.client.get(path))
     assert again.status == 410 and "/dashboard" in again.text
+
+
+async def test_a_link_the_platform_refused_is_not_kept_either(rig: Rig) -> None:
+    rig.api.fail_next("sendMessage", 403, chat_id=901)  # the head blocked the bot
+    rig.api.push_text(901, "/dashboard")
+    rows = await settled_rows(rig.services, expected=1)
+    assert [(row.status, row.payload) for row in rows] == [(OutboxStatus.FAILED, REDACTED)]
 
 
 # --- Zalo -----------------------------------------------------------------------------------

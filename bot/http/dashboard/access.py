@@ -6,6 +6,7 @@ so. The decisions are handlers/dashboard_access.py's; this module translates HTT
 from __future__ import annotations
 
 import logging
+import re
 
 from aiohttp import web
 
@@ -22,6 +23,7 @@ from bot.http.dashboard.session import (
     secure_cookies,
     services_of,
     signed_in_only,
+    signin_page,
     viewer_of,
 )
 from handlers.dashboard_access import LinkRefusal, signed_in, signed_out
@@ -32,6 +34,14 @@ log = logging.getLogger(__name__)
 LOGIN_PATH = "/dashboard/login/{token}"
 LOGOUT_PATH = "/dashboard/logout"
 SIGNED_OUT_PATH = "/dashboard/signed-out"
+# Link previewers of chat and social platforms, which fetch a link pasted in a message: one
+# must not use up a one-time link meant for a person. Only agents that are never a person's
+# browser (an in-app browser, Zalo's included, must still sign in).
+LINK_PREVIEWERS = re.compile(
+    r"TelegramBot|facebookexternalhit|WhatsApp/|Slackbot|Twitterbot|Discordbot|"
+    r"SkypeUriPreview|LinkedInBot",
+    re.IGNORECASE,
+)
 
 
 def _redirect(location: str) -> web.Response:
@@ -40,6 +50,9 @@ def _redirect(location: str) -> web.Response:
 
 
 async def login(request: web.Request) -> web.StreamResponse:
+    if LINK_PREVIEWERS.search(request.headers.get("User-Agent", "")):
+        # A preview gets the page a visitor without a session sees, and the link stays unused.
+        return await signin_page(request, status=200)
     services = services_of(request)
     now = services.clock.now()
     async with services.sessions.begin() as session:
