@@ -25,7 +25,7 @@ from tests.api_support import (
     make_api_fixture,  # noqa: F401
 )
 from tests.dashboard_seed import seed
-from tests.dashboard_support import browser_sign_in
+from tests.dashboard_support import issue_link
 
 try:
     from playwright.async_api import Browser, Page, async_playwright, expect
@@ -78,6 +78,12 @@ async def browser() -> AsyncIterator[Browser]:
 @pytest.fixture(autouse=True)
 def _artifacts_folder() -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+
+async def browser_sign_in(page: Page, api: Api, unit_code: str) -> None:
+    """Follows a fresh one-time link, as an official opening it from chat would."""
+    issued = await issue_link(api.services, unit_code)
+    await page.goto(str(api.client.make_url(f"/dashboard/login/{issued.token}")))
 
 
 async def assert_no_sideways_scroll(page: Page) -> None:
@@ -163,5 +169,12 @@ async def test_an_official_reads_sorts_opens_switches_and_downloads(
         assert sheet is not None
         weeks = [row[3] for row in sheet.iter_rows(min_row=3, values_only=True)]
         assert weeks == ["2026-W46"] * 4 + ["2026-W47"] * 4
+
+        # Signing out from a page of figures ends the session.
+        await page.get_by_role("button", name="Sign out").click()
+        await expect(page.locator("[data-unit]")).to_have_count(0)
+        await page.goto(str(api.client.make_url("/dashboard")))
+        await expect(page.locator("[data-unit]")).to_have_count(0)
+        await screenshot(page, api, viewport, "5-signed-out")
     finally:
         await context.close()

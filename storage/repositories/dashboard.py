@@ -1,146 +1,225 @@
-"""The few row-by-row reads of the dashboard's unit page: a week's comments (newest first,
-capped) and the complaints of a scope with their audit trail. Everything counted comes from
-storage/repositories/reports.py, as in the digest.
+"""The dashboard's sign-in links and sessions, found by the SHA-256 of their token.
 
-Comments are read without the citizen: no join to `citizens`, so no name can reach a page.
+Every function takes the caller's session and never commits (STYLE.md 5). Redeeming a link
+and revoking a session are single conditional UPDATEs, so two requests racing for the same
+row cannot both win, on SQLite (one writer at a time) as on PostgreSQL (the second UPDATE
+waits for the first to commit and then finds the row no longer matches).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
-from storage.models import Answer, Case, Escalation, EscalationEvent, Survey
+from storage.models import (
+    DashboardLink,
+    DashboardSession,
+    DigestRecipient,
+    HeadContact,
+    RecipientContact,
+    Unit,
+    UnitHead,
+)
+
+
+def token_hash(token: str) -> str:
+    """What is stored of a token: its SHA-256, hex (a token is random, so no salt is needed)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
-class CommentRow:
-    unit_id: int
-    completed_at: datetime
-    text: str
+class Grant:
+    """What a link or a session opens: a scope, and the unit its holder heads, if any."""
+
+    actor: str
+    scope_unit_id: int
+    head_of_unit_id: int | None
 
 
 @dataclass(frozen=True)
-class EscalationRow:
+class LiveSession:
+    """A valid session with its units' codes, as a page needs them."""
+
     id: int
-    ref: str
-    case_code: str
-    reason: str
-    severity: str
-    status: str
-    level: int
-    holder_unit_id: int
-    origin_unit_id: int
-    opened_at: datetime
+    actor: str
+    scope_code: str
+    head_of: str | None
+    csrf_token: str
+    expires_at: datetime
+
+
+async def add_link(
+    session: AsyncSession, token: str, grant: Grant, now: datetime, expires_at: datetime
+) -> DashboardLink:
+    link = DashboardLink(
+        token_hash=token_hash(token),
+        scope_unit_id=grant.scope_unit_id,
+        head_of_unit_id=grant.head_of_unit_id,
+        actor=grant.actor,
+        created_at=now,
+        expires_at=expires_at,
+    )
+    session.add(link)
+    await session.flush()
+    return link
+
+
+async def redeem_link(session: AsyncSession, token: str, now: datetime) -> Grant | None:
+    """Marks the link used and returns what it grants; None when it is unknown, used or
+    expired. Only one caller ever gets the grant of a link (see the module's docstring)."""
+    result = await session.execute(
+        update(DashboardLink)
+        .where(
+            DashboardLink.token_hash == token_hash(token),
+            DashboardLink.used_at.is_(None),
+            DashboardLink.expires_at > now,
+        )
+        .values(used_at=now)
+        .returning(DashboardLink.actor, DashboardLink.scope_unit_id, DashboardLink.head_of_unit_id)
+        .execution_options(synchronize_session=False)
+    )
+    row = result.one_or_none()
+    if row is None:
+        return None
+    return Grant(
+        actor=row.actor, scope_unit_id=row.scope_unit_id, head_of_unit_id=row.head_of_unit_id
+    )
+
+
+async def link_known(session: AsyncSession, token: str) -> bool:
+    """Whether the token is one of our links (used or expired), to tell "gone" from "never"."""
+    found = await session.scalar(
+        select(DashboardLink.id).where(DashboardLink.token_hash == token_hash(token))
+    )
+    return found is not None
+
+
+async def add_session(
+    session: AsyncSession,
+    token: str,
+    grant: Grant,
+    csrf_token: str,
+    now: datetime,
+    expires_at: datetime,
+) -> DashboardSession:
+    row = DashboardSession(
+        token_hash=token_hash(token),
+        scope_unit_id=grant.scope_unit_id,
+        head_of_unit_id=grant.head_of_unit_id,
+        actor=grant.actor,
+        csrf_token=csrf_token,
+        created_at=now,
+        expires_at=expires_at,
+    )
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def live_session(session: AsyncSession, token: str, now: datetime) -> LiveSession | None:
+    """The session of a cookie's token while it is neither expired nor revoked."""
+    scope = aliased(Unit)
+    head_of = aliased(Unit)
+    row = (
+        await session.execute(
+            select(
+                DashboardSession.id,
+                DashboardSession.actor,
+                DashboardSession.csrf_token,
+                DashboardSession.expires_at,
+                scope.code.label("scope_code"),
+                head_of.code.label("head_of"),
+            )
+            .join(scope, scope.id == DashboardSession.scope_unit_id)
+            .outerjoin(head_of, head_of.id == DashboardSession.head_of_unit_id)
+            .where(
+                DashboardSession.token_hash == token_hash(token),
+                DashboardSession.revoked_at.is_(None),
+                DashboardSession.expires_at > now,
+            )
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    return LiveSession(
+        id=row.id,
+        actor=row.actor,
+        scope_code=row.scope_code,
+        head_of=row.head_of,
+        csrf_token=row.csrf_token,
+        expires_at=row.expires_at,
+    )
+
+
+async def revoke_session(session: AsyncSession, session_id: int, now: datetime) -> bool:
+    """Ends a session; False when it had ended already (revoked, or by a racing logout)."""
+    result = await session.execute(
+        update(DashboardSession)
+        .where(DashboardSession.id == session_id, DashboardSession.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0) > 0
+
+
+async def prune(session: AsyncSession, before: datetime) -> int:
+    """Deletes links and sessions that ended before `before` (the audit log keeps the story).
+
+    Recent dead rows are kept a while so that a used or expired link still reads as "no
+    longer valid" rather than "unknown".
+    """
+    removed = 0
+    for statement in (
+        delete(DashboardLink).where(DashboardLink.expires_at < before),
+        delete(DashboardSession).where(
+            or_(DashboardSession.expires_at < before, DashboardSession.revoked_at < before)
+        ),
+    ):
+        result = await session.execute(statement.execution_options(synchronize_session=False))
+        removed += int(getattr(result, "rowcount", 0) or 0)
+    return removed
+
+
+async def unit_codes(session: AsyncSession, unit_ids: list[int]) -> dict[int, str]:
+    rows = await session.execute(select(Unit.id, Unit.code).where(Unit.id.in_(unit_ids)))
+    return {row.id: row.code for row in rows}
 
 
 @dataclass(frozen=True)
-class EventRow:
-    escalation_id: int
-    kind: str
-    level: int
-    unit_id: int | None
-    at: datetime
+class Official:
+    """One role an address holds: the head of a unit, or a digest recipient of a scope."""
+
+    actor: str  # "head:<unit code>" or "recipient:<id>", as the digest names them
+    scope_unit_id: int
+    scope_code: str
+    scope_name: str
+    heads: bool  # the scope is the unit this person heads
 
 
-async def recent_comments(
-    session: AsyncSession,
-    start: datetime,
-    end: datetime,
-    question_ids: Collection[str],
-    unit_ids: Collection[int],
-    limit: int,
-) -> tuple[list[CommentRow], int]:
-    """The newest `limit` comments of surveys completed in [start, end) about the units, and
-    how many there are in all."""
-    if not question_ids or not unit_ids:
-        return [], 0
-    where = (
-        Survey.completed_at >= start,
-        Survey.completed_at < end,
-        Answer.question_id.in_(list(question_ids)),
-        Answer.value_text.is_not(None),
-        Case.unit_id.in_(list(unit_ids)),
+async def officials_at(session: AsyncSession, channel: str, address: str) -> list[Official]:
+    """The heads and digest recipients whose chat address on `channel` is `address`."""
+    heads = await session.execute(
+        select(Unit.id, Unit.code, Unit.name)
+        .join(UnitHead, UnitHead.unit_id == Unit.id)
+        .join(HeadContact, HeadContact.head_id == UnitHead.id)
+        .where(HeadContact.channel == channel, HeadContact.address == address)
+        .order_by(Unit.code)
     )
-    joined = (
-        select(Case.unit_id, Survey.completed_at, Answer.value_text)
-        .select_from(Survey)
-        .join(Case, Case.id == Survey.case_id)
-        .join(Answer, Answer.survey_id == Survey.id)
-        .where(*where)
+    found = [Official(f"head:{row.code}", row.id, row.code, row.name, heads=True) for row in heads]
+    recipients = await session.execute(
+        select(DigestRecipient.id.label("recipient_id"), Unit.id, Unit.code, Unit.name)
+        .join(Unit, Unit.id == DigestRecipient.scope_unit_id)
+        .join(RecipientContact, RecipientContact.recipient_id == DigestRecipient.id)
+        .where(RecipientContact.channel == channel, RecipientContact.address == address)
+        .order_by(DigestRecipient.id)
     )
-    total = await session.scalar(
-        select(func.count())
-        .select_from(Survey)
-        .join(Case, Case.id == Survey.case_id)
-        .join(Answer, Answer.survey_id == Survey.id)
-        .where(*where)
-    )
-    rows = await session.execute(
-        joined.order_by(Survey.completed_at.desc(), Answer.id.desc()).limit(limit)
-    )
-    found = [CommentRow(row[0], row[1], row[2]) for row in rows if row[1] is not None and row[2]]
-    return found, int(total or 0)
-
-
-async def scope_escalations(
-    session: AsyncSession,
-    start: datetime,
-    end: datetime,
-    unit_ids: Collection[int],
-    limit: int,
-) -> tuple[list[EscalationRow], int]:
-    """Complaints about the units (by origin, as the digest counts them) opened in
-    [start, end) or still open at `end`: newest first, at most `limit`, and how many in all."""
-    if not unit_ids:
-        return [], 0
-    opened = and_(Escalation.opened_at >= start, Escalation.opened_at < end)
-    open_at_end = and_(
-        Escalation.opened_at < end,
-        or_(Escalation.resolved_at.is_(None), Escalation.resolved_at >= end),
-    )
-    where = (or_(opened, open_at_end), Escalation.origin_unit_id.in_(list(unit_ids)))
-    total = await session.scalar(select(func.count()).select_from(Escalation).where(*where))
-    query = (
-        select(
-            Escalation.id,
-            Escalation.ref,
-            Case.case_code,
-            Escalation.reason,
-            Escalation.severity,
-            Escalation.status,
-            Escalation.level,
-            Escalation.unit_id,
-            Escalation.origin_unit_id,
-            Escalation.opened_at,
-        )
-        .join(Case, Case.id == Escalation.case_id)
-        .where(*where)
-        .order_by(Escalation.opened_at.desc(), Escalation.id.desc())
-        .limit(limit)
-    )
-    rows = [EscalationRow(*tuple(row)) for row in await session.execute(query)]
-    return rows, int(total or 0)
-
-
-async def trails(session: AsyncSession, escalation_ids: Sequence[int]) -> list[EventRow]:
-    """The audit trail of the escalations, each in order, up to now: an official reading
-    an old week still wants to know how its complaints ended."""
-    if not escalation_ids:
-        return []
-    query = (
-        select(
-            EscalationEvent.escalation_id,
-            EscalationEvent.kind,
-            EscalationEvent.level,
-            EscalationEvent.unit_id,
-            EscalationEvent.at,
-        )
-        .where(EscalationEvent.escalation_id.in_(list(escalation_ids)))
-        .order_by(EscalationEvent.escalation_id, EscalationEvent.at, EscalationEvent.id)
-    )
-    return [EventRow(*row) for row in await session.execute(query)]
+    found += [
+        Official(f"recipient:{row.recipient_id}", row.id, row.code, row.name, heads=False)
+        for row in recipients
+    ]
+    return found

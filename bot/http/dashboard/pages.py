@@ -31,9 +31,11 @@ from bot.http.dashboard.query import (
     weeks_between,
 )
 from bot.http.dashboard.session import (
+    SECURITY_HEADERS,
     Viewer,
-    dashboard_environment,
+    base_path,
     page_locale,
+    render_page,
     signin_page,
     viewer_of,
 )
@@ -57,19 +59,6 @@ from storage.models import AuditEntry
 
 log = logging.getLogger(__name__)
 
-# No script at all; the chart is an image of our own; forms post only here.
-HEADERS = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
-    # Same-origin, not no-referrer: the sign-out form's CSRF check reads Origin/Referer, and
-    # with no-referrer a browser sends `Origin: null`.
-    "Referrer-Policy": "same-origin",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-}
 UNIT_PATH = "/dashboard/units/{code}"
 _CODE = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 _FILENAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -86,8 +75,8 @@ class OutOfScope(Exception):
     """A unit the session may not see, or that does not exist: both answer 404."""
 
 
-def unit_link(code: str, week: Week) -> str:
-    return f"/dashboard/units/{code}?week={week.label}"
+def unit_link(home: str, code: str, week: Week) -> str:
+    return f"{home}/units/{code}?week={week.label}"
 
 
 def _week_dates(week: Week, locale: str) -> str:
@@ -106,7 +95,8 @@ class DashboardPages:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.templates = dashboard_environment()
+        # Links as the browser sees them (under SIPAS_PUBLIC_URL's path, if it has one).
+        self.home = base_path(services)
 
     # --- the frame ---------------------------------------------------------------------
 
@@ -125,20 +115,11 @@ class DashboardPages:
         def text(key: str, **values: Any) -> str:
             return page_text(key, locale, **values)
 
-        body = self.templates.get_template(template).render(
-            t=text,
-            locale=locale,
-            csrf=viewer.csrf_token if viewer else None,
-            scope_name=context.pop("scope_name", None),
-            lang_links={
-                lang: str(request.rel_url.update_query(lang=lang)) for lang in ("vi", "en")
-            },
-            **context,
-        )
-        response = web.Response(
-            text=body, status=status, content_type="text/html", charset="utf-8", headers=HEADERS
-        )
-        remember_locale(request, response)
+        # ACCESS's frame (base.html.j2): its `t` is the chat catalogue's, ours is `pt`.
+        response = render_page(request, template, status=status, viewer=viewer, pt=text, **context)
+        # Same-origin, not no-referrer: with no-referrer a browser posts the sign-out form
+        # with `Origin: null`, which csrf_ok refuses (tests/test_dashboard_browser.py).
+        response.headers["Referrer-Policy"] = "same-origin"
         return response
 
     def _problem(
@@ -219,9 +200,9 @@ class DashboardPages:
         def sort_link(column: str) -> str:
             if column == sort:
                 flipped = "asc" if direction == "desc" else "desc"
-                return f"/dashboard?week={week.label}&sort={column}&dir={flipped}{unit_extra}"
+                return f"{self.home}?week={week.label}&sort={column}&dir={flipped}{unit_extra}"
             first = _FIRST_DIRECTION.get(column, "desc")
-            return f"/dashboard?week={week.label}&sort={column}&dir={first}{unit_extra}"
+            return f"{self.home}?week={week.label}&sort={column}&dir={first}{unit_extra}"
 
         header = [
             {
@@ -244,7 +225,7 @@ class DashboardPages:
             {
                 "code": overall["unit_code"],
                 "name": f"{page_text('overall', locale)}: {overall['unit_name']}",
-                "link": unit_link(overall["unit_code"], week),
+                "link": unit_link(self.home, overall["unit_code"], week),
                 "css": "overall",
                 "cells": list(cells_of(overall, locale).values()),
             }
@@ -252,7 +233,7 @@ class DashboardPages:
             {
                 "code": row.body["unit_code"],
                 "name": row.body["unit_name"],
-                "link": unit_link(row.body["unit_code"], week),
+                "link": unit_link(self.home, row.body["unit_code"], week),
                 # Indented by depth in the tree's order only: sorted, the tree is gone.
                 "css": f"depth-{min(row.depth, 5)}" if sort == "unit" else "",
                 "cells": list(cells_of(row.body, locale).values()),
@@ -261,7 +242,7 @@ class DashboardPages:
         ]
         falls = [self._fall(fall, week, locale) for fall in data.falls]
         previous_link, next_link = self._week_links(
-            "/dashboard",
+            self.home,
             week,
             (f"&sort={sort}&dir={direction}" if sort != "unit" else "") + unit_extra,
         )
@@ -311,7 +292,7 @@ class DashboardPages:
         change = body["change"] or 0.0
         return {
             "code": body["unit_code"],
-            "link": unit_link(body["unit_code"], week),
+            "link": unit_link(self.home, body["unit_code"], week),
             "line": page_text(
                 "fall_line",
                 locale,
@@ -341,7 +322,7 @@ class DashboardPages:
         tz = self.services.settings.timezone
         body = data.body
         labels = _labels(locale)
-        previous_link, next_link = self._week_links(f"/dashboard/units/{code}", week)
+        previous_link, next_link = self._week_links(f"{self.home}/units/{code}", week)
         factors = [
             {
                 "key": name,
@@ -418,7 +399,7 @@ class DashboardPages:
         children = [
             {
                 "name": child["unit_name"],
-                "link": unit_link(child["unit_code"], week),
+                "link": unit_link(self.home, child["unit_code"], week),
                 "index": _percent_or_few(child["sipas_index"], locale),
             }
             for child in data.children
@@ -426,7 +407,7 @@ class DashboardPages:
         parent = (
             None
             if data.parent is None
-            else {"name": data.parent[1], "link": unit_link(data.parent[0], week)}
+            else {"name": data.parent[1], "link": unit_link(self.home, data.parent[0], week)}
         )
         summary = [cell for cell in cells_of(body, locale).values() if cell.column != "rank"]
         themes = [
@@ -446,13 +427,13 @@ class DashboardPages:
             week_dates=_week_dates(week, locale),
             previous_link=previous_link,
             next_link=next_link,
-            overview_link=f"/dashboard?week={week.label}",
+            overview_link=f"{self.home}?week={week.label}",
             parent=parent,
             summary=summary,
             labels=labels,
             factors=factors,
             lowest=lowest,
-            chart_link=f"/dashboard/units/{code}/chart.png?week={week.label}&lang={locale}",
+            chart_link=f"{self.home}/units/{code}/chart.png?week={week.label}&lang={locale}",
             chart_alt=page_text("chart_alt", locale, name=body["unit_name"], week=week.label),
             themes=themes,
             comments=comments,
@@ -476,7 +457,7 @@ class DashboardPages:
         code, _ = await self._scope_unit(viewer, request.match_info["code"])
         week = week_param(request.query, "week", self._last_week())
         png = await view.unit_chart(self.services, code, week, locale)
-        return web.Response(body=png, content_type="image/png", headers=HEADERS)
+        return web.Response(body=png, content_type="image/png", headers=SECURITY_HEADERS)
 
     # --- GET /dashboard/export.xlsx and export.csv -------------------------------------
 
@@ -518,7 +499,7 @@ class DashboardPages:
             )
         safe_scope = _FILENAME_UNSAFE.sub("-", scope)
         filename = f"sipas-{safe_scope}-{start.label}-{end.label}.{fmt}"
-        headers = {**HEADERS, "Content-Disposition": f'attachment; filename="{filename}"'}
+        headers = {**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{filename}"'}
         charset = "utf-8" if fmt == "csv" else None
         return web.Response(body=body, content_type=content_type, charset=charset, headers=headers)
 
@@ -534,13 +515,6 @@ def _event_text(kind: str, locale: str) -> str:
         return kind
 
 
-def remember_locale(request: web.Request, response: web.StreamResponse) -> None:
-    """Placeholder until ACCESS's page_locale lands: see the merge."""
-    lang = request.query.get("lang")
-    if lang in ("vi", "en"):
-        response.set_cookie("dashboard_lang", lang, httponly=True, samesite="Lax")  # TEMP
-
-
 def page_routes(services: Services) -> list[web.RouteDef]:
     pages = DashboardPages(services)
     return [
@@ -552,4 +526,4 @@ def page_routes(services: Services) -> list[web.RouteDef]:
     ]
 
 
-__all__ = ["HEADERS", "DashboardPages", "page_routes"]
+__all__ = ["DashboardPages", "page_routes"]

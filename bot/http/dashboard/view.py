@@ -18,7 +18,7 @@ from bot.digest.render import chart_png, load_history
 from bot.digest.report import weekly_report
 from handlers.digest import Report, UnitTree, Week, build_report, history_points, load_tree
 from handlers.questionnaire import FACTORS, available_questionnaires, load_questionnaire
-from storage.repositories import dashboard as repo
+from storage.repositories import dashboard_pages as repo
 from storage.repositories.reports import begin_reading
 
 __all__ = [
