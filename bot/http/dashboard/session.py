@@ -131,7 +131,8 @@ def csrf_ok(request: web.Request, viewer: Viewer, form: Mapping[str, Any]) -> bo
 
 
 def page_locale(request: web.Request) -> str:
-    """ "vi" (default) or "en": the `?lang=` of the request, then the language cookie."""
+    """The page's language, "vi" (default) or "en": the request's `?lang=`, then the
+    language cookie, then SIPAS_LOCALE."""
     for chosen in (request.query.get("lang"), request.cookies.get(LANG_COOKIE)):
         if chosen in LOCALES:
             return chosen
