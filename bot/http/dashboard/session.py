@@ -270,7 +270,20 @@ def message_page(
 
 async def signin_page(request: web.Request, status: int = 401) -> web.Response:
     """The page shown with no session: how to get a link (no password form, no figures)."""
-    return message_page(request, "dashboard.signin_title", ["dashboard.signin_lead"], status=status)
+    response = message_page(
+        request, "dashboard.signin_title", ["dashboard.signin_lead"], status=status
+    )
+    if COOKIE in request.cookies:
+        # The cookie's session has ended (expired, revoked): the browser need not keep it.
+        services = services_of(request)
+        response.del_cookie(
+            COOKIE,
+            path=base_path(services),
+            secure=secure_cookies(services),
+            httponly=True,
+            samesite="Lax",
+        )
+    return response
 
 
 Page = Callable[[web.Request], Awaitable[web.StreamResponse]]
