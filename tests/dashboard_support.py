@@ -37,3 +37,10 @@ async def sign_in(
     assert response.status == 303, await response.text()
     assert COOKIE in response.cookies, response.headers
     response.release()
+
+
+def session_cookie(client: TestClient[Any, Any]) -> str | None:
+    """The session cookie `client` holds for the dashboard (to replay it elsewhere), if any."""
+    cookies = client.session.cookie_jar.filter_cookies(client.make_url("/dashboard"))
+    morsel = cookies.get(COOKIE)
+    return morsel.value if morsel is not None else None

@@ -95,6 +95,33 @@ async def test_a_digest_recipient_gets_a_link_to_their_scope(rig: Rig) -> None:
     assert (link.actor, link.head_of_unit_id) == ("recipient:1", None)
 
 
+async def test_one_link_per_scope_a_person_answers_for(rig: Rig) -> None:
+    # The head of HN-LB also receives the city's digest and their own district's.
+    more = (
+        "  - {name: Lê Thị Bình (thành phố), telegram_chat_id: 901, scope: HN}\n"
+        "  - {name: Lê Thị Bình (quận), telegram_chat_id: 901, scope: HN-LB}\n"
+    )
+    async with rig.services.sessions.begin() as session:
+        await load_units(
+            session,
+            parse_units_file(units_yaml(recipients=False) + ("digest_recipients:\n" + more)),
+        )
+    mark = rig.api.mark()
+    rig.api.push_text(901, "/dashboard")
+    second = await rig.api.wait_for_message(901, count=2, since=mark)
+    replies = [call for call in rig.api.messages_to(901) if call.seq >= mark]
+    assert second in replies and len(replies) == 2
+    scopes = sorted(re.findall(r"\((HN(?:-LB)?)\)", " ".join(r.text or "" for r in replies)))
+    assert scopes == ["HN", "HN-LB"]
+    async with rig.services.sessions() as session:
+        links = (await session.scalars(select(DashboardLink).order_by(DashboardLink.id))).all()
+    assert sorted(link.actor for link in links) == ["head:HN-LB", "recipient:1"]
+    # Each link opens its own scope.
+    for reply in replies:
+        text = await signed_in_page(rig.client, login_path(reply.text))
+        assert ("thành phố" in text) == ("(HN)" in (reply.text or ""))
+
+
 async def test_a_citizen_gets_an_explanation_and_no_link(rig: Rig) -> None:
     reply = await rig.say(12345, "/dashboard")
     assert "dành cho lãnh đạo đơn vị" in (reply.text or "")

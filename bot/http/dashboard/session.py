@@ -131,7 +131,8 @@ def csrf_ok(request: web.Request, viewer: Viewer, form: Mapping[str, Any]) -> bo
 
 
 def page_locale(request: web.Request) -> str:
-    """ "vi" (default) or "en": the `?lang=` of the request, then the language cookie."""
+    """The page's language, "vi" (default) or "en": the request's `?lang=`, then the
+    language cookie, then SIPAS_LOCALE."""
     for chosen in (request.query.get("lang"), request.cookies.get(LANG_COOKIE)):
         if chosen in LOCALES:
             return chosen
@@ -269,7 +270,20 @@ def message_page(
 
 async def signin_page(request: web.Request, status: int = 401) -> web.Response:
     """The page shown with no session: how to get a link (no password form, no figures)."""
-    return message_page(request, "dashboard.signin_title", ["dashboard.signin_lead"], status=status)
+    response = message_page(
+        request, "dashboard.signin_title", ["dashboard.signin_lead"], status=status
+    )
+    if COOKIE in request.cookies:
+        # The cookie's session has ended (expired, revoked): the browser need not keep it.
+        services = services_of(request)
+        response.del_cookie(
+            COOKIE,
+            path=base_path(services),
+            secure=secure_cookies(services),
+            httponly=True,
+            samesite="Lax",
+        )
+    return response
 
 
 Page = Callable[[web.Request], Awaitable[web.StreamResponse]]
