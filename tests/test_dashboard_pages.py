@@ -5,19 +5,22 @@ parameters named, the language switch remembered."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from bot.http.dashboard.cells import cells_of, raw_text
+from bot.http.dashboard.view import COMMENTS_SHOWN
 from tests.api_support import (
     Api,
     api_fixture,  # noqa: F401
     make_api_fixture,  # noqa: F401
 )
 from tests.dashboard_pages_support import overview_rows
-from tests.dashboard_seed import CITIZEN_NAME, PHONES, W46, W47, seed
+from tests.dashboard_seed import CITIZEN_NAME, MID_W47, PHONES, W46, W47, seed
 from tests.dashboard_support import sign_in
+from tests.digest_support import add_response
 
 ROUTES_OF_HN_BD = (
     "/dashboard?unit=HN-BD",
@@ -180,3 +183,34 @@ async def test_every_page_has_a_logout_form_with_the_csrf_field(api: Api) -> Non
         assert 'action="/dashboard/logout"' in html and 'name="csrf"' in html, path
         csp = response.headers["Content-Security-Policy"]
         assert "script-src" not in csp and "img-src 'self'" in csp
+
+
+async def test_comments_are_capped_newest_first_with_a_count_of_the_rest(api: Api) -> None:
+    await seed(api.services)
+    async with api.services.sessions.begin() as session:
+        for minute in range(COMMENTS_SHOWN):
+            await add_response(
+                session,
+                "HN-LB-BD",
+                MID_W47 + timedelta(days=2, minutes=minute),
+                (4, 4, 4, 4, 4),
+                comment=f"Góp ý số {minute:02d}",
+            )
+    await sign_in(api.client, api.services, "HN-LB")
+    html = await page(api, "/dashboard/units/HN-LB?week=2026-W47")
+    assert html.count("data-comment") == COMMENTS_SHOWN
+    assert f"Góp ý của người dân ({COMMENTS_SHOWN + 3})" in html
+    assert "… và 3 góp ý khác (cũ hơn)." in html
+    newest = html.index(f"Góp ý số {COMMENTS_SHOWN - 1:02d}")
+    assert newest < html.index("Góp ý số 00") and "Chờ lâu quá" not in html
+    assert "UBND phường Bồ Đề" in html  # the ward's comments say whose they are
+
+
+async def test_the_overview_of_a_unit_within_the_scope(api: Api) -> None:
+    await seed(api.services)
+    await sign_in(api.client, api.services, "HN")
+    html = await page(api, "/dashboard?week=2026-W47&unit=HN-LB")
+    body = await report_json(api, "2026-W47", "HN-LB")
+    assert [row.unit for row in overview_rows(html)] == ["HN-LB", "HN-LB", "HN-LB-BD"]
+    assert overview_rows(html)[0].cells["index"][0] == raw_text(body["overall"]["sipas_index"])
+    assert 'name="unit" value="HN-LB"' in html  # kept by the week picker and the export

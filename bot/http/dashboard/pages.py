@@ -368,14 +368,14 @@ class DashboardPages:
                 "state": page_text(
                     "escalation_state",
                     locale,
-                    status=page_text(f"status.{complaint.status}", locale),
+                    status=_known_text("status", complaint.status, locale),
                     level=complaint.level,
                     holder=complaint.holder_name,
                 ),
                 "steps": [
                     {
                         "kind": step.kind,
-                        "kind_text": _event_text(step.kind, locale),
+                        "kind_text": _known_text("event", step.kind, locale),
                         "level": step.level,
                         "unit": step.unit_name or "—",
                         "when": moment_text(step.at, tz),
@@ -508,11 +508,13 @@ def _percent_or_few(value: float | None, locale: str) -> str:
     return too_few_text(locale) if value is None else percent(value, locale)
 
 
-def _event_text(kind: str, locale: str) -> str:
+def _known_text(prefix: str, name: str, locale: str) -> str:
+    """The catalogue's name of a status or an event kind; a kind added later shows as is
+    rather than failing the page."""
     try:
-        return page_text(f"event.{kind}", locale)
+        return page_text(f"{prefix}.{name}", locale)
     except KeyError:
-        return kind
+        return name
 
 
 def page_routes(services: Services) -> list[web.RouteDef]:
