@@ -15,12 +15,14 @@ from bot.http.dashboard.export_files import EXPORT_COLUMNS, export_csv, export_r
 from bot.http.dashboard.query import BadParameter, span_params, week_param
 from handlers.dashboard_text import duration_text
 from handlers.digest import Week
+from handlers.units import load_units, parse_units_file
 from tests.api_support import (
     Api,
     api_fixture,  # noqa: F401
     make_api_fixture,  # noqa: F401
 )
-from tests.dashboard_seed import W46, W47, seed
+from tests.dashboard_seed import MID_W46, MID_W47, W46, W47, seed
+from tests.digest_support import TREE_YAML, add_response
 
 
 async def report_json(api: Api, week: Week, unit: str) -> dict[str, Any]:
@@ -117,3 +119,20 @@ def test_bad_parameters_are_named() -> None:
         span_params({"from": "2020-W01", "to": "2026-W40"}, last)
     assert span.value.status == 422 and span.value.values["limit"] == 60
     assert span_params({}, last) == (Week(2026, 35), last)
+
+
+async def test_with_no_fall_beyond_noise_the_largest_drops_are_named_as_within_it(
+    api: Api,
+) -> None:
+    async with api.services.sessions.begin() as session:
+        await load_units(session, parse_units_file(TREE_YAML))
+        for index in range(10):
+            await add_response(session, "HN-BD", MID_W46, (5, 5, 5, 5, 5))
+            await add_response(session, "HN-BD", MID_W47, (5, 5, 5, 3 if index else 5, 5))
+            await add_response(session, "HN-LB", MID_W46, (4, 4, 4, 4, 4))
+            await add_response(session, "HN-LB", MID_W47, (4, 4, 4, 4, 4))
+    data = await view.overview(api.services, "HN", W47, "unit", False)
+    assert data.falls == []
+    [dip] = data.dips
+    assert dip.body["unit_code"] == "HN-BD" and dip.body["trend"] == "same"
+    assert dip.weakest_factor == ("result", 10.0)

@@ -241,6 +241,7 @@ class DashboardPages:
             for row in data.rows
         ]
         falls = [self._fall(fall, week, locale) for fall in data.falls]
+        dips = [self._fall(dip, week, locale) for dip in data.dips]
         previous_link, next_link = self._week_links(
             self.home,
             week,
@@ -263,6 +264,7 @@ class DashboardPages:
             labels=labels,
             rows=rows,
             falls=falls,
+            dips=dips,
             **self._export_context(week, unit_extra and scope),
         )
 

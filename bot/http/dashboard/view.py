@@ -36,6 +36,7 @@ __all__ = [
 
 COMMENTS_SHOWN = 30  # newest first; the rest are counted
 ESCALATIONS_SHOWN = 30
+DIPS_SHOWN = 3
 
 
 def _position(body: dict[str, Any]) -> int | None:
@@ -105,7 +106,8 @@ class Overview:
     report: Report
     overall: dict[str, Any]
     rows: list[Row]
-    falls: list[Fall]
+    falls: list[Fall]  # down beyond noise
+    dips: list[Fall]  # when none fell beyond noise: the largest drops, marked as within it
 
 
 def _depths(report: Report) -> dict[str | None, int]:
@@ -144,11 +146,19 @@ async def overview(
     rows = [Row(body=unit.as_json(), depth=depths[unit.code]) for unit in report.units]
     falls = [_fall(row.body) for row in rows if row.body["trend"] == "down"]
     falls.sort(key=lambda fall: (fall.body["change"] or 0.0, fall.body["unit_code"]))
+    # "Which unit fell this week?" still gets an answer when none fell beyond noise, said
+    # to be within it: an official sees the drift before it is significant.
+    dips: list[Fall] = []
+    if not falls:
+        dropped = [row.body for row in rows if (row.body["change"] or 0.0) < 0]
+        dropped.sort(key=lambda body: (body["change"], body["unit_code"]))
+        dips = [_fall(body) for body in dropped[:DIPS_SHOWN]]
     return Overview(
         report=report,
         overall=report.overall.as_json(),
         rows=sorted_rows(rows, sort, descending),
         falls=falls,
+        dips=dips,
     )
 
 
