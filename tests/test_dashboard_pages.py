@@ -68,6 +68,7 @@ async def test_the_overview_shows_the_json_reports_numbers(api: Api, week: str |
         assert lb.cells["change"][1].endswith("▼")
         assert 'data-unit="HN-LB"><a href="/dashboard/units/HN-LB?week=2026-W47">' in html
         assert "yếu tố thấp nhất: Tiếp cận dịch vụ" in html
+        assert "tiêu chí thấp nhất" not in html  # the same as the factor, on the short form
 
 
 async def test_sorting_by_a_column_is_a_link(api: Api) -> None:

@@ -281,8 +281,15 @@ class DashboardPages:
                     value=percent(value, locale),
                 )
             )
-        if fall.lowest_item is not None:
-            item = fall.lowest_item
+        item = fall.lowest_item
+        # On a form with one question per factor, the lowest item is the weakest factor:
+        # said once.
+        repeated = (
+            item is not None
+            and fall.weakest_factor is not None
+            and item["question_id"] == item["factor"] == fall.weakest_factor[0]
+        )
+        if item is not None and not repeated:
             reasons.append(
                 page_text(
                     "fall_item",
