@@ -9,7 +9,9 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
+from bot.http.dashboard import view
 from bot.http.dashboard.cells import cells_of, raw_text
 from bot.http.dashboard.view import COMMENTS_SHOWN
 from tests.api_support import (
@@ -215,3 +217,20 @@ async def test_the_overview_of_a_unit_within_the_scope(api: Api) -> None:
     assert [row.unit for row in overview_rows(html)] == ["HN-LB", "HN-LB", "HN-LB-BD"]
     assert overview_rows(html)[0].cells["index"][0] == raw_text(body["overall"]["sipas_index"])
     assert 'name="unit" value="HN-LB"' in html  # kept by the week picker and the export
+
+
+async def test_failures_are_human_pages(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    await sign_in(api.client, api.services, "HN")
+
+    async def unreachable(*_args: Any, **_kwargs: Any) -> None:
+        raise OperationalError("SELECT 1", {}, OSError("connection refused"))
+
+    async def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(view, "overview", unreachable)
+    text = await page(api, "/dashboard", 503)
+    assert "không truy cập được cơ sở dữ liệu" in text and 'name="csrf"' in text
+    monkeypatch.setattr(view, "overview", broken)
+    text = await page(api, "/dashboard", 500)
+    assert "Traceback" not in text and "a bug" not in text

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from bot.app import Services
 from bot.http.dashboard.access import access_routes
+from bot.http.dashboard.exports import export_routes
 from bot.http.dashboard.pages import page_routes
 
 
@@ -19,4 +20,5 @@ def dashboard_routes(services: Services) -> list[web.RouteDef]:
     return [
         *access_routes(services),
         *page_routes(services),
+        *export_routes(services),
     ]

@@ -1,44 +1,20 @@
-"""The dashboard's pages with figures: the overview, a unit's week, its chart and the
-exports (docs/contract.md section 8). Every route asks for the session first (no session:
-the sign-in page, never a figure) and answers 404 for a unit outside the session's scope,
-as for one that does not exist. Figures come from bot/http/dashboard/view.py; this module
-only reads parameters, formats and renders.
-
-Every answer is a human page, errors included: a browser never gets a traceback.
+"""The dashboard's pages with figures (docs/contract.md section 8): the overview, a unit's
+week and its chart. The session, the scope and the error pages are bot/http/dashboard/
+frame.py's; the figures come from view.py; this module reads parameters, formats, renders.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
 from bot.app import Services
 from bot.http.dashboard import view
 from bot.http.dashboard.cells import COLUMNS, cells_of
-from bot.http.dashboard.export_files import export_csv, export_rows, export_xlsx
-from bot.http.dashboard.query import (
-    MAX_SPAN_WEEKS,
-    BadParameter,
-    choice_param,
-    span_params,
-    week_param,
-    weeks_between,
-)
-from bot.http.dashboard.session import (
-    SECURITY_HEADERS,
-    Viewer,
-    base_path,
-    page_locale,
-    render_page,
-    signin_page,
-    viewer_of,
-)
+from bot.http.dashboard.frame import RoutesWithFigures
+from bot.http.dashboard.query import DEFAULT_SPAN_WEEKS, MAX_SPAN_WEEKS, choice_param, week_param
+from bot.http.dashboard.session import SECURITY_HEADERS, Viewer
 from handlers.comment_themes import THEME_NAMES
 from handlers.dashboard_text import (
     date_text,
@@ -55,24 +31,12 @@ from handlers.digest import Week
 from handlers.digest_text import factor_name
 from handlers.questionnaire import FACTORS
 from handlers.redaction import mask_phones
-from storage.models import AuditEntry
-
-log = logging.getLogger(__name__)
 
 UNIT_PATH = "/dashboard/units/{code}"
-_CODE = re.compile(r"[A-Za-z0-9._\-]{1,64}")
-_FILENAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-_UNREACHABLE = (OperationalError, InterfaceError, DisconnectionError, OSError, TimeoutError)
 SORTABLE = tuple(view.SORTS)
 DIRECTIONS = ("asc", "desc")
 # Numbers read best largest first; the unit column, in the tree's order.
 _FIRST_DIRECTION = {"unit": "asc", "rank": "asc"}
-
-Handler = Callable[[web.Request, Viewer, str], Awaitable[web.StreamResponse]]
-
-
-class OutOfScope(Exception):
-    """A unit the session may not see, or that does not exist: both answer 404."""
 
 
 def unit_link(home: str, code: str, week: Week) -> str:
@@ -90,93 +54,18 @@ def _labels(locale: str) -> dict[str, str]:
     return {column: page_text(f"col.{column}", locale) for column in ("unit", *dict(COLUMNS))}
 
 
-class DashboardPages:
+class DashboardPages(RoutesWithFigures):
     """The routes of the pages with figures, over one template environment."""
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
-        # Links as the browser sees them (under SIPAS_PUBLIC_URL's path, if it has one).
-        self.home = base_path(services)
-
-    # --- the frame ---------------------------------------------------------------------
-
-    def _last_week(self) -> Week:
-        return Week.last(self.services.clock.now(), self.services.settings.timezone)
-
-    def _html(
-        self,
-        request: web.Request,
-        viewer: Viewer | None,
-        locale: str,
-        template: str,
-        status: int = 200,
-        **context: Any,
-    ) -> web.Response:
-        def text(key: str, **values: Any) -> str:
-            return page_text(key, locale, **values)
-
-        # ACCESS's frame (base.html.j2): its `t` is the chat catalogue's, ours is `pt`.
-        response = render_page(request, template, status=status, viewer=viewer, pt=text, **context)
-        # Same-origin, not no-referrer: with no-referrer a browser posts the sign-out form
-        # with `Origin: null`, which csrf_ok refuses (tests/test_dashboard_browser.py).
-        response.headers["Referrer-Policy"] = "same-origin"
-        return response
-
-    def _problem(
-        self, request: web.Request, viewer: Viewer | None, locale: str, status: int, message: str
-    ) -> web.Response:
-        return self._html(request, viewer, locale, "problem.html.j2", status, message=message)
-
-    async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """The one place where a request gets its session, and failures become a page."""
-        viewer = await viewer_of(request)
-        if viewer is None:
-            return await signin_page(request)
-        locale = page_locale(request)
-        try:
-            return await handler(request, viewer, locale)
-        except BadParameter as exc:
-            message = page_text(exc.key, locale, **exc.values)
-            return self._problem(request, viewer, locale, exc.status, message)
-        except OutOfScope:
-            return self._problem(request, viewer, locale, 404, page_text("not_found", locale))
-        except Exception as exc:
-            unreachable = isinstance(exc, _UNREACHABLE) or (
-                isinstance(exc, DBAPIError) and exc.connection_invalidated
-            )
-            if unreachable:
-                log.warning("database unreachable on %s", request.path)
-                key, status = "unavailable", 503
-            else:
-                log.exception("unexpected error on the dashboard page %s", request.path)
-                key, status = "server_error", 500
-            response = self._problem(request, viewer, locale, status, page_text(key, locale))
-            if unreachable:
-                response.headers["Retry-After"] = "5"
-            return response
-
-    async def _scope_unit(self, viewer: Viewer, code: str | None) -> tuple[str, str]:
-        """`code` (the viewer's scope when None) and the name of the viewer's scope; a code
-        outside that scope, or unknown, is OutOfScope (404)."""
-        tree = await view.scope_tree(self.services)
-        scope = tree.by_code.get(viewer.scope_code)
-        if scope is None:  # the scope's unit was removed since the sign-in
-            raise OutOfScope
-        if code is None:
-            return scope.code, scope.name
-        if not _CODE.fullmatch(code) or not view.in_scope(tree, scope.code, code):
-            raise OutOfScope
-        return code, scope.name
 
     def _week_links(self, base: str, week: Week, extra: str = "") -> tuple[str, str | None]:
         previous = f"{base}?week={week.previous().label}{extra}"
         following = week.following()
-        last = self._last_week()
+        last = self.last_week()
         return previous, (f"{base}?week={following.label}{extra}" if following <= last else None)
 
     def _export_context(self, week: Week, unit: str | None) -> dict[str, Any]:
         return {
-            "export_from": week.back(13)[0].label,
+            "export_from": week.back(DEFAULT_SPAN_WEEKS)[0].label,
             "export_to": week.label,
             "export_unit": unit,
             "max_span": MAX_SPAN_WEEKS,
@@ -185,14 +74,14 @@ class DashboardPages:
     # --- GET /dashboard ----------------------------------------------------------------
 
     async def overview(self, request: web.Request) -> web.StreamResponse:
-        return await self._guarded(request, self._overview)
+        return await self.guarded(request, self._overview)
 
     async def _overview(self, request: web.Request, viewer: Viewer, locale: str) -> web.Response:
         query = request.query
-        week = week_param(query, "week", self._last_week())
+        week = week_param(query, "week", self.last_week())
         sort = choice_param(query, "sort", SORTABLE, "unit")
         direction = choice_param(query, "dir", DIRECTIONS, _FIRST_DIRECTION.get(sort, "desc"))
-        scope, scope_name = await self._scope_unit(viewer, query.get("unit") or None)
+        scope, scope_name = await self.scope_unit(viewer, query.get("unit") or None)
         data = await view.overview(self.services, scope, week, sort, direction == "desc")
         labels = _labels(locale)
         unit_extra = f"&unit={scope}" if scope != viewer.scope_code else ""
@@ -247,7 +136,7 @@ class DashboardPages:
             week,
             (f"&sort={sort}&dir={direction}" if sort != "unit" else "") + unit_extra,
         )
-        return self._html(
+        return self.html(
             request,
             viewer,
             locale,
@@ -315,11 +204,11 @@ class DashboardPages:
     # --- GET /dashboard/units/{code} ---------------------------------------------------
 
     async def unit(self, request: web.Request) -> web.StreamResponse:
-        return await self._guarded(request, self._unit)
+        return await self.guarded(request, self._unit)
 
     async def _unit(self, request: web.Request, viewer: Viewer, locale: str) -> web.Response:
-        code, scope_name = await self._scope_unit(viewer, request.match_info["code"])
-        week = week_param(request.query, "week", self._last_week())
+        code, scope_name = await self.scope_unit(viewer, request.match_info["code"])
+        week = week_param(request.query, "week", self.last_week())
         data = await view.unit_page(
             self.services,
             code,
@@ -423,7 +312,7 @@ class DashboardPages:
             {"name": THEME_NAMES[name][locale] if name in THEME_NAMES else name, "count": count}
             for name, count in body["comment_themes"].items()
         ]
-        return self._html(
+        return self.html(
             request,
             viewer,
             locale,
@@ -460,57 +349,13 @@ class DashboardPages:
     # --- GET /dashboard/units/{code}/chart.png -----------------------------------------
 
     async def chart(self, request: web.Request) -> web.StreamResponse:
-        return await self._guarded(request, self._chart)
+        return await self.guarded(request, self._chart)
 
     async def _chart(self, request: web.Request, viewer: Viewer, locale: str) -> web.Response:
-        code, _ = await self._scope_unit(viewer, request.match_info["code"])
-        week = week_param(request.query, "week", self._last_week())
+        code, _ = await self.scope_unit(viewer, request.match_info["code"])
+        week = week_param(request.query, "week", self.last_week())
         png = await view.unit_chart(self.services, code, week, locale)
         return web.Response(body=png, content_type="image/png", headers=SECURITY_HEADERS)
-
-    # --- GET /dashboard/export.xlsx and export.csv -------------------------------------
-
-    async def export_xlsx(self, request: web.Request) -> web.StreamResponse:
-        return await self._guarded(request, self._export_xlsx)
-
-    async def export_csv(self, request: web.Request) -> web.StreamResponse:
-        return await self._guarded(request, self._export_csv)
-
-    async def _export_xlsx(self, request: web.Request, viewer: Viewer, locale: str) -> web.Response:
-        return await self._export(request, viewer, "xlsx")
-
-    async def _export_csv(self, request: web.Request, viewer: Viewer, locale: str) -> web.Response:
-        return await self._export(request, viewer, "csv")
-
-    async def _export(self, request: web.Request, viewer: Viewer, fmt: str) -> web.Response:
-        query = request.query
-        scope, _ = await self._scope_unit(viewer, query.get("unit") or None)
-        start, end = span_params(query, self._last_week())
-        rows = await export_rows(self.services, scope, weeks_between(start, end))
-        if fmt == "xlsx":
-            title = f"SIPAS {start.label}–{end.label}: {scope}"
-            body = await asyncio.to_thread(export_xlsx, rows, title)
-            content_type = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-        else:
-            body = export_csv(rows)
-            content_type = "text/csv"
-        # Who took which figures, committed before the file leaves.
-        async with self.services.sessions.begin() as session:
-            session.add(
-                AuditEntry(
-                    at=self.services.clock.now(),
-                    actor=viewer.actor,
-                    action="dashboard.export",
-                    entity="unit",
-                    entity_id=scope,
-                    detail={"format": fmt, "from": start.label, "to": end.label},
-                )
-            )
-        safe_scope = _FILENAME_UNSAFE.sub("-", scope)
-        filename = f"sipas-{safe_scope}-{start.label}-{end.label}.{fmt}"
-        headers = {**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{filename}"'}
-        charset = "utf-8" if fmt == "csv" else None
-        return web.Response(body=body, content_type=content_type, charset=charset, headers=headers)
 
 
 def _percent_or_few(value: float | None, locale: str) -> str:
@@ -532,8 +377,6 @@ def page_routes(services: Services) -> list[web.RouteDef]:
         web.get("/dashboard", pages.overview, allow_head=False),
         web.get(UNIT_PATH, pages.unit, allow_head=False),
         web.get(UNIT_PATH + "/chart.png", pages.chart, allow_head=False),
-        web.get("/dashboard/export.xlsx", pages.export_xlsx, allow_head=False),
-        web.get("/dashboard/export.csv", pages.export_csv, allow_head=False),
     ]
 
 
