@@ -80,6 +80,11 @@ class Services:
         return configured_channels(self.settings)
 
 
+# How a request reaches the services: the aiohttp application holds them under this key
+# (set in bot/http/api.py's `create_web_app`; read by every route, the dashboard's included).
+SERVICES = web.AppKey("services", Services)
+
+
 def escalation_policy(settings: Settings) -> EscalationPolicy:
     calendar = make_calendar(
         settings.working_calendar,

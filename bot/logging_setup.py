@@ -4,7 +4,8 @@ filter that masks personal data and secrets should they ever reach a log message
 The code never logs tokens, phone numbers or names on purpose; the mask is the safety net
 for what slips through (an exception text quoting a request, a library logging a URL with
 the bot token in it). Masked: Vietnamese phone numbers (`09xxxxxxxx`, `+84…`, `84…`),
-Telegram bot tokens (`123456:ABC…`), `Bearer …` credentials and passwords in database URLs.
+Telegram bot tokens (`123456:ABC…`), `Bearer …` credentials and passwords in database URLs,
+and the tokens of survey and dashboard sign-in links in paths.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ _MASKS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+"), r"\1 ***"),
     # The link token in a web survey path (/s/<token>): whoever holds it can answer the survey.
     (re.compile(r"(/s/)[A-Za-z0-9_-]{8,64}"), r"\1***"),
+    # A dashboard sign-in link (/dashboard/login/<token>): whoever holds it can sign in once.
+    (re.compile(r"(/dashboard/login/)[A-Za-z0-9_-]{8,64}"), r"\1***"),
     # Vietnamese phone numbers: 0 + 9-10 digits, +84/84 + 9-10 digits, with common separators.
     (
         re.compile(r"(?<![\w+])(?:\+84|84|0)(?:[\s.-]?\d){9,10}(?!\d)"),

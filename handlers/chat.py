@@ -26,6 +26,8 @@ class ChatContext:
     # The chat channels configured in this process, best first (for messages to others).
     channels: tuple[str, ...] = ()
     display_name: str | None = None  # the name the platform shows; only used to name a head
+    # SIPAS_PUBLIC_URL: where links to the service's own pages (the dashboard's sign-in) point.
+    public_url: str = "http://127.0.0.1:8080"
 
 
 @dataclass(frozen=True)

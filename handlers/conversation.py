@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from handlers import citizens, escalations, heads, survey_flow
+from handlers import citizens, dashboard_access, escalations, heads, survey_flow
 from handlers.chat import ChatContext, Reaction, say
 from handlers.rendering import choices_of, match_typed_choice
 from handlers.texts import t
@@ -25,7 +25,7 @@ from storage.repositories import prompts
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("start", "help", "lang", "stop", "delete")
+COMMANDS = ("start", "help", "lang", "stop", "delete", "dashboard")
 
 # What a link or invite token looks like (docs/contract.md section 4: `A-Za-z0-9_-`).
 TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{16,64}")
@@ -44,6 +44,8 @@ async def command_received(
         await citizens.stop_requested(session, ctx)
     elif name == "delete":
         await citizens.delete_requested(session, ctx)
+    elif name == "dashboard":
+        await dashboard_access.dashboard_requested(session, ctx)
     else:
         locale = await citizens.locale_of(session, ctx)
         await say(

@@ -552,6 +552,47 @@ class AuditEntry(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class DashboardLink(Base):
+    """A one-time sign-in link to the officials' dashboard (docs/contract.md section 8).
+
+    Only the token's SHA-256 is kept: whoever reads the table cannot sign in with it. It opens
+    the scope of `scope_unit_id` (that unit and every unit below it) once, before `expires_at`.
+    """
+
+    __tablename__ = "dashboard_links"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scope_unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"))
+    # The unit the person heads (per-officer figures are shown there only); None otherwise.
+    head_of_unit_id: Mapped[int | None] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"))
+    # Who asked for it, for the audit log: "cli", "head:HN-LB", "recipient:3".
+    actor: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    used_at: Mapped[datetime | None]
+
+
+class DashboardSession(Base):
+    """A signed-in browser: server-side, so that it can be ended before `expires_at`.
+
+    The cookie holds the token; only its SHA-256 is kept. `csrf_token` goes in every form of
+    the session's pages and is checked on every post.
+    """
+
+    __tablename__ = "dashboard_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scope_unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"))
+    head_of_unit_id: Mapped[int | None] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"))
+    actor: Mapped[str] = mapped_column(String(80))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    revoked_at: Mapped[datetime | None]
+
+
 class DigestDelivery(Base):
     """A weekly digest handed to the outbox for one recipient: once per (recipient, week).
 

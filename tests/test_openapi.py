@@ -118,8 +118,10 @@ def test_api_routes_need_the_bearer_token_and_open_routes_do_not(
     scheme = document["components"]["securitySchemes"]["bearerAuth"]
     assert scheme == {**scheme, "type": "http", "scheme": "bearer"}
     assert document["security"] == [{"bearerAuth": []}]
-    # The web survey page is a human page whose link token is the credential.
+    # The web survey page is a human page whose link token is the credential; the dashboard's
+    # pages are human pages whose credential is a session cookie.
     open_paths = {"/api/v1/openapi.json", "/healthz", "/metrics", "/s/{token}"}
+    open_paths |= {path for path in document["paths"] if path.startswith("/dashboard")}
     for method, path in documented_operations(document):
         operation = document["paths"][path][method.lower()]
         if path in open_paths:

@@ -226,9 +226,11 @@ async def test_language_switch_to_english(rig: Rig) -> None:
 async def test_commands_are_registered_in_both_languages(rig: Rig) -> None:
     for language in ("vi", "en", ""):
         names = [c["command"] for c in rig.api.my_commands[language]]
-        assert names == ["start", "help", "lang", "stop", "delete"]
+        assert names == ["start", "help", "lang", "stop", "delete", "dashboard"]
     assert rig.api.my_commands["vi"][4]["description"].startswith("Xóa")
     assert rig.api.my_commands["en"][4]["description"].startswith("Erase")
+    assert rig.api.my_commands["vi"][5]["description"].startswith("Trang tổng hợp")
+    assert rig.api.my_commands["en"][5]["description"].startswith("Officials' dashboard")
 
 
 async def test_a_restart_mid_survey_loses_nothing(rig: Rig) -> None:

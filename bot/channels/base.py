@@ -60,6 +60,7 @@ class ChannelBase:
             language_hint=incoming.language_hint,
             channels=tuple(services.invitation_channels),
             display_name=incoming.display_name,
+            public_url=services.settings.public_url,
         )
 
     async def handle(self, incoming: Incoming, step: Step) -> Reaction | None:

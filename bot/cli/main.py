@@ -72,6 +72,16 @@ async def cmd_heads_invite(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_dashboard_link(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.cli.dashboard import dashboard_link
+    from bot.serve import opened_services
+
+    async with opened_services(settings) as services:
+        lines = await dashboard_link(services, args.unit_code)
+    print("\n".join(lines))
+    return EXIT_OK
+
+
 async def cmd_cases_import(settings: Settings, args: argparse.Namespace) -> int:
     from bot.serve import opened_services
     from handlers.case_import import ImportReport, decode, read_rows, rows_imported
@@ -223,6 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     import_.add_argument("file", type=Path, metavar="FILE.csv")
     import_.set_defaults(run=cmd_cases_import)
+
+    dashboard = commands.add_parser("dashboard", help="the officials' dashboard (web)")
+    dashboard_commands = dashboard.add_subparsers(
+        dest="dashboard_command", metavar="COMMAND", required=True
+    )
+    link = dashboard_commands.add_parser(
+        "link",
+        help="print a one-time sign-in link to the dashboard for that unit's scope",
+        description=(
+            "The link (under SIPAS_PUBLIC_URL) opens the dashboard for the unit and every unit "
+            "below it; it works once and for 15 minutes, and the session it opens lasts at "
+            "most 12 hours. Hand it over through an official channel: whoever opens it first "
+            "is signed in."
+        ),
+    )
+    link.add_argument("unit_code", metavar="UNIT_CODE")
+    link.set_defaults(run=cmd_dashboard_link)
 
     from bot.cli.digest import add_digest_parser
 

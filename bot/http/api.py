@@ -1,5 +1,6 @@
 """The HTTP API of docs/contract.md section 4 (aiohttp): case intake, case view, QR code, health;
-the web survey page (bot/http/web_survey.py) is served by the same application.
+the web survey page (bot/http/web_survey.py) and the officials' dashboard (bot/http/dashboard)
+are served by the same application.
 
 Every route answers JSON; domain errors, bad JSON and an unreachable database are mapped to
 the contract's error shape in one middleware. A 2xx answer is sent only after the commit.
@@ -28,8 +29,9 @@ from sqlalchemy.exc import (
     OperationalError,
 )
 
-from bot.app import Services
+from bot.app import SERVICES, Services
 from bot.digest.report import weekly_report
+from bot.http.dashboard import dashboard_routes
 from bot.http.web_survey import web_survey_routes
 from handlers.case_view import case_view_by_code, case_views, shown_code
 from handlers.errors import Conflict, DomainError, InvalidInput, NotFound
@@ -41,7 +43,6 @@ from storage.repositories import cases as case_repo
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-SERVICES = web.AppKey("services", Services)
 MAX_BATCH = 1000
 MAX_BODY_BYTES = 8 * 1024 * 1024
 RETRY_AFTER_SECONDS = 5
@@ -445,5 +446,6 @@ def create_web_app(services: Services) -> web.Application:
     app[INTAKE] = IntakeQueue(services)
     app.add_routes(api_routes())
     app.add_routes(web_survey_routes(services))
+    app.add_routes(dashboard_routes(services))
     app.add_routes(services.web_routes)
     return app

@@ -23,8 +23,13 @@ The payload of an outbox row is the contract between the handlers and the sender
      "buttons": [[{"label": str, "data": str}, ...], ...],   # optional: rows of buttons
      "clear_buttons_of": int,   # optional: an outbox row id; its message loses its keyboard
      "edit": true,              # optional, with clear_buttons_of: edit that message instead
-     "edit_message_id": str}    # optional: the platform id of a message in this chat whose
+     "edit_message_id": str,    # optional: the platform id of a message in this chat whose
                                 # text (and keyboard) this replaces; never sent anew
+     "no_preview": true,        # optional: no link preview (a previewer must not open a
+                                # one-time link); honoured where the platform has the option
+     "sensitive": true}         # optional: the text holds a credential (a sign-in link); once
+                                # the row is settled (sent or given up) its text is replaced
+                                # by `REDACTED`, so the outbox does not keep it
 
 The dispatcher turns `clear_buttons_of` into the platform id that row's message got (passed
 to `Sender.send`), or None when that row was not sent (to the same address): the keyboard is
@@ -118,6 +123,11 @@ class _Claim:
     @property
     def masked(self) -> str:
         return mask_address(self.channel, self.address)
+
+    @property
+    def sensitive(self) -> bool:
+        """The text holds a credential: it is not kept once the row is settled."""
+        return bool(self.payload.get("sensitive"))
 
     @property
     def cost(self) -> int:
@@ -615,6 +625,7 @@ class Dispatcher:
                     token=claim.token,
                     now=started_at,
                     platform_message_id=message_id,
+                    redact=claim.sensitive,
                 )
             if not settled:
                 self._claim_lost(claim)
@@ -726,7 +737,7 @@ class Dispatcher:
         now = self._clock.now()
         async with self._sessions.begin() as session:
             await repository.mark_failed(
-                session, claim.id, token=claim.token, error=describe(error)
+                session, claim.id, token=claim.token, error=describe(error), redact=claim.sensitive
             )
             # True whoever holds the row now: the platform said the person is gone.
             cancelled = await repository.mark_address_unreachable(
@@ -745,7 +756,7 @@ class Dispatcher:
     async def _give_up(self, claim: _Claim, reason: str, error: BaseException) -> None:
         async with self._sessions.begin() as session:
             settled = await repository.mark_failed(
-                session, claim.id, token=claim.token, error=describe(error)
+                session, claim.id, token=claim.token, error=describe(error), redact=claim.sensitive
             )
         if not settled:
             self._claim_lost(claim)

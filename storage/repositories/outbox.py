@@ -32,6 +32,9 @@ from storage.types import utcnow
 # A survey still waiting for, or in the middle of, a conversation; the rest are settled.
 _OPEN_SURVEY_STATUSES = (SurveyStatus.SCHEDULED, SurveyStatus.INVITED, SurveyStatus.IN_PROGRESS)
 _ERROR_LIMIT = 500
+# What a `sensitive` row keeps once settled (bot/outbox/dispatcher.py: its text held a
+# one-time credential, which must not outlive its delivery in the table).
+REDACTED: dict[str, Any] = {"text": "[removed once settled]", "sensitive": True}
 
 
 async def enqueue(
@@ -295,21 +298,26 @@ async def mark_sent(
     token: str,
     now: datetime,
     platform_message_id: str | None,
+    redact: bool = False,
 ) -> bool:
     """Records that the platform accepted the message; False if the claim was lost meanwhile
-    (settled, or its lease ran out and another claimant holds it)."""
+    (settled, or its lease ran out and another claimant holds it). `redact` replaces the
+    payload with `REDACTED`."""
+    values: dict[str, Any] = {
+        "status": OutboxStatus.SENT,
+        "sent_at": now,
+        "platform_message_id": platform_message_id,
+        "attempts": OutboxMessage.attempts + 1,
+        "claimed_until": None,
+        "claim_token": None,
+        "last_error": None,
+    }
+    if redact:
+        values["payload"] = dict(REDACTED)
     result = await session.execute(
         update(OutboxMessage)
         .where(*_held_by(message_id, token))
-        .values(
-            status=OutboxStatus.SENT,
-            sent_at=now,
-            platform_message_id=platform_message_id,
-            attempts=OutboxMessage.attempts + 1,
-            claimed_until=None,
-            claim_token=None,
-            last_error=None,
-        )
+        .values(values)
         .execution_options(synchronize_session=False)
     )
     return _rowcount(result) > 0
@@ -347,15 +355,15 @@ async def mark_failed(
     token: str,
     error: str,
     count_attempt: bool = True,
+    redact: bool = False,
 ) -> bool:
-    """Gives the message up for good (invalid, unreachable, or out of attempts)."""
+    """Gives the message up for good (invalid, unreachable, or out of attempts); `redact`
+    replaces the payload with `REDACTED`."""
+    changes: dict[str, Any] = {"status": OutboxStatus.FAILED}
+    if redact:
+        changes["payload"] = dict(REDACTED)
     return await _settle_unsent(
-        session,
-        message_id,
-        token,
-        {"status": OutboxStatus.FAILED},
-        error=error,
-        count_attempt=count_attempt,
+        session, message_id, token, changes, error=error, count_attempt=count_attempt
     )
 
 

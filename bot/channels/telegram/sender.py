@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, InputFile
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, LinkPreviewOptions
 from telegram import error as tg
 from telegram.warnings import PTBDeprecationWarning
 
@@ -40,6 +40,8 @@ _NOTHING_TO_CLEAR = (
 )
 # BadRequest descriptions meaning the address itself is gone, not that the message is wrong.
 _GONE = ("chat not found", "user not found")
+# A payload with `no_preview`: Telegram's previewer fetching a one-time link would use it up.
+_NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 
 
 def translate_error(error: tg.TelegramError) -> SendError:
@@ -140,7 +142,12 @@ class TelegramSender:
                         return edited
                 else:
                     await self._clear_buttons(chat_id, int(clear_buttons_of), address)
-            message = await self._bot.send_message(chat_id, text, reply_markup=markup)
+            message = await self._bot.send_message(
+                chat_id,
+                text,
+                reply_markup=markup,
+                link_preview_options=_NO_PREVIEW if payload.get("no_preview") else None,
+            )
         except tg.TelegramError as exc:
             raise translate_error(exc) from exc
         return str(message.message_id)
