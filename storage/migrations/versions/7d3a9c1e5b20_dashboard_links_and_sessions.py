@@ -1,7 +1,7 @@
 """dashboard sign-in links and sessions
 
 Revision ID: 7d3a9c1e5b20
-Revises: 5b8e0d4c2a61
+Revises: 7d2e4b1a9c03
 Create Date: 2026-12-01 02:45:00
 
 The officials' dashboard signs in without passwords: a one-time link opens a server-side
@@ -15,7 +15,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "7d3a9c1e5b20"
-down_revision: str | Sequence[str] | None = "5b8e0d4c2a61"
+down_revision: str | Sequence[str] | None = "7d2e4b1a9c03"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
