@@ -27,6 +27,8 @@ class DemoContext:
     story: StoryCase | None = None
     # A resolved case whose survey is still open, and its link token: to answer on the web.
     web_sample: tuple[str, str] | None = None
+    # A one-time sign-in link to the officials' dashboard for the city (15 minutes).
+    dashboard_link: str | None = None
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,10 @@ The sample cases alone give each unit two or three answers a week, below
 SIPAS_DIGEST_MIN_RESPONSES, so this step adds the answered surveys of earlier cases (codes
 `HIST-<unit>-<week>-<n>`, stored as state like the demo's other answers): every unit gets
 12-28 invitations a week, 70% answered, around its own level; quận Long Biên improves week
-after week, Sở Xây dựng falls, and xã Tả Thanh Oai keeps only its few sample answers, too few
-to be scored.
+after week, Sở Xây dựng falls, quận Hai Bà Trưng holds its level until last week and then
+drops beyond noise (its officers' attitude: the civil servant factor and the comments say so,
+what an official opening the dashboard should find), and xã Tả Thanh Oai keeps only its few
+sample answers, too few to be scored.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from bot.digest.render import build_files
+from demo.feedback import heads_keep_up
 from handlers.digest import Week, build_report
+from handlers.escalations import survey_completed
 from handlers.questionnaire import load_questionnaire
 from storage.models import (
     Answer,
@@ -40,6 +44,15 @@ HISTORY_PREFIX = "HIST-"
 DIGEST_DIR = Path("sipas-demo") / "digest"
 CITY = "HN"
 IMPROVING, FALLING, SPARSE = "HN-LB", "HN-SXD", "HN-TT-TTO"
+SLUMP = "HN-HBT"  # steady, then a fall in the last week
+# In the slump's last week: the share of satisfied ratings per factor, and what people wrote.
+SLUMP_MOOD = {"civil_servant": 0.2, "access": 0.55, "procedure": 0.55}
+SLUMP_MOOD_OTHER = 0.7
+COMMENTS_SLUMP = (
+    "Cán bộ thái độ khó chịu, nói trống không.",
+    "Cán bộ quát người dân, không hướng dẫn.",
+    "Thái độ phục vụ kém, gọi mãi không ai trả lời.",
+)
 ANSWER_SHARE = 0.7  # of invitations answered
 COMMENTS_BAD = (
     "Phải chờ lâu quá, xếp hàng cả buổi.",
@@ -69,7 +82,7 @@ async def seed_digest_weeks(context: DemoContext) -> None:
     form = load_questionnaire("sipas-short")
     payment = form.by_role("informal_payment")
     comment = form.by_role("comment")
-    added = 0
+    added = complaints = 0
     async with services.sessions.begin() as session:
         units = [
             u for u in (await session.scalars(select(Unit).order_by(Unit.code))) if u.parent_id
@@ -83,7 +96,11 @@ async def seed_digest_weeks(context: DemoContext) -> None:
             base = rng.uniform(0.68, 0.9)
             for position, week in enumerate(weeks):
                 mood = _mood(unit.code, position, len(weeks), base)
+                slump = unit.code == SLUMP and position == len(weeks) - 1
                 invitations = 0 if unit.code == SPARSE else rng.randint(12, 28)
+                if unit.code == SLUMP:
+                    mood = 0.9  # a high, steady level, so that the fall stands out
+                    invitations = rng.randint(26, 30)
                 for n in range(invitations):
                     day = week.monday + timedelta(days=rng.randrange(6))
                     local = datetime.combine(day, time(rng.randint(8, 16), rng.randrange(60)), tz)
@@ -120,22 +137,43 @@ async def seed_digest_weeks(context: DemoContext) -> None:
                         continue
                     added += 1
                     unhappy = False
+                    given: list[Answer] = []
                     for question in form.ratings:
                         if question.factor == "feedback_handling" and rng.random() < 0.4:
-                            session.add(_answer(survey, question.id, None, None, local))
+                            given.append(_answer(survey, question.id, None, None, local))
                             continue
-                        score = rng.choice((4, 5)) if rng.random() < mood else rng.choice((1, 2, 3))
+                        share = mood
+                        if slump:
+                            share = SLUMP_MOOD.get(question.factor or "", SLUMP_MOOD_OTHER)
+                        score = (
+                            rng.choice((4, 5)) if rng.random() < share else rng.choice((1, 2, 3))
+                        )
                         unhappy = unhappy or score <= 2
-                        session.add(_answer(survey, question.id, question.factor, score, local))
+                        given.append(_answer(survey, question.id, question.factor, score, local))
                     if payment is not None:
                         paid = "yes" if rng.random() < 0.01 else "no"
-                        session.add(_text(survey, payment.id, paid, local))
+                        given.append(_text(survey, payment.id, paid, local))
                     if comment is not None and rng.random() < (0.5 if unhappy else 0.15):
-                        said = rng.choice(COMMENTS_BAD if unhappy else COMMENTS_GOOD)
-                        session.add(_text(survey, comment.id, said, local))
+                        said = rng.choice(
+                            COMMENTS_SLUMP if slump else COMMENTS_BAD if unhappy else COMMENTS_GOOD
+                        )
+                        given.append(_text(survey, comment.id, said, local))
+                    session.add_all(given)
+                    if slump:
+                        # The slump's complaints go through the real escalation handler, so
+                        # the district's page shows them with their audit trail.
+                        await session.flush()
+                        complaints += len(
+                            await survey_completed(
+                                session, survey, given, local, services.policy, ["telegram"]
+                            )
+                        )
+        # Like the other complaints: what was due was handled in time (no climb at start-up).
+        await heads_keep_up(session, rng, context.now)
     context.summary.append(
         f"History:   {added} more answered surveys over {len(weeks)} weeks, for the digest "
-        f"({IMPROVING} improving, {FALLING} falling, {SPARSE} with too few answers)"
+        f"({IMPROVING} improving, {FALLING} falling, {SLUMP} dropping last week with "
+        f"{complaints} complaints, {SPARSE} with too few answers)"
     )
 
 

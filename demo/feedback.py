@@ -76,7 +76,7 @@ async def seed_feedback(context: DemoContext) -> None:
                 session, survey, answers, moment, services.policy, channels=["telegram"]
             )
             answered += 1
-        handled = await _heads_keep_up(session, rng, context.now)
+        handled = await heads_keep_up(session, rng, context.now)
     context.summary.append(
         f"Surveys:   {answered} answered by citizens; complaints: {_describe(handled)}"
     )
@@ -107,7 +107,7 @@ def _answers(rng: random.Random, survey: Survey, mood: float, moment: datetime) 
     return answers
 
 
-async def _heads_keep_up(session: AsyncSession, rng: random.Random, now: datetime) -> Counter[str]:
+async def heads_keep_up(session: AsyncSession, rng: random.Random, now: datetime) -> Counter[str]:
     """The heads did their job in the weeks before the demo, so the sweeps find nothing overdue
     when it starts: what was due to be acknowledged was acknowledged in time, what was due to
     be resolved was resolved in time (with a note), and about half of the other complaints

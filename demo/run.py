@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 DEMO_DIR = Path("sipas-demo")
 DEMO_DATABASE = DEMO_DIR / "sipas.db"
+# SIPAS_DATABASE_URL's default file (docs/contract.md section 2).
+DEFAULT_DATABASE = Path("sipas.db")
 SEED = 2026
 
 
@@ -139,6 +141,14 @@ async def pick_story(context: DemoContext) -> None:
         context.story = StoryCase(row[0], row[1], row[2], row[3] or "")
 
 
+async def mint_dashboard_link(context: DemoContext) -> None:
+    """A sign-in link to the city's dashboard, ready in the banner (as `dashboard link HN`)."""
+    from bot.cli.dashboard import dashboard_link
+
+    lines = await dashboard_link(context.services, demo_data.UNITS[0].code)
+    context.dashboard_link = lines[0]
+
+
 def seed_steps() -> list[SeedStep]:
     """Every seeding step, in order; add new concerns here."""
     from demo.digest import seed_digest_weeks, write_demo_digest
@@ -154,6 +164,7 @@ def seed_steps() -> list[SeedStep]:
         pick_story,
         pick_web_sample,
         write_demo_digest,
+        mint_dashboard_link,
     ]
 
 
@@ -301,6 +312,7 @@ def instructions(setup: DemoSetup, context: DemoContext, base_url: str, *, servi
         *_qr_lines(auth, base_url, code),
         "",
         *_web_lines(context, serving=serving),
+        *_dashboard_lines(setup, context, serving=serving),
         f"Health:   {base_url}/healthz",
         f"Metrics:  {base_url}/metrics",
         f"API docs: {base_url}/api/v1/openapi.json",
@@ -346,6 +358,29 @@ def _web_lines(context: DemoContext, *, serving: bool) -> list[str]:
     ]
 
 
+def _dashboard_lines(setup: DemoSetup, context: DemoContext, *, serving: bool) -> list[str]:
+    """The officials' way in: a link ready now, and the command that prints a new one."""
+    if context.dashboard_link is None:
+        return []
+    city = demo_data.UNITS[0]
+    district = next(unit for unit in demo_data.UNITS if unit.parent == city.code)
+    # `dashboard link` finds the demo's database by itself when SIPAS_DATABASE_URL is unset
+    # and there is no ./sipas.db (bot/cli/main.py); otherwise it needs the URL.
+    env = _database_env(setup) if DEFAULT_DATABASE.exists() else ""
+    when = "" if serving else " (once the server runs)"
+    return [
+        f"The officials' dashboard{when}: last week's figures of every unit, which fell and why,",
+        "complaints and comments, the quarter's workbook. Sign in as an official of the city",
+        "(this link works once, within 15 minutes):",
+        f"  {context.dashboard_link}",
+        "A new link at any time, from another terminal in this folder (with "
+        f"{district.code}, a district's",
+        "view: that district and its communes only):",
+        f"  {env}sipas-bot dashboard link {city.code}",
+        "",
+    ]
+
+
 def _sample_link(context: DemoContext) -> str | None:
     """The sample case's Telegram deep link, once the channel knows the bot's name."""
     if context.sample is None:
@@ -353,10 +388,15 @@ def _sample_link(context: DemoContext) -> str | None:
     return context.services.links(context.sample[1]).get("telegram")
 
 
+def _database_env(setup: DemoSetup) -> str:
+    """The demo's database for a command in another terminal (none: the operator's own)."""
+    if setup.fresh_file is None:
+        return ""
+    return f"SIPAS_DATABASE_URL={shlex.quote(setup.settings.database_url)} "
+
+
 def _serve_env(setup: DemoSetup) -> str:
-    parts: list[str] = []
-    if setup.fresh_file is not None:
-        parts.append(f"SIPAS_DATABASE_URL={shlex.quote(setup.settings.database_url)} ")
+    parts = [_database_env(setup)]
     if setup.token is not None:
         parts.append(f"SIPAS_API_TOKENS={shlex.quote(setup.token)} ")
     return "".join(parts)

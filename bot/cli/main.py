@@ -76,10 +76,32 @@ async def cmd_dashboard_link(settings: Settings, args: argparse.Namespace) -> in
     from bot.cli.dashboard import dashboard_link
     from bot.serve import opened_services
 
+    settings = _demo_database_unless_chosen(settings)
     async with opened_services(settings) as services:
         lines = await dashboard_link(services, args.unit_code)
     print("\n".join(lines))
     return EXIT_OK
+
+
+def _demo_database_unless_chosen(settings: Settings) -> Settings:
+    """The demo's database, when the operator chose none and the default file is not there.
+
+    A newcomer who ran `sipas-bot demo` and then `sipas-bot dashboard link HN` in the same
+    folder means the demo's units; opening the default ./sipas.db would create an empty
+    database and answer "no unit HN". Said on stderr, so the choice is never silent.
+    """
+    from demo.run import DEFAULT_DATABASE, DEMO_DATABASE
+
+    chosen = "database_url" in settings.model_fields_set
+    if chosen or DEFAULT_DATABASE.exists() or not DEMO_DATABASE.exists():
+        return settings
+    demo = DEMO_DATABASE.resolve()
+    print(
+        f"using the demo's database {demo} (SIPAS_DATABASE_URL is not set and there is no "
+        f"{DEFAULT_DATABASE}); set SIPAS_DATABASE_URL to choose another",
+        file=sys.stderr,
+    )
+    return settings.model_copy(update={"database_url": f"sqlite+aiosqlite:///{demo}"})
 
 
 async def cmd_cases_import(settings: Settings, args: argparse.Namespace) -> int:
