@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from bot.digest.render import build_files
+from bot.digest.snapshots import stored_weeks
 from handlers.digest import Week, build_report
 from handlers.questionnaire import load_questionnaire
 from storage.models import (
@@ -163,7 +164,12 @@ async def write_demo_digest(context: DemoContext) -> None:
     week = Week.last(context.now, settings.timezone)
     async with services.sessions() as session:
         report = await build_report(
-            session, week, settings.timezone, settings.digest_min_responses, CITY
+            session,
+            week,
+            settings.timezone,
+            settings.digest_min_responses,
+            CITY,
+            closed=stored_weeks(services),
         )
     files = await build_files(services, report, settings.locale)
     folder = DIGEST_DIR.resolve()

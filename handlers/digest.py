@@ -10,11 +10,40 @@ siblings (units with the same parent) that are in the report and have an index. 
 depend on "now" (complaints still open, past their SLA) are taken at the end of the week, so
 the report of a past week does not change as they move on (cases still overdue excepted, see
 `storage.repositories.reports.case_counts`).
+
+Stored weeks (DESIGN). Counting a week of a million responses takes 1-2 s; a dashboard page
+may not. So the per unit `Counts` of a closed week (ended `CLOSED_AFTER` ago) are counted once
+for the whole tree and stored (`report_snapshots`, one row per week and time zone), and every
+reader takes them from there: the API and `digest --format json` (`build_report`), the digest
+sweep and its charts (`scope_history`), the dashboard. One computation (`week_counts`), stored
+or not, so every reader shows the same figures. What is stored is exactly what `week_counts`
+returns for every unit; the figures are made from it afterwards as before (roll-up, formula,
+minimum), and officers' figures are always counted (one unit, small).
+
+A stored week must never be stale, although a closed week's counts can still change (a case
+posted late with a past resolution, an old escalation acknowledged or reminded, `/delete`,
+a test writing into a past week). Database triggers (`storage/snapshot_triggers.py`) delete a
+week's row on any write that could change its counts, whatever code writes; a reader that finds
+no row counts the week again. The race between counting and writing is closed by a claim:
+before counting, the reader commits the row without counts and with a random token; every
+write that could change the week after that deletes the claim; the counts are stored only if
+the claim is still there and still ours (`fill_week`). On SQLite writers are serialised, so a
+committed claim means no write is half done; on PostgreSQL the reader first waits for the
+writes in flight when it claimed (`wait_for_writers`). Two readers counting the same week both
+succeed; the later claim is the one stored. The current week (and one that ended less than
+`CLOSED_AFTER` ago) is never stored.
+
+`cases_overdue` counts cases still open *now* whose promised date fell before the week's end
+(`case_counts`), so it drifts for old weeks; a stored week follows it exactly, because the
+change that makes it drift (the case's resolution) is a write of a case promised before the
+week's end, which deletes the row. The same holds for SLA breaches of escalations whose
+deadlines are moved later (reminders). The stored figure is always the live one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import statistics
 from collections import Counter
@@ -22,7 +51,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -42,16 +71,24 @@ from storage.repositories import reports as repo
 from storage.repositories.reports import UnitRow
 
 __all__ = [
+    "CLOSED_AFTER",
     "HISTORY_WEEKS",
+    "ClosedWeeks",
     "Counts",
     "Figures",
     "Report",
     "Week",
     "build_report",
+    "counts_basis",
+    "counts_from_json",
+    "counts_to_json",
     "scope_history",
 ]
 
 HISTORY_WEEKS = 8
+# A week is stored once it ended this long ago: a response completed at 23:59:59 on Sunday may
+# be committed a moment later (the triggers would catch it, but not counting twice is cheaper).
+CLOSED_AFTER = timedelta(minutes=10)
 LOWEST_ITEMS = 3
 _WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
 
@@ -181,6 +218,68 @@ class Counts:
                 self.items.items()
             )
         ]
+
+
+_SCALARS = (
+    "surveys_sent",
+    "responses",
+    "escalated_responses",
+    "informal_payment_reports",
+    "escalations_opened",
+    "open_now",
+    "sla_breaches",
+    "recovery_answers",
+    "recovery_satisfied",
+    "complaints_resolved",
+    "complaints_on_time",
+    "complaints_on_time_not_unsatisfied",
+    "heads_unreachable",
+    "cases_overdue",
+    "apologies_sent",
+)
+_FORMAT = 1
+
+
+def counts_basis() -> str:
+    """What stored counts mean: their format and the questions counted by role (a changed
+    questionnaire counts other answers as informal payments or comments)."""
+    roles = ";".join(
+        f"{role}={','.join(sorted(_role_question_ids(role)))}"
+        for role in ("informal_payment", "comment")
+    )
+    return f"v{_FORMAT}:{hashlib.sha256(roles.encode()).hexdigest()[:32]}"
+
+
+def counts_to_json(counts: Mapping[int, Counts]) -> dict[str, Any]:
+    """Every unit's counts as JSON (unit ids as keys), for `report_snapshots`."""
+    units: dict[str, Any] = {}
+    for unit_id, unit in counts.items():
+        body: dict[str, Any] = {name: getattr(unit, name) for name in _SCALARS}
+        body["items"] = [[q, f, *values] for (q, f), values in sorted(unit.items.items())]
+        body["ack_hours"] = list(unit.ack_hours)
+        body["themes"] = dict(unit.themes)
+        units[str(unit_id)] = body
+    return {"units": units}
+
+
+def counts_from_json(document: Mapping[str, Any]) -> dict[int, Counts]:
+    found: dict[int, Counts] = {}
+    for key, body in document["units"].items():
+        unit = Counts(**{name: body[name] for name in _SCALARS})
+        unit.items = {(q, f): [a, s, total] for q, f, a, s, total in body["items"]}
+        unit.ack_hours = list(body["ack_hours"])
+        unit.themes = Counter(body["themes"])
+        found[int(key)] = unit
+    return found
+
+
+class ClosedWeeks(Protocol):
+    """Every unit's counts of closed weeks, stored once (see "Stored weeks" above)."""
+
+    async def counts(self, weeks: Sequence[Week], tz: ZoneInfo) -> dict[Week, dict[int, Counts]]:
+        """Of `weeks`, those closed: every unit's `week_counts`, stored or counted (and stored)
+        now. Weeks not closed yet are left out: the caller counts them."""
+        ...
 
 
 async def week_counts(
@@ -602,23 +701,43 @@ async def build_report(
     *,
     with_officers: bool = False,
     side_session: AsyncSession | None = None,
+    closed: ClosedWeeks | None = None,
 ) -> Report:
     """The report of `unit_code`'s scope (every unit when None) for `week`.
 
     `with_officers` adds per officer figures of the scope's own unit, for its head's digest
     only, and only for officers with at least `min_responses` responses. With a
     `side_session` (a second connection), the previous week is counted on it at the same time.
+    With `closed`, the counts of closed weeks come from there (stored; see "Stored weeks"),
+    before `session` reads anything.
     """
+    stored: dict[Week, dict[int, Counts]] = {}
+    if closed is not None:
+        stored = await closed.counts([week, week.previous()], tz)
     for reader in (session, side_session):
         if reader is not None:
             await repo.begin_reading(reader)
     tree = await load_tree(session)
     scope = tree.find(unit_code) if unit_code is not None else None
     unit_ids = None if scope is None else tree.subtree(scope.id)
-    if side_session is None:
+    counts: dict[int, Counts]
+    previous: dict[int, Counts]
+    if week in stored or week.previous() in stored:
+        # One of the two is stored (the previous week, when this one is the current week):
+        # the other is counted alone.
+        if week in stored:
+            counts = stored[week]
+        else:
+            counts = await week_counts(session, week, tz, unit_ids)
+        previous = stored.get(week.previous(), {})
+        if week.previous() not in stored:
+            await _index_counts(
+                session, week.previous(), tz, unit_ids, previous, invitations=False, escalated=False
+            )
+    elif side_session is None:
         counts = await week_counts(session, week, tz, unit_ids)
         # Of the previous week the report shows only the index, its factors and the trend.
-        previous: dict[int, Counts] = {}
+        previous = {}
         await _index_counts(
             session, week.previous(), tz, unit_ids, previous, invitations=False, escalated=False
         )
@@ -694,11 +813,19 @@ async def scope_history(
     tz: ZoneInfo,
     unit_ids: Collection[int] | None,
     weeks: int = HISTORY_WEEKS,
+    *,
+    closed: ClosedWeeks | None = None,
 ) -> dict[Week, dict[int, Counts]]:
-    """Per unit counts (index figures only) of the `weeks` weeks up to `week`."""
+    """Per unit counts (index figures at least) of the `weeks` weeks up to `week`, of the
+    units `unit_ids` (or more: a stored week has every unit's). With `closed`, closed weeks
+    come from there; the others are counted on `session`."""
+    wanted = week.back(weeks)
+    stored = {} if closed is None else await closed.counts(wanted, tz)
     return {
-        each: await week_counts(session, each, tz, unit_ids, full=False)
-        for each in week.back(weeks)
+        each: stored[each]
+        if each in stored
+        else await week_counts(session, each, tz, unit_ids, full=False)
+        for each in wanted
     }
 
 

@@ -1,0 +1,145 @@
+"""Stored counts of closed weeks (`report_snapshots`): read, claim, fill.
+
+The protocol (why it cannot keep a stale figure) is explained in `handlers/digest.py`, "Stored
+weeks"; the triggers that delete a row on a write that could change it in
+`storage/snapshot_triggers.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.inserts import insert_for
+from storage.models import ReportSnapshot
+
+
+@dataclass(frozen=True)
+class StoredWeek:
+    basis: str
+    counts: dict[str, Any] | None  # None: claimed, being counted
+
+
+async def stored_week(session: AsyncSession, week: str, timezone: str) -> StoredWeek | None:
+    query = select(ReportSnapshot.basis, ReportSnapshot.counts).where(
+        ReportSnapshot.week == week, ReportSnapshot.timezone == timezone
+    )
+    row = (await session.execute(query)).one_or_none()
+    return None if row is None else StoredWeek(row[0], row[1])
+
+
+async def stored_weeks(
+    session: AsyncSession, weeks: list[str], timezone: str
+) -> dict[str, StoredWeek]:
+    """Several weeks in one round trip (a history of eight)."""
+    query = select(ReportSnapshot.week, ReportSnapshot.basis, ReportSnapshot.counts).where(
+        ReportSnapshot.week.in_(weeks), ReportSnapshot.timezone == timezone
+    )
+    return {row[0]: StoredWeek(row[1], row[2]) for row in await session.execute(query)}
+
+
+async def ready_weeks(
+    session: AsyncSession, weeks: list[str], timezone: str, basis: str
+) -> set[str]:
+    """Which of `weeks` are stored with counts of this `basis` (without reading the counts)."""
+    query = select(ReportSnapshot.week).where(
+        ReportSnapshot.week.in_(weeks),
+        ReportSnapshot.timezone == timezone,
+        ReportSnapshot.basis == basis,
+        ReportSnapshot.counts.is_not(None),
+    )
+    return set((await session.scalars(query)).all())
+
+
+async def claim_week(
+    session: AsyncSession,
+    *,
+    week: str,
+    timezone: str,
+    week_end: datetime,
+    basis: str,
+    token: str,
+    now: datetime,
+) -> None:
+    """Writes (or takes over) the week's row as a claim: no counts yet, this `token`.
+
+    Insert, or on the primary key update (`ON CONFLICT DO UPDATE`, both backends): two
+    processes claiming at once both succeed, the later claim wins and only its holder can
+    fill the row; PostgreSQL makes the second wait for the first to commit.
+    """
+    values = {
+        "week_end": week_end,
+        "basis": basis,
+        "token": token,
+        "counts": None,
+        "claimed_at": now,
+        "computed_at": None,
+    }
+    statement = insert_for(session, ReportSnapshot).values(week=week, timezone=timezone, **values)
+    statement = statement.on_conflict_do_update(
+        index_elements=[ReportSnapshot.week, ReportSnapshot.timezone], set_=values
+    )
+    await session.execute(statement)
+
+
+async def fill_week(
+    session: AsyncSession,
+    *,
+    week: str,
+    timezone: str,
+    token: str,
+    counts: dict[str, Any],
+    now: datetime,
+) -> bool:
+    """Stores the counts in our claim; False when the claim is gone (a write that could change
+    the week deleted it) or was taken over: then nothing is stored."""
+    statement = (
+        update(ReportSnapshot)
+        .where(
+            ReportSnapshot.week == week,
+            ReportSnapshot.timezone == timezone,
+            ReportSnapshot.token == token,
+            ReportSnapshot.counts.is_(None),
+        )
+        .values(counts=counts, computed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    result: Any = await session.execute(statement)
+    return int(result.rowcount) == 1
+
+
+async def wait_for_writers(session: AsyncSession, patience: float) -> bool:
+    """On PostgreSQL: waits until every transaction that was writing when this is called has
+    ended (True), or `patience` seconds pass (False). SQLite needs no wait: it has one writer
+    at a time, so a claim committed means no write is half done.
+
+    Why: a write transaction whose trigger ran before our claim was committed did not see the
+    claim, so it could not delete it; if it commits while we count, some of our queries would
+    see it and some not. Counting only after it has ended makes every query see it.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    found = await session.execute(text("SELECT pg_snapshot_xip(pg_current_snapshot())::text"))
+    writers = [row[0] for row in found]
+    deadline = time.monotonic() + patience
+    while writers:
+        found = await session.execute(
+            text(
+                "SELECT x FROM unnest(CAST(:xids AS text[])) AS x "
+                "WHERE pg_xact_status(CAST(x AS xid8)) = 'in progress'"
+            ),
+            {"xids": writers},
+        )
+        writers = [row[0] for row in found]
+        if not writers:
+            break
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
