@@ -818,7 +818,9 @@ async def scope_history(
 ) -> dict[Week, dict[int, Counts]]:
     """Per unit counts (index figures at least) of the `weeks` weeks up to `week`, of the
     units `unit_ids` (or more: a stored week has every unit's). With `closed`, closed weeks
-    come from there; the others are counted on `session`."""
+    come from there; the others are counted on `session`, which must be a reader's
+    (`repo.begin_reading`): on SQLite a session holding the write lock would keep the closed
+    weeks' claims waiting."""
     wanted = week.back(weeks)
     stored = {} if closed is None else await closed.counts(wanted, tz)
     return {
