@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 import bot.digest.snapshots as snapshots_module
 from bot.digest.snapshots import StoredWeeks
+from bot.jobs.digests import send_due_digests
 from handlers.clock import FakeClock
 from handlers.digest import (
     CLOSED_AFTER,
@@ -46,6 +47,9 @@ from storage.repositories import citizens as citizen_repo
 from storage.repositories.reports import begin_reading
 from tests.digest_support import add_case, add_invitation, add_response
 from tests.digest_support import load_tree as seed_tree
+from tests.telegram_support import Rig, make_rig, rig
+
+__all__ = ["make_rig", "rig"]  # fixtures
 
 HANOI = ZoneInfo("Asia/Ho_Chi_Minh")
 W46, W47, W48 = Week(2026, 46), Week(2026, 47), Week(2026, 48)
@@ -380,4 +384,21 @@ async def test_two_first_counts_of_a_week_at_once_both_succeed(
     assert rows == 2
     assert await stored_labels(sessions) <= {"2026-W46", "2026-W47"}
     assert await stored(sessions, clock) == expected
+    assert await stored_labels(sessions) == {"2026-W46", "2026-W47"}
+
+
+async def test_the_digest_sweep_stores_last_week(rig: Rig) -> None:
+    sessions = rig.services.sessions
+    await seed(sessions)
+    rig.clock.set(datetime(2026, 11, 23, 0, 31, tzinfo=UTC))  # Monday 07:31 in Hà Nội, week 48
+    outcome = await send_due_digests(rig.services)
+    assert outcome.queued  # the digests went out, from the stored weeks
+    stored_now = await stored_labels(sessions)
+    assert {"2026-W46", "2026-W47"} <= stored_now
+    assert "2026-W48" not in stored_now
+    async with sessions.begin() as session:
+        await session.execute(delete(ReportSnapshot))
+    # Run again (every digest already sent): last week and the one before are stored anyway.
+    again = await send_due_digests(rig.services)
+    assert not again.queued
     assert await stored_labels(sessions) == {"2026-W46", "2026-W47"}
