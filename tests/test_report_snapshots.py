@@ -402,3 +402,23 @@ async def test_the_digest_sweep_stores_last_week(rig: Rig) -> None:
     again = await send_due_digests(rig.services)
     assert not again.queued
     assert await stored_labels(sessions) == {"2026-W46", "2026-W47"}
+
+
+async def test_a_write_in_flight_when_the_week_is_claimed_is_counted(
+    sessions: SessionFactory, clock: FakeClock
+) -> None:
+    """A write into the week whose trigger ran before the claim (so it could not delete it)
+    and that commits while the week is being claimed: the count waits for it (PostgreSQL:
+    `wait_for_writers`; SQLite: the claim waits for the write lock) and so includes it."""
+    await seed(sessions)
+    async with sessions.begin() as writer:
+        await add_response(writer, "HN-BD", MID_W47, (5, 5, 5, 5, 5))
+        await writer.flush()  # the triggers have run: nothing stored to delete yet
+        counting = asyncio.create_task(StoredWeeks(sessions, clock).counts([W47], HANOI))
+        await asyncio.sleep(0.3)
+        assert not counting.done()  # waiting for this transaction to end
+    counted = await counting
+    assert await stored_labels(sessions) == {"2026-W47"}
+    assert counted[W47] == (await StoredWeeks(sessions, clock).counts([W47], HANOI))[W47]
+    assert await stored(sessions, clock) == await live(sessions)
+    assert await live(sessions, "HN-BD") == await stored(sessions, clock, "HN-BD")

@@ -23,25 +23,37 @@ from storage.models import ReportSnapshot
 @dataclass(frozen=True)
 class StoredWeek:
     basis: str
-    counts: dict[str, Any] | None  # None: claimed, being counted
-
-
-async def stored_week(session: AsyncSession, week: str, timezone: str) -> StoredWeek | None:
-    query = select(ReportSnapshot.basis, ReportSnapshot.counts).where(
-        ReportSnapshot.week == week, ReportSnapshot.timezone == timezone
-    )
-    row = (await session.execute(query)).one_or_none()
-    return None if row is None else StoredWeek(row[0], row[1])
+    token: str  # a new one each time the week is counted: it names these counts
+    ready: bool  # False: claimed, being counted
 
 
 async def stored_weeks(
     session: AsyncSession, weeks: list[str], timezone: str
 ) -> dict[str, StoredWeek]:
-    """Several weeks in one round trip (a history of eight)."""
-    query = select(ReportSnapshot.week, ReportSnapshot.basis, ReportSnapshot.counts).where(
-        ReportSnapshot.week.in_(weeks), ReportSnapshot.timezone == timezone
+    """What is stored of `weeks`, without the counts (a process may hold them decoded)."""
+    query = select(
+        ReportSnapshot.week,
+        ReportSnapshot.basis,
+        ReportSnapshot.token,
+        ReportSnapshot.counts.is_not(None),
+    ).where(ReportSnapshot.week.in_(weeks), ReportSnapshot.timezone == timezone)
+    return {
+        row[0]: StoredWeek(row[1], row[2], bool(row[3])) for row in await session.execute(query)
+    }
+
+
+async def stored_counts(
+    session: AsyncSession, weeks: list[str], timezone: str
+) -> dict[str, tuple[str, str, dict[str, Any]]]:
+    """Of `weeks`, those stored with counts: (basis, token, counts)."""
+    query = select(
+        ReportSnapshot.week, ReportSnapshot.basis, ReportSnapshot.token, ReportSnapshot.counts
+    ).where(
+        ReportSnapshot.week.in_(weeks),
+        ReportSnapshot.timezone == timezone,
+        ReportSnapshot.counts.is_not(None),
     )
-    return {row[0]: StoredWeek(row[1], row[2]) for row in await session.execute(query)}
+    return {row[0]: (row[1], row[2], row[3]) for row in await session.execute(query)}
 
 
 async def ready_weeks(
