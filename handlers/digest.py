@@ -13,31 +13,39 @@ the report of a past week does not change as they move on (cases still overdue e
 
 Stored weeks (DESIGN). Counting a week of a million responses takes 1-2 s; a dashboard page
 may not. So the per unit `Counts` of a closed week (ended `CLOSED_AFTER` ago) are counted once
-for the whole tree and stored (`report_snapshots`, one row per week and time zone), and every
-reader takes them from there: the API and `digest --format json` (`build_report`), the digest
-sweep and its charts (`scope_history`), the dashboard. One computation (`week_counts`), stored
-or not, so every reader shows the same figures. What is stored is exactly what `week_counts`
-returns for every unit; the figures are made from it afterwards as before (roll-up, formula,
-minimum), and officers' figures are always counted (one unit, small).
+for the whole tree and stored (`report_snapshots`), and every reader takes them from there:
+the API and `digest --format json` (`build_report`), the digest sweep and its charts
+(`scope_history`), the dashboard. One computation (the functions `week_counts` is made of),
+stored or not, so every reader shows the same figures: what is stored is what they return for
+every unit, and the figures are made from it as before (roll-up, formula, minimum). Officers'
+figures are always counted (one unit, small).
 
-A stored week must never be stale, although a closed week's counts can still change (a case
-posted late with a past resolution, an old escalation acknowledged or reminded, `/delete`,
-a test writing into a past week). Database triggers (`storage/snapshot_triggers.py`) delete a
-week's row on any write that could change its counts, whatever code writes; a reader that finds
-no row counts the week again. The race between counting and writing is closed by a claim:
-before counting, the reader commits the row without counts and with a random token; every
-write that could change the week after that deletes the claim; the counts are stored only if
-the claim is still there and still ours (`fill_week`). On SQLite writers are serialised, so a
-committed claim means no write is half done; on PostgreSQL the reader first waits for the
-writes in flight when it claimed (`wait_for_writers`). Two readers counting the same week both
-succeed; the later claim is the one stored. The current week (and one that ended less than
-`CLOSED_AFTER` ago) is never stored.
+A week is stored in two parts that change for different reasons (`SURVEY_PART`,
+`CASE_PART`): what its responses say (ratings, responses, invitations, informal payments,
+comment themes: most of the cost, and fixed once the week is over) and its complaints and
+late cases (escalations and their events, cases overdue, apologies: cheap, and changed later
+by actions on older escalations and cases). The index, its history and the trend read only
+the first part.
+
+A stored part must never be stale, although a closed week's counts can still change (a case
+posted late with a past resolution, an old escalation acknowledged or reminded, a late case
+resolved, a case moved to another unit, a test writing into a past week). Database triggers
+(`storage/snapshot_triggers.py`) delete a part on any write that could change it, whatever
+code writes; a reader that finds no part counts it again. The race between counting and
+writing is closed by a claim: before counting, the reader commits the part's row without
+counts and with a random token; a write that could change the part after that deletes the
+claim; the counts are stored only if the claim is still there and still ours. On SQLite
+writers are serialised, so a committed claim means no write is half done; on PostgreSQL the
+reader first waits for the writes in flight when it claimed (`wait_for_writers`). Two readers
+counting the same part both succeed; the later claim is the one stored. The current week
+(and one that ended less than `CLOSED_AFTER` ago) is never stored.
 
 `cases_overdue` counts cases still open *now* whose promised date fell before the week's end
-(`case_counts`), so it drifts for old weeks; a stored week follows it exactly, because the
-change that makes it drift (the case's resolution) is a write of a case promised before the
-week's end, which deletes the row. The same holds for SLA breaches of escalations whose
-deadlines are moved later (reminders). The stored figure is always the live one.
+(`case_counts`), so it drifts for old weeks; a stored week follows it exactly, because what
+makes it drift (a late open case resolved, or given a new date) is a write of that case,
+which deletes the complaints' part of every week after its promised date. So do SLA breaches
+of escalations whose deadlines move later (reminders), and late recovery ratings. The API and
+the dashboard, reading the same stored part, always agree, and agree with a live count.
 """
 
 from __future__ import annotations
@@ -81,6 +89,8 @@ __all__ = [
     "counts_basis",
     "counts_from_json",
     "counts_to_json",
+    "joined_parts",
+    "part_counts",
     "scope_history",
 ]
 
@@ -235,24 +245,35 @@ class Counts:
         ]
 
 
-_SCALARS = (
-    "surveys_sent",
-    "responses",
-    "escalated_responses",
-    "informal_payment_reports",
-    "escalations_opened",
-    "open_now",
-    "sla_breaches",
-    "recovery_answers",
-    "recovery_satisfied",
-    "complaints_resolved",
-    "complaints_on_time",
-    "complaints_on_time_not_unsatisfied",
-    "heads_unreachable",
-    "cases_overdue",
-    "apologies_sent",
-)
-_FORMAT = 1
+# A week's counts are stored in two parts, because they change for different reasons
+# (see "Stored weeks" above): what the week's responses say, which stays as it was once the
+# week is over, and complaints and late cases, which later actions on older escalations and
+# cases keep changing. A change of the second part makes only it counted again (a few hundred
+# ms on a million responses), not the responses (1-2 s).
+SURVEY_PART = "surveys"
+CASE_PART = "cases"
+PART_FIELDS: dict[str, tuple[str, ...]] = {
+    SURVEY_PART: (
+        "surveys_sent",
+        "responses",
+        "escalated_responses",
+        "informal_payment_reports",
+    ),
+    CASE_PART: (
+        "escalations_opened",
+        "open_now",
+        "sla_breaches",
+        "recovery_answers",
+        "recovery_satisfied",
+        "complaints_resolved",
+        "complaints_on_time",
+        "complaints_on_time_not_unsatisfied",
+        "heads_unreachable",
+        "cases_overdue",
+        "apologies_sent",
+    ),
+}
+_FORMAT = 2
 
 
 def counts_basis() -> str:
@@ -265,35 +286,63 @@ def counts_basis() -> str:
     return f"v{_FORMAT}:{hashlib.sha256(roles.encode()).hexdigest()[:32]}"
 
 
-def counts_to_json(counts: Mapping[int, Counts]) -> dict[str, Any]:
-    """Every unit's counts as JSON (unit ids as keys), for `report_snapshots`."""
+def counts_to_json(counts: Mapping[int, Counts], part: str) -> dict[str, Any]:
+    """One part of every unit's counts as JSON (unit ids as keys), for `report_snapshots`."""
     units: dict[str, Any] = {}
     for unit_id, unit in counts.items():
-        body: dict[str, Any] = {name: getattr(unit, name) for name in _SCALARS}
-        body["items"] = [[q, f, *values] for (q, f), values in sorted(unit.items.items())]
-        body["ack_hours"] = list(unit.ack_hours)
-        body["themes"] = dict(unit.themes)
+        body: dict[str, Any] = {name: getattr(unit, name) for name in PART_FIELDS[part]}
+        if part == SURVEY_PART:
+            body["items"] = [[q, f, *values] for (q, f), values in sorted(unit.items.items())]
+            body["themes"] = dict(unit.themes)
+        else:
+            body["ack_hours"] = list(unit.ack_hours)
         units[str(unit_id)] = body
     return {"units": units}
 
 
-def counts_from_json(document: Mapping[str, Any]) -> dict[int, Counts]:
+def counts_from_json(document: Mapping[str, Any], part: str) -> dict[int, Counts]:
+    """Counts with one part set (the other's fields zero), from `counts_to_json`."""
     found: dict[int, Counts] = {}
     for key, body in document["units"].items():
-        unit = Counts(**{name: body[name] for name in _SCALARS})
-        unit.items = {(q, f): [a, s, total] for q, f, a, s, total in body["items"]}
-        unit.ack_hours = list(body["ack_hours"])
-        unit.themes = Counter(body["themes"])
+        unit = Counts(**{name: body[name] for name in PART_FIELDS[part]})
+        if part == SURVEY_PART:
+            unit.items = {(q, f): [a, s, total] for q, f, a, s, total in body["items"]}
+            unit.themes = Counter(body["themes"])
+        else:
+            unit.ack_hours = list(body["ack_hours"])
         found[int(key)] = unit
     return found
+
+
+def joined_parts(surveys: Mapping[int, Counts], cases: Mapping[int, Counts]) -> dict[int, Counts]:
+    """Whole counts from the two parts; the index figures already worked out for the survey
+    part are kept (the parts are left as they were: they may be held for other readers)."""
+    joined: dict[int, Counts] = {}
+    for unit_id in surveys.keys() | cases.keys():
+        survey = surveys.get(unit_id) or Counts()
+        case = cases.get(unit_id) or Counts()
+        unit = Counts(
+            items=survey.items,
+            themes=survey.themes,
+            ack_hours=case.ack_hours,
+            **{name: getattr(survey, name) for name in PART_FIELDS[SURVEY_PART]},
+            **{name: getattr(case, name) for name in PART_FIELDS[CASE_PART]},
+        )
+        unit._index = survey.index_figures()
+        joined[unit_id] = unit
+    return joined
 
 
 class ClosedWeeks(Protocol):
     """Every unit's counts of closed weeks, stored once (see "Stored weeks" above)."""
 
-    async def counts(self, weeks: Sequence[Week], tz: ZoneInfo) -> dict[Week, dict[int, Counts]]:
-        """Of `weeks`, those closed: every unit's `week_counts`, stored or counted (and stored)
-        now. Weeks not closed yet are left out: the caller counts them."""
+    async def counts(
+        self, weeks: Sequence[Week], tz: ZoneInfo, *, full: Collection[Week] = ()
+    ) -> dict[Week, dict[int, Counts]]:
+        """Of `weeks`, those closed: every unit's counts, stored or counted (and stored) now;
+        whole (`week_counts`) for the weeks in `full`, the survey part only for the others
+        (all the index, its history and its trend need). Weeks not closed yet are left out:
+        the caller counts them. The counts returned are shared: read them, never change them."""
         ...
 
 
@@ -359,10 +408,34 @@ async def _other_counts(
     with_comments: bool = True,
 ) -> None:
     """Complaints, cases, informal payments and comment themes (unless not `with_comments`)."""
+    await _payment_counts(session, week, tz, unit_ids, counts)
+    await _case_counts(session, week, tz, unit_ids, counts)
+    if with_comments:
+        await _comment_counts(session, week, tz, unit_ids, counts)
+
+
+async def _payment_counts(
+    session: AsyncSession,
+    week: Week,
+    tz: ZoneInfo,
+    unit_ids: Collection[int] | None,
+    counts: dict[int, Counts],
+) -> None:
     start, end = week.start(tz), week.end(tz)
     payment_ids = _role_question_ids("informal_payment")
     for unit_id, yes in (await repo.yes_counts(session, start, end, payment_ids, unit_ids)).items():
         _of(counts, unit_id).informal_payment_reports = yes
+
+
+async def _case_counts(
+    session: AsyncSession,
+    week: Week,
+    tz: ZoneInfo,
+    unit_ids: Collection[int] | None,
+    counts: dict[int, Counts],
+) -> None:
+    """Complaints (escalations and their events), late cases and apologies: `CASE_PART`."""
+    start, end = week.start(tz), week.end(tz)
     for unit_id, values in (await repo.escalation_counts(session, start, end, unit_ids)).items():
         unit = _of(counts, unit_id)
         (
@@ -384,8 +457,23 @@ async def _other_counts(
     ).items():
         unit = _of(counts, unit_id)
         unit.cases_overdue, unit.apologies_sent = overdue, apologies
-    if with_comments:
-        await _comment_counts(session, week, tz, unit_ids, counts)
+
+
+async def part_counts(
+    session: AsyncSession, week: Week, tz: ZoneInfo, part: str
+) -> dict[int, Counts]:
+    """Every unit's counts of one part of `week` (`SURVEY_PART` or `CASE_PART`); the two
+    together are `week_counts`."""
+    counts: dict[int, Counts] = {}
+    if part == SURVEY_PART:
+        await _index_counts(session, week, tz, None, counts, invitations=True)
+        await _payment_counts(session, week, tz, None, counts)
+        await _comment_counts(session, week, tz, None, counts)
+    elif part == CASE_PART:
+        await _case_counts(session, week, tz, None, counts)
+    else:  # pragma: no cover
+        raise ValueError(part)
+    return counts
 
 
 async def _comment_counts(
@@ -728,7 +816,7 @@ async def build_report(
     """
     stored: dict[Week, dict[int, Counts]] = {}
     if closed is not None:
-        stored = await closed.counts([week, week.previous()], tz)
+        stored = await closed.counts([week, week.previous()], tz, full=[week])
     for reader in (session, side_session):
         if reader is not None:
             await repo.begin_reading(reader)

@@ -574,13 +574,14 @@ class DigestDelivery(Base):
 
 
 class ReportSnapshot(Base):
-    """The per unit counts of one closed week (all units), stored once so that a report, a
-    digest or a dashboard page reads them instead of counting a week of responses again.
+    """One part of the per unit counts of one closed week (all units), stored once so that a
+    report, a digest or a dashboard page reads them instead of counting the week again.
 
-    One row per week and time zone (a week's bounds are local midnights). Triggers
-    (`storage/snapshot_triggers.py`) delete the row on any write that could change its
-    figures. A row with no `counts` is a claim: a process is counting the week; the claim's
-    `token` lets it fill the row only if no such write deleted it meanwhile
+    One row per week, time zone (a week's bounds are local midnights) and part (the
+    responses', "surveys", and the complaints' and late cases', "cases": they change for
+    different reasons). Triggers (`storage/snapshot_triggers.py`) delete the row on any write
+    that could change its counts. A row with no `counts` is a claim: a process is counting;
+    the claim's `token` lets it fill the row only if no such write deleted it meanwhile
     (`handlers.digest`, "Stored weeks").
     """
 
@@ -588,7 +589,10 @@ class ReportSnapshot(Base):
 
     week: Mapped[str] = mapped_column(String(10), primary_key=True)  # ISO week, 2026-W47
     timezone: Mapped[str] = mapped_column(String(64), primary_key=True)
-    week_end: Mapped[datetime]  # UTC: what the triggers compare with
+    part: Mapped[str] = mapped_column(String(16), primary_key=True)
+    # The week's bounds in UTC: what the triggers compare with.
+    week_start: Mapped[datetime]
+    week_end: Mapped[datetime]
     # What the counts mean: their format and the questions counted as roles (a changed
     # questionnaire or format makes the row useless, not wrong).
     basis: Mapped[str] = mapped_column(String(200))

@@ -6,7 +6,7 @@ digest sweep stores last week. On SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -26,8 +26,8 @@ from handlers.digest import (
     build_report,
     history_points,
     load_tree,
+    part_counts,
     scope_history,
-    week_counts,
 )
 from storage.db import SessionFactory
 from storage.models import (
@@ -154,11 +154,17 @@ async def stored(
 
 
 async def stored_labels(sessions: SessionFactory) -> set[str]:
+    """The parts stored, as "2026-W47" (the responses' part) and "2026-W47 cases"."""
     async with sessions() as session:
         rows = await session.execute(
-            select(ReportSnapshot.week).where(ReportSnapshot.counts.is_not(None))
+            select(ReportSnapshot.week, ReportSnapshot.part).where(
+                ReportSnapshot.counts.is_not(None)
+            )
         )
-    return {row[0] for row in rows}
+    return {week if part == "surveys" else f"{week} cases" for week, part in rows}
+
+
+STORED = {"2026-W46", "2026-W47", "2026-W47 cases"}  # what last week's report stores
 
 
 def counting_forbidden(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -167,7 +173,7 @@ def counting_forbidden(monkeypatch: pytest.MonkeyPatch) -> None:
     async def refuse(*_args: Any, **_kwargs: Any) -> dict[int, Counts]:
         raise AssertionError("a stored week was counted again")
 
-    monkeypatch.setattr(snapshots_module, "week_counts", refuse)
+    monkeypatch.setattr(snapshots_module, "part_counts", refuse)
 
 
 @pytest.fixture
@@ -191,7 +197,7 @@ async def test_a_stored_week_gives_exactly_the_live_report(
     assert expected["tree"]["overall"]["cases_overdue"] == 2
 
     first = await stored(sessions, clock)  # counts weeks 46 and 47, and stores them
-    assert await stored_labels(sessions) == {"2026-W46", "2026-W47"}
+    assert await stored_labels(sessions) == STORED
     assert first == expected["tree"]
     counting_forbidden(monkeypatch)
     assert await stored(sessions, clock) == expected["tree"]
@@ -231,7 +237,7 @@ async def test_the_current_week_is_never_stored(sessions: SessionFactory) -> Non
     assert await stored(sessions, just_after) == await live(sessions)
     assert await stored_labels(sessions) == {"2026-W46"}
     assert await stored(sessions, FakeClock(W47.end(HANOI) + CLOSED_AFTER)) == await live(sessions)
-    assert await stored_labels(sessions) == {"2026-W46", "2026-W47"}
+    assert await stored_labels(sessions) == STORED
 
 
 Write = Callable[[AsyncSession], Awaitable[None]]
@@ -307,33 +313,38 @@ async def _erasure(session: AsyncSession) -> None:
     await session.delete(citizen)
 
 
-WRITES: dict[str, Write] = {
-    "response written into the past week": _response_written_into_the_past_week,
-    "case posted late with a past resolution": _case_posted_late_with_a_past_resolution,
-    "late open case resolved now": _late_open_case_resolved_now,
-    "old escalation rewritten": _old_escalation_rewritten,
-    "escalation event backdated": _event_backdated,
-    "case moved to another unit": _case_moved_to_another_unit,
-    "response deleted": _response_deleted,
-    "erasure": _erasure,
+# Each write, and the stored parts it leaves (it deletes those it could change, no more).
+WRITES: dict[str, tuple[Write, set[str]]] = {
+    "response written into the past week": (_response_written_into_the_past_week, {"2026-W46"}),
+    "case posted late with a past resolution": (
+        _case_posted_late_with_a_past_resolution,
+        {"2026-W46", "2026-W47"},
+    ),
+    "late open case resolved now": (_late_open_case_resolved_now, {"2026-W46", "2026-W47"}),
+    "old escalation rewritten": (_old_escalation_rewritten, {"2026-W46", "2026-W47"}),
+    "escalation event backdated": (_event_backdated, {"2026-W46", "2026-W47"}),
+    "case moved to another unit": (_case_moved_to_another_unit, {"2026-W46"}),
+    "response deleted": (_response_deleted, {"2026-W46"}),
+    "erasure": (_erasure, STORED),
 }
 
 
-@pytest.mark.parametrize("write", WRITES.values(), ids=WRITES.keys())
+@pytest.mark.parametrize(("write", "left"), WRITES.values(), ids=WRITES.keys())
 async def test_a_write_that_could_change_a_stored_week_makes_it_counted_again(
-    sessions: SessionFactory, clock: FakeClock, write: Write
+    sessions: SessionFactory, clock: FakeClock, write: Write, left: set[str]
 ) -> None:
     await seed(sessions)
     before = await stored(sessions, clock)
-    assert await stored_labels(sessions) == {"2026-W46", "2026-W47"}
+    assert await stored_labels(sessions) == STORED
     async with sessions.begin() as session:
         await write(session)
+    assert await stored_labels(sessions) == left
     after = await live(sessions)
     assert await stored(sessions, clock) == after
     assert await stored(sessions, clock, "HN-LB") == await live(sessions, "HN-LB")
     if write is not _erasure:
         assert after != before  # the write did change the week, so this proves something
-    assert "2026-W47" in await stored_labels(sessions)  # counted again and stored
+    assert await stored_labels(sessions) == STORED  # counted again and stored
 
 
 async def test_a_write_of_today_keeps_the_stored_weeks(
@@ -344,7 +355,7 @@ async def test_a_write_of_today_keeps_the_stored_weeks(
     async with sessions.begin() as session:
         await add_response(session, "HN-LB", LATER, (5, 5, 5, 5, 5))
         await add_invitation(session, "HN-LB", LATER)
-    assert await stored_labels(sessions) == {"2026-W46", "2026-W47"}
+    assert await stored_labels(sessions) == STORED
 
 
 async def test_a_write_while_the_week_is_counted_is_not_lost(
@@ -353,23 +364,23 @@ async def test_a_write_while_the_week_is_counted_is_not_lost(
     """A write committed after the claim, while the week is counted: the counts (which may
     not hold it) are not stored, and the next reader counts the week with it."""
     await seed(sessions)
-    count = week_counts
+    count = part_counts
 
     async def count_then_write(
-        session: AsyncSession, week: Week, tz: ZoneInfo, unit_ids: Collection[int] | None
+        session: AsyncSession, week: Week, tz: ZoneInfo, part: str
     ) -> dict[int, Counts]:
-        found = await count(session, week, tz, unit_ids)
-        if week == W47:
+        found = await count(session, week, tz, part)
+        if week == W47 and part == "surveys":
             async with sessions.begin() as writer:
                 await add_response(writer, "HN-BD", MID_W47, (5, 5, 5, 5, 5))
         return found
 
-    monkeypatch.setattr(snapshots_module, "week_counts", count_then_write)
+    monkeypatch.setattr(snapshots_module, "part_counts", count_then_write)
     await stored(sessions, clock)
-    assert await stored_labels(sessions) == {"2026-W46"}
-    monkeypatch.setattr(snapshots_module, "week_counts", count)
+    assert await stored_labels(sessions) == {"2026-W46", "2026-W47 cases"}
+    monkeypatch.setattr(snapshots_module, "part_counts", count)
     assert await stored(sessions, clock) == await live(sessions)
-    assert await stored_labels(sessions) == {"2026-W46", "2026-W47"}
+    assert await stored_labels(sessions) == STORED
 
 
 async def test_two_first_counts_of_a_week_at_once_both_succeed(
@@ -381,10 +392,10 @@ async def test_two_first_counts_of_a_week_at_once_both_succeed(
     assert all(report == expected for report in reports)
     async with sessions() as session:
         rows = await session.scalar(select(func.count()).select_from(ReportSnapshot))
-    assert rows == 2
-    assert await stored_labels(sessions) <= {"2026-W46", "2026-W47"}
+    assert rows == 3
+    assert await stored_labels(sessions) <= STORED
     assert await stored(sessions, clock) == expected
-    assert await stored_labels(sessions) == {"2026-W46", "2026-W47"}
+    assert await stored_labels(sessions) == STORED
 
 
 async def test_the_digest_sweep_stores_last_week(rig: Rig) -> None:
@@ -401,7 +412,7 @@ async def test_the_digest_sweep_stores_last_week(rig: Rig) -> None:
     # Run again (every digest already sent): last week and the one before are stored anyway.
     again = await send_due_digests(rig.services)
     assert not again.queued
-    assert await stored_labels(sessions) == {"2026-W46", "2026-W47"}
+    assert await stored_labels(sessions) == STORED
 
 
 async def test_a_write_in_flight_when_the_week_is_claimed_is_counted(

@@ -150,7 +150,7 @@ async def deliver_week(
         await repo.begin_reading(session)
         history: History = await scope_history(session, week, tz, None, closed=closed)
         counts: dict[int, Counts] = (
-            history[week]
+            (await closed.counts([week], tz, full=[week]))[week]
             if closed.is_closed(week, tz)
             else await week_counts(session, week, tz, None)
         )
@@ -254,7 +254,9 @@ async def send_due_digests(services: Services) -> DeliveryOutcome:
     # Last week (the dashboard's default) and the one before (its trend), stored as soon as
     # last week has closed, whether or not a digest is due: the first page need not count.
     last = Week.last(now, services.settings.timezone)
-    await stored_weeks(services).warm([last.previous(), last], services.settings.timezone)
+    await stored_weeks(services).warm(
+        [last.previous(), last], services.settings.timezone, full=[last]
+    )
     outcome = await deliver_week(services, week, late=late)
     if outcome.queued or outcome.unreachable:
         log.info("digests of %s: %s%s", week.label, outcome, " (late)" if late else "")

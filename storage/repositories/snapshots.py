@@ -29,44 +29,28 @@ class StoredWeek:
 
 async def stored_weeks(
     session: AsyncSession, weeks: list[str], timezone: str
-) -> dict[str, StoredWeek]:
-    """What is stored of `weeks`, without the counts (a process may hold them decoded)."""
+) -> dict[tuple[str, str], StoredWeek]:
+    """What is stored of `weeks`, by (week, part), without the counts (a process may hold
+    them decoded already)."""
     query = select(
         ReportSnapshot.week,
+        ReportSnapshot.part,
         ReportSnapshot.basis,
         ReportSnapshot.token,
         ReportSnapshot.counts.is_not(None),
     ).where(ReportSnapshot.week.in_(weeks), ReportSnapshot.timezone == timezone)
     return {
-        row[0]: StoredWeek(row[1], row[2], bool(row[3])) for row in await session.execute(query)
+        (row[0], row[1]): StoredWeek(row[2], row[3], bool(row[4]))
+        for row in await session.execute(query)
     }
 
 
-async def stored_counts(
-    session: AsyncSession, weeks: list[str], timezone: str
-) -> dict[str, tuple[str, str, dict[str, Any]]]:
-    """Of `weeks`, those stored with counts: (basis, token, counts)."""
-    query = select(
-        ReportSnapshot.week, ReportSnapshot.basis, ReportSnapshot.token, ReportSnapshot.counts
-    ).where(
-        ReportSnapshot.week.in_(weeks),
-        ReportSnapshot.timezone == timezone,
-        ReportSnapshot.counts.is_not(None),
+async def stored_counts(session: AsyncSession, tokens: list[str]) -> dict[str, dict[str, Any]]:
+    """The stored counts named by `tokens` (those still stored), by token."""
+    query = select(ReportSnapshot.token, ReportSnapshot.counts).where(
+        ReportSnapshot.token.in_(tokens), ReportSnapshot.counts.is_not(None)
     )
-    return {row[0]: (row[1], row[2], row[3]) for row in await session.execute(query)}
-
-
-async def ready_weeks(
-    session: AsyncSession, weeks: list[str], timezone: str, basis: str
-) -> set[str]:
-    """Which of `weeks` are stored with counts of this `basis` (without reading the counts)."""
-    query = select(ReportSnapshot.week).where(
-        ReportSnapshot.week.in_(weeks),
-        ReportSnapshot.timezone == timezone,
-        ReportSnapshot.basis == basis,
-        ReportSnapshot.counts.is_not(None),
-    )
-    return set((await session.scalars(query)).all())
+    return {row[0]: row[1] for row in await session.execute(query)}
 
 
 async def claim_week(
@@ -74,6 +58,8 @@ async def claim_week(
     *,
     week: str,
     timezone: str,
+    part: str,
+    week_start: datetime,
     week_end: datetime,
     basis: str,
     token: str,
@@ -86,6 +72,7 @@ async def claim_week(
     fill the row; PostgreSQL makes the second wait for the first to commit.
     """
     values = {
+        "week_start": week_start,
         "week_end": week_end,
         "basis": basis,
         "token": token,
@@ -93,9 +80,12 @@ async def claim_week(
         "claimed_at": now,
         "computed_at": None,
     }
-    statement = insert_for(session, ReportSnapshot).values(week=week, timezone=timezone, **values)
+    statement = insert_for(session, ReportSnapshot).values(
+        week=week, timezone=timezone, part=part, **values
+    )
     statement = statement.on_conflict_do_update(
-        index_elements=[ReportSnapshot.week, ReportSnapshot.timezone], set_=values
+        index_elements=[ReportSnapshot.week, ReportSnapshot.timezone, ReportSnapshot.part],
+        set_=values,
     )
     await session.execute(statement)
 
@@ -105,6 +95,7 @@ async def fill_week(
     *,
     week: str,
     timezone: str,
+    part: str,
     token: str,
     counts: dict[str, Any],
     now: datetime,
@@ -116,6 +107,7 @@ async def fill_week(
         .where(
             ReportSnapshot.week == week,
             ReportSnapshot.timezone == timezone,
+            ReportSnapshot.part == part,
             ReportSnapshot.token == token,
             ReportSnapshot.counts.is_(None),
         )

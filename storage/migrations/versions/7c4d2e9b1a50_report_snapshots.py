@@ -4,9 +4,9 @@ Revision ID: 7c4d2e9b1a50
 Revises: 5b8e0d4c2a61
 Create Date: 2026-12-01 02:45:00
 
-One row per closed week and time zone with every unit's counts (handlers/digest.py, "Stored
-weeks"); triggers on the six tables the counts read delete a week's row when a write could
-change its figures (storage/snapshot_triggers.py explains which).
+Rows per closed week, time zone and part with every unit's counts (handlers/digest.py,
+"Stored weeks"); triggers on the six tables the counts read delete a week's part when a write
+could change it (storage/snapshot_triggers.py explains which).
 """
 
 from collections.abc import Sequence
@@ -28,13 +28,15 @@ def upgrade() -> None:
         "report_snapshots",
         sa.Column("week", sa.String(length=10), nullable=False),
         sa.Column("timezone", sa.String(length=64), nullable=False),
+        sa.Column("part", sa.String(length=16), nullable=False),
+        sa.Column("week_start", sa.DateTime(timezone=True), nullable=False),
         sa.Column("week_end", sa.DateTime(timezone=True), nullable=False),
         sa.Column("basis", sa.String(length=200), nullable=False),
         sa.Column("token", sa.String(length=32), nullable=False),
         sa.Column("counts", sa.JSON(none_as_null=True), nullable=True),
         sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("computed_at", sa.DateTime(timezone=True), nullable=True),
-        sa.PrimaryKeyConstraint("week", "timezone", name=op.f("pk_report_snapshots")),
+        sa.PrimaryKeyConstraint("week", "timezone", "part", name=op.f("pk_report_snapshots")),
     )
     dialect = op.get_bind().dialect.name
     for statement in snapshot_triggers.create_statements(dialect):
