@@ -812,7 +812,10 @@ async def build_report(
     only, and only for officers with at least `min_responses` responses. With a
     `side_session` (a second connection), the previous week is counted on it at the same time.
     With `closed`, the counts of closed weeks come from there (stored; see "Stored weeks"),
-    before `session` reads anything.
+    before `session` reads anything. Call it outside any write transaction: a week not stored
+    yet is claimed and stored on connections of its own (on SQLite they would wait for the
+    caller's write lock; on PostgreSQL for the caller's transaction to end, up to 2 s, and
+    then not store). An audit entry, say, is written after the report, not around it.
     """
     stored: dict[Week, dict[int, Counts]] = {}
     if closed is not None:
