@@ -247,7 +247,7 @@ def summarise(backend: str, results: list[Mapping[str, Any]]) -> None:
     print(f"{backend}: {len(results)} fresh processes; load average now {load}")
     cold = [r["cold_report_seconds"] for r in results]
     history = [r["cold_history_seconds"] for r in results]
-    print(f"  cold report of {LAST_WEEK.label} (counts and stores 2 weeks): {_spread(cold)}")
+    print(f"  cold report of {LAST_WEEK.label} (counts and stores 3 parts): {_spread(cold)}")
     print(f"  cold 8-week history of the tree (counts and stores 6 weeks): {_spread(history)}")
     for name, label in (
         ("overview", "warm overview data (whole tree's report as JSON)"),
