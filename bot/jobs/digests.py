@@ -251,15 +251,16 @@ async def send_due_digests(services: Services) -> DeliveryOutcome:
     moment = due_moment(now, services.settings.digest_schedule, services)
     week = Week.containing(moment, services.settings.timezone).previous()
     late = now - moment > LATE_AFTER
+    outcome = await deliver_week(services, week, late=late)
+    if outcome.queued or outcome.unreachable:
+        log.info("digests of %s: %s%s", week.label, outcome, " (late)" if late else "")
     # Last week (the dashboard's default) and the one before (its trend), stored as soon as
-    # last week has closed, whether or not a digest is due: the first page need not count.
+    # last week has closed, whether or not a digest is due, so that the first page need not
+    # count. After the digests: a failure here must not hold them back.
     last = Week.last(now, services.settings.timezone)
     await stored_weeks(services).warm(
         [last.previous(), last], services.settings.timezone, full=[last]
     )
-    outcome = await deliver_week(services, week, late=late)
-    if outcome.queued or outcome.unreachable:
-        log.info("digests of %s: %s%s", week.label, outcome, " (late)" if late else "")
     return outcome
 
 
