@@ -45,11 +45,13 @@ from storage.models import (
 from storage.repositories import cases as case_repo
 from storage.repositories import citizens as citizen_repo
 from storage.repositories.reports import begin_reading
+from tests.api_support import Api, api_fixture, make_api_fixture
+from tests.contract_data import case_body
 from tests.digest_support import add_case, add_invitation, add_response
 from tests.digest_support import load_tree as seed_tree
 from tests.telegram_support import Rig, make_rig, rig
 
-__all__ = ["make_rig", "rig"]  # fixtures
+__all__ = ["api_fixture", "make_api_fixture", "make_rig", "rig"]  # fixtures
 
 HANOI = ZoneInfo("Asia/Ho_Chi_Minh")
 W46, W47, W48 = Week(2026, 46), Week(2026, 47), Week(2026, 48)
@@ -435,3 +437,55 @@ async def test_a_write_in_flight_when_the_week_is_claimed_is_counted(
     assert counted[W47] == (await StoredWeeks(sessions, clock).counts([W47], HANOI))[W47]
     assert await stored(sessions, clock) == await live(sessions)
     assert await live(sessions, "HN-BD") == await stored(sessions, clock, "HN-BD")
+
+
+async def test_cases_posted_through_the_api_make_a_stored_week_counted_again(api: Api) -> None:
+    """The real intake (bulk statements): a case posted today as resolved late in week 47,
+    and a case of week 46 still open past its date, then resolved today (`cases_overdue`'s
+    drift). The API's report follows each, and equals a live count."""
+    sessions = api.services.sessions
+    async with sessions.begin() as session:
+        for _ in range(5):
+            await add_response(session, "HN-LB", MID_W47, (5, 4, 4, 3, 5))
+    open_late = case_body(
+        "OPEN-LATE",
+        received_at="2026-11-10T08:00:00+07:00",
+        due_at="2026-11-13T17:00:00+07:00",
+    )
+    assert (await api.post(open_late)).status == 201
+
+    async def report() -> Report:
+        response = await api.get("/api/v1/reports/weekly?week=2026-W47")
+        assert response.status == 200
+        body: Report = await response.json()
+        return body
+
+    first = await report()
+    assert await stored_labels(sessions) == STORED
+    assert first == await live(sessions)
+    assert unit_of(first, "HN-LB")["cases_overdue"] == 1  # the open late case
+
+    backdated = case_body(
+        "LATE-W47",
+        status="resolved",
+        received_at="2026-11-12T08:00:00+07:00",
+        due_at="2026-11-17T17:00:00+07:00",
+        resolved_at="2026-11-19T10:00:00+07:00",
+    )
+    assert (await api.post(backdated)).status == 201
+    second = await report()
+    assert unit_of(second, "HN-LB")["cases_overdue"] == 2
+    assert second == await live(sessions)
+
+    resolved_now = {**open_late, "status": "resolved", "resolved_at": "2026-11-23T07:30:00+07:00"}
+    assert (await api.post(resolved_now)).status == 200
+    third = await report()
+    # Resolved in week 48: week 47 counts it no more (still open "now" was the rule).
+    assert unit_of(third, "HN-LB")["cases_overdue"] == 1
+    assert third == await live(sessions)
+    assert await stored_labels(sessions) == STORED
+
+
+def unit_of(body: Report, code: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(u for u in body["units"] if u["unit_code"] == code)
+    return found
