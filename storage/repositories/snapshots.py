@@ -126,24 +126,31 @@ async def wait_for_writers(session: AsyncSession, patience: float) -> bool:
     Why: a write transaction whose trigger ran before our claim was committed did not see the
     claim, so it could not delete it; if it commits while we count, some of our queries would
     see it and some not. Counting only after it has ended makes every query see it.
+
+    How: this transaction takes an id, X; every transaction in flight before has a smaller
+    one; they have all ended when the oldest transaction still running is X itself (a
+    snapshot's `xmin` reaches X). Not `xip` alone: a snapshot lists there only transactions
+    below its `xmax`, and the newest ones in flight can be above it. The server's
+    transactions are all counted, of every database (a transaction cannot be told to write
+    elsewhere from here): a long one anywhere makes this give up, and the counts are then not
+    stored, never wrong.
     """
     if session.get_bind().dialect.name != "postgresql":
         return True
-    found = await session.execute(text("SELECT pg_snapshot_xip(pg_current_snapshot())::text"))
-    writers = [row[0] for row in found]
+    ours = (await session.execute(text("SELECT pg_current_xact_id()::text"))).scalar_one()
     deadline = time.monotonic() + patience
-    while writers:
-        found = await session.execute(
-            text(
-                "SELECT x FROM unnest(CAST(:xids AS text[])) AS x "
-                "WHERE pg_xact_status(CAST(x AS xid8)) = 'in progress'"
-            ),
-            {"xids": writers},
-        )
-        writers = [row[0] for row in found]
-        if not writers:
-            break
+    while True:
+        done = (
+            await session.execute(
+                text(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())"
+                    " >= CAST(CAST(:ours AS text) AS xid8)"
+                ),
+                {"ours": ours},
+            )
+        ).scalar_one()
+        if done:
+            return True
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.01)
-    return True
