@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from bot.digest.render import build_files
+from bot.digest.snapshots import stored_weeks
 from demo.feedback import heads_keep_up
 from handlers.digest import Week, build_report
 from handlers.escalations import survey_completed
@@ -201,7 +202,12 @@ async def write_demo_digest(context: DemoContext) -> None:
     week = Week.last(context.now, settings.timezone)
     async with services.sessions() as session:
         report = await build_report(
-            session, week, settings.timezone, settings.digest_min_responses, CITY
+            session,
+            week,
+            settings.timezone,
+            settings.digest_min_responses,
+            CITY,
+            closed=stored_weeks(services),
         )
     files = await build_files(services, report, settings.locale)
     folder = DIGEST_DIR.resolve()

@@ -10,19 +10,55 @@ siblings (units with the same parent) that are in the report and have an index. 
 depend on "now" (complaints still open, past their SLA) are taken at the end of the week, so
 the report of a past week does not change as they move on (cases still overdue excepted, see
 `storage.repositories.reports.case_counts`).
+
+Stored weeks (DESIGN). Counting a week of a million responses takes 1-2 s; a dashboard page
+may not. So the per unit `Counts` of a closed week (ended `CLOSED_AFTER` ago) are counted once
+for the whole tree and stored (`report_snapshots`), and every reader takes them from there:
+the API and `digest --format json` (`build_report`), the digest sweep and its charts
+(`scope_history`), the dashboard. One computation (the functions `week_counts` is made of),
+stored or not, so every reader shows the same figures: what is stored is what they return for
+every unit, and the figures are made from it as before (roll-up, formula, minimum). Officers'
+figures are always counted (one unit, small).
+
+A week is stored in two parts that change for different reasons (`SURVEY_PART`,
+`CASE_PART`): what its responses say (ratings, responses, invitations, informal payments,
+comment themes: most of the cost, and fixed once the week is over) and its complaints and
+late cases (escalations and their events, cases overdue, apologies: cheap, and changed later
+by actions on older escalations and cases). The index, its history and the trend read only
+the first part.
+
+A stored part must never be stale, although a closed week's counts can still change (a case
+posted late with a past resolution, an old escalation acknowledged or reminded, a late case
+resolved, a case moved to another unit, a test writing into a past week). Database triggers
+(`storage/snapshot_triggers.py`) delete a part on any write that could change it, whatever
+code writes; a reader that finds no part counts it again. The race between counting and
+writing is closed by a claim: before counting, the reader commits the part's row without
+counts and with a random token; a write that could change the part after that deletes the
+claim; the counts are stored only if the claim is still there and still ours. On SQLite
+writers are serialised, so a committed claim means no write is half done; on PostgreSQL the
+reader first waits for the writes in flight when it claimed (`wait_for_writers`). Two readers
+counting the same part both succeed; the later claim is the one stored. The current week
+(and one that ended less than `CLOSED_AFTER` ago) is never stored.
+
+`cases_overdue` counts cases still open *now* whose promised date fell before the week's end
+(`case_counts`), so it drifts for old weeks; a stored week follows it exactly, because what
+makes it drift (a late open case resolved, or given a new date) is a write of that case,
+which deletes the complaints' part of every week after its promised date. So do SLA breaches
+of escalations whose deadlines move later (reminders), and late recovery ratings. The API and
+the dashboard, reading the same stored part, always agree, and agree with a live count.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import statistics
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
-from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -42,16 +78,26 @@ from storage.repositories import reports as repo
 from storage.repositories.reports import UnitRow
 
 __all__ = [
+    "CLOSED_AFTER",
     "HISTORY_WEEKS",
+    "ClosedWeeks",
     "Counts",
     "Figures",
     "Report",
     "Week",
     "build_report",
+    "counts_basis",
+    "counts_from_json",
+    "counts_to_json",
+    "joined_parts",
+    "part_counts",
     "scope_history",
 ]
 
 HISTORY_WEEKS = 8
+# A week is stored once it ended this long ago: a response completed at 23:59:59 on Sunday may
+# be committed a moment later (the triggers would catch it, but not counting twice is cheaper).
+CLOSED_AFTER = timedelta(minutes=10)
 LOWEST_ITEMS = 3
 _WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
 
@@ -146,33 +192,49 @@ class Counts:
     cases_overdue: int = 0
     apologies_sent: int = 0
     themes: Counter[str] = field(default_factory=Counter)
+    # The index figures of `items`, once asked for: a stored week's counts are read by many
+    # reports in a process (bot/digest/snapshots.py keeps them decoded), and the formula for
+    # 700 units is most of a warm report's time. `add` forgets it; nothing else changes the
+    # items of counts once they are built.
+    _index: IndexFigures | None = field(default=None, init=False, repr=False, compare=False)
+
+    def index_figures(self) -> IndexFigures:
+        if self._index is None:
+            self._index = compute_index(self.tallies())
+        return self._index
 
     def add(self, other: Counts) -> None:
-        for name in (
-            "surveys_sent",
-            "responses",
-            "escalated_responses",
-            "informal_payment_reports",
-            "escalations_opened",
-            "open_now",
-            "sla_breaches",
-            "recovery_answers",
-            "recovery_satisfied",
-            "complaints_resolved",
-            "complaints_on_time",
-            "complaints_on_time_not_unsatisfied",
-            "heads_unreachable",
-            "cases_overdue",
-            "apologies_sent",
-        ):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        # Spelled out rather than looped over names: a scope of 700 units adds 1,400 counts
+        # per warm report, and getattr/setattr made this a fifth of its time.
+        self._index = None
+        self.surveys_sent += other.surveys_sent
+        self.responses += other.responses
+        self.escalated_responses += other.escalated_responses
+        self.informal_payment_reports += other.informal_payment_reports
+        self.escalations_opened += other.escalations_opened
+        self.open_now += other.open_now
+        self.sla_breaches += other.sla_breaches
+        self.recovery_answers += other.recovery_answers
+        self.recovery_satisfied += other.recovery_satisfied
+        self.complaints_resolved += other.complaints_resolved
+        self.complaints_on_time += other.complaints_on_time
+        self.complaints_on_time_not_unsatisfied += other.complaints_on_time_not_unsatisfied
+        self.heads_unreachable += other.heads_unreachable
+        self.cases_overdue += other.cases_overdue
+        self.apologies_sent += other.apologies_sent
+        items = self.items
         for key, (answered, satisfied, score_sum) in other.items.items():
-            mine = self.items.setdefault(key, [0, 0, 0])
-            mine[0] += answered
-            mine[1] += satisfied
-            mine[2] += score_sum
+            mine = items.get(key)
+            if mine is None:
+                items[key] = [answered, satisfied, score_sum]
+            else:
+                mine[0] += answered
+                mine[1] += satisfied
+                mine[2] += score_sum
         self.ack_hours.extend(other.ack_hours)
-        self.themes.update(other.themes)
+        themes = self.themes
+        for theme, count in other.themes.items():
+            themes[theme] += count
 
     def tallies(self) -> list[ItemTally]:
         return [
@@ -181,6 +243,107 @@ class Counts:
                 self.items.items()
             )
         ]
+
+
+# A week's counts are stored in two parts, because they change for different reasons
+# (see "Stored weeks" above): what the week's responses say, which stays as it was once the
+# week is over, and complaints and late cases, which later actions on older escalations and
+# cases keep changing. A change of the second part makes only it counted again (a few hundred
+# ms on a million responses), not the responses (1-2 s).
+SURVEY_PART = "surveys"
+CASE_PART = "cases"
+PART_FIELDS: dict[str, tuple[str, ...]] = {
+    SURVEY_PART: (
+        "surveys_sent",
+        "responses",
+        "escalated_responses",
+        "informal_payment_reports",
+    ),
+    CASE_PART: (
+        "escalations_opened",
+        "open_now",
+        "sla_breaches",
+        "recovery_answers",
+        "recovery_satisfied",
+        "complaints_resolved",
+        "complaints_on_time",
+        "complaints_on_time_not_unsatisfied",
+        "heads_unreachable",
+        "cases_overdue",
+        "apologies_sent",
+    ),
+}
+_FORMAT = 2
+
+
+def counts_basis() -> str:
+    """What stored counts mean: their format and the questions counted by role (a changed
+    questionnaire counts other answers as informal payments or comments)."""
+    roles = ";".join(
+        f"{role}={','.join(sorted(_role_question_ids(role)))}"
+        for role in ("informal_payment", "comment")
+    )
+    return f"v{_FORMAT}:{hashlib.sha256(roles.encode()).hexdigest()[:32]}"
+
+
+def counts_to_json(counts: Mapping[int, Counts], part: str) -> dict[str, Any]:
+    """One part of every unit's counts as JSON (unit ids as keys), for `report_snapshots`."""
+    units: dict[str, Any] = {}
+    for unit_id, unit in counts.items():
+        body: dict[str, Any] = {name: getattr(unit, name) for name in PART_FIELDS[part]}
+        if part == SURVEY_PART:
+            body["items"] = [[q, f, *values] for (q, f), values in sorted(unit.items.items())]
+            body["themes"] = dict(unit.themes)
+        else:
+            body["ack_hours"] = list(unit.ack_hours)
+        units[str(unit_id)] = body
+    return {"units": units}
+
+
+def counts_from_json(document: Mapping[str, Any], part: str) -> dict[int, Counts]:
+    """Counts with one part set (the other's fields zero), from `counts_to_json`."""
+    found: dict[int, Counts] = {}
+    for key, body in document["units"].items():
+        unit = Counts(**{name: body[name] for name in PART_FIELDS[part]})
+        if part == SURVEY_PART:
+            unit.items = {(q, f): [a, s, total] for q, f, a, s, total in body["items"]}
+            unit.themes = Counter(body["themes"])
+        else:
+            unit.ack_hours = list(body["ack_hours"])
+        found[int(key)] = unit
+    return found
+
+
+def joined_parts(surveys: Mapping[int, Counts], cases: Mapping[int, Counts]) -> dict[int, Counts]:
+    """Whole counts from the two parts; the index figures already worked out for the survey
+    part are kept (the parts are left as they were: they may be held for other readers)."""
+    joined: dict[int, Counts] = {}
+    for unit_id in surveys.keys() | cases.keys():
+        survey = surveys.get(unit_id) or Counts()
+        case = cases.get(unit_id) or Counts()
+        unit = Counts(
+            items=survey.items,
+            themes=survey.themes,
+            ack_hours=case.ack_hours,
+            **{name: getattr(survey, name) for name in PART_FIELDS[SURVEY_PART]},
+            **{name: getattr(case, name) for name in PART_FIELDS[CASE_PART]},
+        )
+        unit._index = survey.index_figures()
+        joined[unit_id] = unit
+    return joined
+
+
+class ClosedWeeks(Protocol):
+    """Every unit's counts of closed weeks, stored once (see "Stored weeks" above)."""
+
+    async def counts(
+        self, weeks: Sequence[Week], tz: ZoneInfo, *, full: Collection[Week] = ()
+    ) -> dict[Week, dict[int, Counts]]:
+        """Of `weeks`, those closed: every unit's counts, stored or counted (and stored) now;
+        whole (`week_counts`) for the weeks in `full`, the survey part only for the others
+        (all the index, its history and its trend need). Weeks not closed yet are left out:
+        the caller counts them. The counts returned are shared: read them, never change them."""
+        ...
 
 
 async def week_counts(
@@ -245,10 +408,34 @@ async def _other_counts(
     with_comments: bool = True,
 ) -> None:
     """Complaints, cases, informal payments and comment themes (unless not `with_comments`)."""
+    await _payment_counts(session, week, tz, unit_ids, counts)
+    await _case_counts(session, week, tz, unit_ids, counts)
+    if with_comments:
+        await _comment_counts(session, week, tz, unit_ids, counts)
+
+
+async def _payment_counts(
+    session: AsyncSession,
+    week: Week,
+    tz: ZoneInfo,
+    unit_ids: Collection[int] | None,
+    counts: dict[int, Counts],
+) -> None:
     start, end = week.start(tz), week.end(tz)
     payment_ids = _role_question_ids("informal_payment")
     for unit_id, yes in (await repo.yes_counts(session, start, end, payment_ids, unit_ids)).items():
         _of(counts, unit_id).informal_payment_reports = yes
+
+
+async def _case_counts(
+    session: AsyncSession,
+    week: Week,
+    tz: ZoneInfo,
+    unit_ids: Collection[int] | None,
+    counts: dict[int, Counts],
+) -> None:
+    """Complaints (escalations and their events), late cases and apologies: `CASE_PART`."""
+    start, end = week.start(tz), week.end(tz)
     for unit_id, values in (await repo.escalation_counts(session, start, end, unit_ids)).items():
         unit = _of(counts, unit_id)
         (
@@ -270,8 +457,23 @@ async def _other_counts(
     ).items():
         unit = _of(counts, unit_id)
         unit.cases_overdue, unit.apologies_sent = overdue, apologies
-    if with_comments:
-        await _comment_counts(session, week, tz, unit_ids, counts)
+
+
+async def part_counts(
+    session: AsyncSession, week: Week, tz: ZoneInfo, part: str
+) -> dict[int, Counts]:
+    """Every unit's counts of one part of `week` (`SURVEY_PART` or `CASE_PART`); the two
+    together are `week_counts`."""
+    counts: dict[int, Counts] = {}
+    if part == SURVEY_PART:
+        await _index_counts(session, week, tz, None, counts, invitations=True)
+        await _payment_counts(session, week, tz, None, counts)
+        await _comment_counts(session, week, tz, None, counts)
+    elif part == CASE_PART:
+        await _case_counts(session, week, tz, None, counts)
+    else:  # pragma: no cover
+        raise ValueError(part)
+    return counts
 
 
 async def _comment_counts(
@@ -313,14 +515,14 @@ class Figures:
     officers: tuple[dict[str, Any], ...] | None = None
     rank: tuple[int, int] | None = None
 
-    @cached_property
+    @property
     def figures(self) -> IndexFigures:
-        """The week's index figures, unrounded (computed once)."""
-        return compute_index(self.counts.tallies())
+        """The week's index figures, unrounded (computed once per counts)."""
+        return self.counts.index_figures()
 
-    @cached_property
+    @property
     def previous_figures(self) -> IndexFigures:
-        return compute_index(self.previous.tallies())
+        return self.previous.index_figures()
 
     @property
     def enough(self) -> bool:
@@ -602,23 +804,46 @@ async def build_report(
     *,
     with_officers: bool = False,
     side_session: AsyncSession | None = None,
+    closed: ClosedWeeks | None = None,
 ) -> Report:
     """The report of `unit_code`'s scope (every unit when None) for `week`.
 
     `with_officers` adds per officer figures of the scope's own unit, for its head's digest
     only, and only for officers with at least `min_responses` responses. With a
     `side_session` (a second connection), the previous week is counted on it at the same time.
+    With `closed`, the counts of closed weeks come from there (stored; see "Stored weeks"),
+    before `session` reads anything. Call it outside any write transaction: a week not stored
+    yet is claimed and stored on connections of its own (on SQLite they would wait for the
+    caller's write lock; on PostgreSQL for the caller's transaction to end, up to 2 s, and
+    then not store). An audit entry, say, is written after the report, not around it.
     """
+    stored: dict[Week, dict[int, Counts]] = {}
+    if closed is not None:
+        stored = await closed.counts([week, week.previous()], tz, full=[week])
     for reader in (session, side_session):
         if reader is not None:
             await repo.begin_reading(reader)
     tree = await load_tree(session)
     scope = tree.find(unit_code) if unit_code is not None else None
     unit_ids = None if scope is None else tree.subtree(scope.id)
-    if side_session is None:
+    counts: dict[int, Counts]
+    previous: dict[int, Counts]
+    if week in stored or week.previous() in stored:
+        # One of the two is stored (the previous week, when this one is the current week):
+        # the other is counted alone.
+        if week in stored:
+            counts = stored[week]
+        else:
+            counts = await week_counts(session, week, tz, unit_ids)
+        previous = stored.get(week.previous(), {})
+        if week.previous() not in stored:
+            await _index_counts(
+                session, week.previous(), tz, unit_ids, previous, invitations=False, escalated=False
+            )
+    elif side_session is None:
         counts = await week_counts(session, week, tz, unit_ids)
         # Of the previous week the report shows only the index, its factors and the trend.
-        previous: dict[int, Counts] = {}
+        previous = {}
         await _index_counts(
             session, week.previous(), tz, unit_ids, previous, invitations=False, escalated=False
         )
@@ -694,11 +919,21 @@ async def scope_history(
     tz: ZoneInfo,
     unit_ids: Collection[int] | None,
     weeks: int = HISTORY_WEEKS,
+    *,
+    closed: ClosedWeeks | None = None,
 ) -> dict[Week, dict[int, Counts]]:
-    """Per unit counts (index figures only) of the `weeks` weeks up to `week`."""
+    """Per unit counts (index figures at least) of the `weeks` weeks up to `week`, of the
+    units `unit_ids` (or more: a stored week has every unit's). With `closed`, closed weeks
+    come from there; the others are counted on `session`, which must be a reader's
+    (`repo.begin_reading`): on SQLite a session holding the write lock would keep the closed
+    weeks' claims waiting."""
+    wanted = week.back(weeks)
+    stored = {} if closed is None else await closed.counts(wanted, tz)
     return {
-        each: await week_counts(session, each, tz, unit_ids, full=False)
-        for each in week.back(weeks)
+        each: stored[each]
+        if each in stored
+        else await week_counts(session, each, tz, unit_ids, full=False)
+        for each in wanted
     }
 
 

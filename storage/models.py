@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from sqlalchemy import (
+    DDL,
     JSON,
     BigInteger,
     ForeignKey,
@@ -23,8 +24,10 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy import event as sa_event
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from storage import snapshot_triggers
 from storage.types import UTCDateTime, utcnow
 
 NAMING_CONVENTION = {
@@ -612,6 +615,47 @@ class DigestDelivery(Base):
     address: Mapped[str | None] = mapped_column(Address)
     late: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReportSnapshot(Base):
+    """One part of the per unit counts of one closed week (all units), stored once so that a
+    report, a digest or a dashboard page reads them instead of counting the week again.
+
+    One row per week, time zone (a week's bounds are local midnights) and part (the
+    responses', "surveys", and the complaints' and late cases', "cases": they change for
+    different reasons). Triggers (`storage/snapshot_triggers.py`) delete the row on any write
+    that could change its counts. A row with no `counts` is a claim: a process is counting;
+    the claim's `token` lets it fill the row only if no such write deleted it meanwhile
+    (`handlers.digest`, "Stored weeks").
+    """
+
+    __tablename__ = "report_snapshots"
+
+    week: Mapped[str] = mapped_column(String(10), primary_key=True)  # ISO week, 2026-W47
+    timezone: Mapped[str] = mapped_column(String(64), primary_key=True)
+    part: Mapped[str] = mapped_column(String(16), primary_key=True)
+    # The week's bounds in UTC: what the triggers compare with.
+    week_start: Mapped[datetime]
+    week_end: Mapped[datetime]
+    # What the counts mean: their format and the questions counted as roles (a changed
+    # questionnaire or format makes the row useless, not wrong).
+    basis: Mapped[str] = mapped_column(String(200))
+    token: Mapped[str] = mapped_column(String(32))
+    counts: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    claimed_at: Mapped[datetime]
+    computed_at: Mapped[datetime | None]
+
+
+def _create_snapshot_triggers(target: Any, connection: Any, **_kw: Any) -> None:
+    # After every table exists (the triggers sit on six of them); a schema built from the
+    # models (tests) gets the same triggers as one built by the migrations.
+    dialect = connection.dialect.name
+    if dialect in {"sqlite", "postgresql"}:
+        for statement in snapshot_triggers.create_statements(dialect):
+            connection.execute(DDL(statement))  # type: ignore[no-untyped-call]
+
+
+sa_event.listen(Base.metadata, "after_create", _create_snapshot_triggers)
 
 
 # Indexes of the digest's aggregate queries (storage/repositories/reports.py), declared here

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.app import Services
+from bot.digest.snapshots import stored_weeks
 from handlers.digest import (
     HISTORY_WEEKS,
     Counts,
@@ -312,7 +313,9 @@ async def load_history(services: Services, report: Report) -> tuple[History, Uni
         await reports_repo.begin_reading(session)
         tree = await load_tree(session)
         unit_ids = None if report.scope is None else tree.subtree(report.scope.id)
-        weeks = await scope_history(session, report.week, settings.timezone, unit_ids)
+        weeks = await scope_history(
+            session, report.week, settings.timezone, unit_ids, closed=stored_weeks(services)
+        )
     return weeks, tree
 
 

@@ -5,6 +5,7 @@ numbers."""
 from __future__ import annotations
 
 from bot.app import Services
+from bot.digest.snapshots import stored_weeks
 from handlers.digest import Report, Week, build_report
 
 
@@ -13,8 +14,15 @@ async def weekly_report(services: Services, week_text: str | None, unit: str | N
     settings = services.settings
     tz = settings.timezone
     week = Week.parse(week_text) if week_text else Week.last(services.clock.now(), tz)
-    # Two connections: the previous week (for the trend) is counted beside this one.
+    # Closed weeks are stored (handlers/digest.py, "Stored weeks"); a week counted here is
+    # counted on two connections, the previous week (for the trend) beside this one.
     async with services.sessions() as session, services.sessions() as side:
         return await build_report(
-            session, week, tz, settings.digest_min_responses, unit, side_session=side
+            session,
+            week,
+            tz,
+            settings.digest_min_responses,
+            unit,
+            side_session=side,
+            closed=stored_weeks(services),
         )

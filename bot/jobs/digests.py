@@ -24,6 +24,7 @@ from prometheus_client import Counter
 from bot.app import Services
 from bot.config import WeeklySchedule
 from bot.digest.render import History, build_files
+from bot.digest.snapshots import stored_weeks
 from bot.jobs.scheduler import SweepScheduler
 from handlers.chat import say
 from handlers.digest import (
@@ -141,12 +142,19 @@ async def deliver_week(
     if not targets:
         return outcome
 
-    # One count of the whole tree serves every scope: a digest is a roll-up of it.
+    # One count of the whole tree serves every scope: a digest is a roll-up of it. Closed
+    # weeks come stored (and are stored now if they were not: the sweep warms them for the
+    # API and the dashboard); the history holds this week and the one before.
+    closed = stored_weeks(services)
     async with services.sessions() as session:
         await repo.begin_reading(session)
-        counts: dict[int, Counts] = await week_counts(session, week, tz, None)
-        previous = await week_counts(session, week.previous(), tz, None, full=False)
-        history: History = await scope_history(session, week, tz, None)
+        history: History = await scope_history(session, week, tz, None, closed=closed)
+        counts: dict[int, Counts] = (
+            (await closed.counts([week], tz, full=[week]))[week]
+            if closed.is_closed(week, tz)
+            else await week_counts(session, week, tz, None)
+        )
+        previous = history[week.previous()]
     for target in targets:
         now = services.clock.now()
         if target.address is None:
@@ -246,6 +254,13 @@ async def send_due_digests(services: Services) -> DeliveryOutcome:
     outcome = await deliver_week(services, week, late=late)
     if outcome.queued or outcome.unreachable:
         log.info("digests of %s: %s%s", week.label, outcome, " (late)" if late else "")
+    # Last week (the dashboard's default) and the one before (its trend), stored as soon as
+    # last week has closed, whether or not a digest is due, so that the first page need not
+    # count. After the digests: a failure here must not hold them back.
+    last = Week.last(now, services.settings.timezone)
+    await stored_weeks(services).warm(
+        [last.previous(), last], services.settings.timezone, full=[last]
+    )
     return outcome
 
 

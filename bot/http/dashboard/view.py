@@ -16,6 +16,7 @@ from typing import Any
 from bot.app import Services
 from bot.digest.render import chart_png, load_history
 from bot.digest.report import weekly_report
+from bot.digest.snapshots import stored_weeks
 from handlers.digest import Report, UnitTree, Week, build_report, history_points, load_tree
 from handlers.questionnaire import FACTORS, available_questionnaires, load_questionnaire
 from storage.repositories import dashboard_pages as repo
@@ -262,6 +263,8 @@ async def unit_page(
             code,
             with_officers=with_officers,
             side_session=side,
+            # The unit's figures from the stored weeks, as the overview and the API read them.
+            closed=stored_weeks(services),
         )
     async with services.sessions() as session:
         await begin_reading(session)

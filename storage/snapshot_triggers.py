@@ -1,0 +1,161 @@
+"""The triggers that keep `report_snapshots` honest: a write that can change a stored week's
+counts deletes that week's stored part, whoever writes and however (ORM, bulk statement, raw
+SQL).
+
+Each table's rows name the moments they can matter to, as a point (the one week containing
+it: a survey completed, an answer of a survey completed then, a case resolved, an event, an
+apology) or as the start of a span (every week ending after it: an escalation counts as open,
+past its SLA, resolved, recovered or acknowledged only after it opened; a case still open
+counts as overdue in every week ending after its promised date). A write of a row (its old and
+its new version) deletes the stored part of every week it names. The responses' part
+("surveys") is named by surveys, answers and, for a case moved to another unit or an
+escalation (a response "with an escalation"), the case's survey; the complaints' part
+("cases") by cases, escalations, their events and apologies. A write about today names no
+stored (closed) week; a backdated one, or a change to an old escalation or a late open case,
+names exactly the weeks it could change, and they are counted again.
+
+The statements are spelled once here for both backends; the migration that created the table
+and `storage.models` (for a schema built from the models, as the tests do) both use them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SNAPSHOT_TABLE = "report_snapshots"
+
+SURVEYS, CASES = "surveys", "cases"  # the parts (handlers.digest.SURVEY_PART, CASE_PART)
+_COMPLETED = "(SELECT completed_at FROM surveys WHERE {key} = {{row}}.{column})"
+_INVITED = "(SELECT invited_at FROM surveys WHERE case_id = {row}.id)"
+
+_CASE_COUNTED = ("unit_id", "status", "due_at", "delay_new_due_at", "resolved_at")
+
+
+@dataclass(frozen=True)
+class Moment:
+    part: str
+    kind: str  # "point": the week containing it; "span": every week ending after it
+    sql: str  # over `{row}`, OLD or NEW
+    # On an update, only when one of these columns changed (None: always); on an insert or a
+    # delete, always, unless `updates_only`.
+    changed: tuple[str, ...] | None = None
+    updates_only: bool = False
+
+
+MOMENTS: dict[str, tuple[Moment, ...]] = {
+    "surveys": (
+        Moment(SURVEYS, "point", "{row}.completed_at"),
+        Moment(SURVEYS, "point", "{row}.invited_at"),
+    ),
+    "answers": (Moment(SURVEYS, "point", _COMPLETED.format(key="id", column="survey_id")),),
+    "cases": (
+        # A case moved to another unit moves its survey's response and invitation (a case
+        # created or deleted: its survey's own triggers say it).
+        Moment(
+            SURVEYS,
+            "point",
+            _COMPLETED.format(key="case_id", column="id"),
+            ("unit_id",),
+            updates_only=True,
+        ),
+        Moment(SURVEYS, "point", _INVITED, ("unit_id",), updates_only=True),
+        Moment(CASES, "point", "{row}.resolved_at", _CASE_COUNTED),
+        # Overdue while open (storage.repositories.reports.case_counts): from its date on.
+        Moment(
+            CASES,
+            "span",
+            "CASE WHEN {row}.status IN ('received', 'delayed') "
+            "THEN COALESCE({row}.delay_new_due_at, {row}.due_at) END",
+            _CASE_COUNTED,
+        ),
+    ),
+    "escalations": (
+        # The case's response is one "with an escalation" (the QĐ 766 rate).
+        Moment(SURVEYS, "point", _COMPLETED.format(key="case_id", column="case_id"), ("case_id",)),
+        Moment(CASES, "span", "{row}.opened_at"),
+    ),
+    "escalation_events": (Moment(CASES, "point", "{row}.at"),),
+    "apologies": (Moment(CASES, "point", "{row}.created_at"),),
+}
+
+
+def _changed(columns: tuple[str, ...], dialect: str) -> str:
+    differ = "IS DISTINCT FROM" if dialect == "postgresql" else "IS NOT"
+    return " OR ".join(f"OLD.{column} {differ} NEW.{column}" for column in columns)
+
+
+def _forget(row: str, table: str, event: str, dialect: str) -> str:
+    """The statements run for one version (`row`) of a row written by `event`."""
+    # A moment not set (NULL: a survey not completed) compares as not true: no match.
+    statements = []
+    for part in (SURVEYS, CASES):
+        conditions = []
+        for moment in MOMENTS[table]:
+            if moment.part != part or (moment.updates_only and event != "UPDATE"):
+                continue
+            at = moment.sql.format(row=row)
+            if moment.kind == "point":
+                condition = f"(week_start <= {at} AND week_end > {at})"
+            else:
+                condition = f"week_end > {at}"
+            if event == "UPDATE" and moment.changed:
+                condition = f"(({_changed(moment.changed, dialect)}) AND {condition})"
+            conditions.append(condition)
+        if conditions:
+            statements.append(
+                f"DELETE FROM {SNAPSHOT_TABLE} WHERE part = '{part}' AND "
+                f"({' OR '.join(conditions)});"
+            )
+    return " ".join(statements)
+
+
+def create_statements(dialect: str) -> list[str]:
+    """The DDL creating every trigger on `dialect` ("sqlite" or "postgresql")."""
+    statements: list[str] = []
+    for table in MOMENTS:
+        if dialect == "postgresql":
+            function = f"{SNAPSHOT_TABLE}_forget_{table}"
+            statements.append(
+                f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+                "BEGIN\n"
+                "  IF TG_OP = 'INSERT' THEN "
+                f"{_forget('NEW', table, 'INSERT', dialect) or 'NULL;'} END IF;\n"
+                "  IF TG_OP = 'UPDATE' THEN "
+                f"{_forget('OLD', table, 'UPDATE', dialect)} "
+                f"{_forget('NEW', table, 'UPDATE', dialect)} END IF;\n"
+                "  IF TG_OP = 'DELETE' THEN "
+                f"{_forget('OLD', table, 'DELETE', dialect) or 'NULL;'} END IF;\n"
+                "  RETURN NULL;\n"
+                "END $$"
+            )
+            statements.append(
+                f"CREATE TRIGGER trg_{SNAPSHOT_TABLE}_{table} "
+                f"AFTER INSERT OR UPDATE OR DELETE ON {table} "
+                f"FOR EACH ROW EXECUTE FUNCTION {function}()"
+            )
+        elif dialect == "sqlite":
+            for event, rows in (
+                ("INSERT", ("NEW",)),
+                ("UPDATE", ("OLD", "NEW")),
+                ("DELETE", ("OLD",)),
+            ):
+                body = " ".join(_forget(row, table, event, dialect) for row in rows)
+                statements.append(
+                    f"CREATE TRIGGER trg_{SNAPSHOT_TABLE}_{table}_{event.lower()} "
+                    f"AFTER {event} ON {table} BEGIN {body} END"
+                )
+        else:  # pragma: no cover
+            raise RuntimeError(f"unsupported database backend {dialect!r}")
+    return statements
+
+
+def drop_statements(dialect: str) -> list[str]:
+    statements: list[str] = []
+    for table in MOMENTS:
+        if dialect == "postgresql":
+            statements.append(f"DROP TRIGGER IF EXISTS trg_{SNAPSHOT_TABLE}_{table} ON {table}")
+            statements.append(f"DROP FUNCTION IF EXISTS {SNAPSHOT_TABLE}_forget_{table}()")
+        else:
+            for event in ("insert", "update", "delete"):
+                statements.append(f"DROP TRIGGER IF EXISTS trg_{SNAPSHOT_TABLE}_{table}_{event}")
+    return statements
