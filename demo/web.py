@@ -12,7 +12,7 @@ from demo import data as demo_data
 from demo.digest import HISTORY_PREFIX
 from handlers.intake import case_posted
 from handlers.intake_schema import parse_case
-from storage.models import Case, LinkToken, Survey, SurveyStatus
+from storage.models import Case, Citizen, LinkToken, Survey, SurveyStatus
 
 if TYPE_CHECKING:
     from demo.context import DemoContext
@@ -23,15 +23,19 @@ FALLBACK_SUFFIX = "-9002"  # the printed curl's case ends in -9001
 
 
 async def pick_web_sample(context: DemoContext) -> None:
-    """The most recently resolved sample case with an open survey; one is resolved now for
-    the purpose when the sample has none (a handful of cases, or an old database)."""
+    """The most recently resolved sample case with an open survey, of a citizen who reads the
+    service's language (a few sample citizens chose English: the newcomer's first page should
+    not depend on the day's draw); one is resolved now for the purpose when the sample has
+    none (a handful of cases, or an old database)."""
     services = context.services
     margin = context.now + MARGIN
     query = (
         select(Case.case_code, LinkToken.token)
         .join(Survey, Survey.case_id == Case.id)
         .join(LinkToken, LinkToken.case_id == Case.id)
+        .join(Citizen, Citizen.id == Case.citizen_id)
         .where(
+            Citizen.locale == services.settings.locale,
             Survey.status == SurveyStatus.SCHEDULED,
             Survey.expires_at > margin,
             LinkToken.expires_at > margin,
