@@ -175,6 +175,7 @@ async def measure(url: str, schema: str | None, minimum: int, repeat: int) -> di
                 .values(completed_at=Survey.completed_at)
             )
         after_response, _ = await _timed(overview)
+        pages = await time_pages(url, schema, clock, minimum, repeat)
     finally:
         await engine.dispose()
     return {
@@ -185,6 +186,7 @@ async def measure(url: str, schema: str | None, minimum: int, repeat: int) -> di
         "warm_cpu_seconds_per_round": round(warm_cpu, 3),
         "overview_after_old_escalation_seconds": round(after_escalation, 3),
         "overview_after_backdated_response_seconds": round(after_response, 3),
+        "pages": pages,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "units": len(body["units"]),
         "responses": body["overall"]["responses"],
@@ -220,6 +222,53 @@ async def time_page(
         "median": round(statistics.median(warm), 4),
         "worst": round(warm[-1], 4),
     }
+
+
+async def time_pages(
+    url: str, schema: str | None, clock: Any, minimum: int, repeat: int
+) -> dict[str, dict[str, float]]:
+    """The real pages over HTTP: the service's aiohttp app on a local port, an official of
+    the whole tree signed in through a one-time link, each page timed to its last byte."""
+    from aiohttp import CookieJar
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from bot.app import build_services
+    from bot.config import load_settings
+    from bot.http.api import create_web_app
+    from handlers.dashboard_access import CLI, link_issued
+
+    database_url = url
+    if schema and "search_path" not in url:
+        database_url = f"{url}{'&' if '?' in url else '?'}search_path={schema}"
+    settings = load_settings(
+        database_url=database_url,
+        api_tokens=["bench-token"],
+        public_url="http://127.0.0.1",
+        digest_min_responses=minimum,
+        timezone=TZ.key,
+    )
+    services = build_services(settings, clock=clock)
+    week = LAST_WEEK.label
+    results: dict[str, dict[str, float]] = {}
+    try:
+        async with TestClient(
+            TestServer(create_web_app(services)), cookie_jar=CookieJar(unsafe=True)
+        ) as client:
+            async with services.sessions.begin() as session:
+                issued = await link_issued(session, "P", clock.now(), actor=CLI)
+            response = await client.get(f"/dashboard/login/{issued.token}", allow_redirects=False)
+            if response.status != 303:
+                raise RuntimeError(f"sign-in answered {response.status}")
+            for name, path in (
+                ("overview", f"/dashboard?week={week}"),
+                ("overview_sorted", f"/dashboard?week={week}&sort=index&dir=asc"),
+                ("unit_page", f"/dashboard/units/{DISTRICT}?week={week}"),
+                ("chart", f"/dashboard/units/{DISTRICT}/chart.png?week={week}"),
+            ):
+                results[name] = await time_page(client.get, path, runs=repeat)
+    finally:
+        await services.engine.dispose()
+    return results
 
 
 def _run_measure(url: str, schema: str | None, minimum: int, repeat: int) -> dict[str, Any]:
@@ -261,6 +310,20 @@ def summarise(backend: str, results: list[Mapping[str, Any]]) -> None:
         ("overview_after_backdated_response_seconds", "overview after a backdated response"),
     ):
         print(f"  {label} (recounts that part): {_spread([r[key] for r in results])}")
+    for name, label in (
+        ("overview", f"GET /dashboard?week={LAST_WEEK.label} ({results[0]['units']} units)"),
+        ("overview_sorted", "the same, sorted by index"),
+        ("unit_page", f"GET /dashboard/units/{DISTRICT}"),
+        ("chart", f"GET /dashboard/units/{DISTRICT}/chart.png"),
+    ):
+        firsts = [r["pages"][name]["first"] for r in results]
+        medians = [r["pages"][name]["median"] for r in results]
+        worst = [r["pages"][name]["worst"] for r in results]
+        best = [r["pages"][name]["best"] for r in results]
+        print(
+            f"  page {label}: first {_spread(firsts)}; warm best {1000 * min(best):.0f} / "
+            f"median {1000 * statistics.median(medians):.0f} / worst {1000 * max(worst):.0f} ms"
+        )
     cpu = [r["warm_cpu_seconds_per_round"] for r in results]
     print(f"  warm CPU per round of the three (this process): {min(cpu):.3f}-{max(cpu):.3f} s")
     print(f"  peak RSS: {max(r['peak_rss_mb'] for r in results):.0f} MB")
