@@ -192,6 +192,7 @@ class Counts:
     cases_overdue: int = 0
     apologies_sent: int = 0
     themes: Counter[str] = field(default_factory=Counter)
+    comments: int = 0  # the week's comments (non-empty), whose themes are counted above
     # The index figures of `items`, once asked for: a stored week's counts are read by many
     # reports in a process (bot/digest/snapshots.py keeps them decoded), and the formula for
     # 700 units is most of a warm report's time. `add` forgets it; nothing else changes the
@@ -222,6 +223,7 @@ class Counts:
         self.heads_unreachable += other.heads_unreachable
         self.cases_overdue += other.cases_overdue
         self.apologies_sent += other.apologies_sent
+        self.comments += other.comments
         items = self.items
         for key, (answered, satisfied, score_sum) in other.items.items():
             mine = items.get(key)
@@ -258,6 +260,7 @@ PART_FIELDS: dict[str, tuple[str, ...]] = {
         "responses",
         "escalated_responses",
         "informal_payment_reports",
+        "comments",
     ),
     CASE_PART: (
         "escalations_opened",
@@ -273,7 +276,7 @@ PART_FIELDS: dict[str, tuple[str, ...]] = {
         "apologies_sent",
     ),
 }
-_FORMAT = 2
+_FORMAT = 3  # 3: comments counted
 
 
 def counts_basis() -> str:
@@ -488,9 +491,12 @@ async def _comment_counts(
     comment_ids = _role_question_ids("comment")
     by_unit: dict[int, list[str]] = {}
     for unit_id, text in await repo.comments(session, start, end, comment_ids, unit_ids):
-        by_unit.setdefault(unit_id, []).append(text)
+        if text:
+            by_unit.setdefault(unit_id, []).append(text)
     for unit_id, texts in by_unit.items():
-        _of(counts, unit_id).themes.update(count_themes(texts))
+        unit = _of(counts, unit_id)
+        unit.themes.update(count_themes(texts))
+        unit.comments = len(texts)
 
 
 def _share(part: int, whole: int) -> float | None:
@@ -632,6 +638,7 @@ class Figures:
             "lowest_items": self.lowest_items(),
             "informal_payment_reports": counts.informal_payment_reports,
             "heads_unreachable": counts.heads_unreachable,
+            "comments": counts.comments,
             "comment_themes": dict(
                 sorted(counts.themes.items(), key=lambda item: (-item[1], item[0]))
             ),

@@ -136,3 +136,31 @@ async def test_with_no_fall_beyond_noise_the_largest_drops_are_named_as_within_i
     [dip] = data.dips
     assert dip.body["unit_code"] == "HN-BD" and dip.body["trend"] == "same"
     assert dip.weakest_factor == ("result", 10.0)
+
+
+async def test_a_chart_is_drawn_once_for_the_same_figures(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Charts are kept by what they show: the same figures are not drawn again, a changed
+    figure is (and the comments' count on the unit page is the report's own)."""
+    await seed(api.services)
+    drawn: list[str] = []
+    real = view.chart_png
+
+    def counting(*args: Any, **kwargs: Any) -> bytes:
+        drawn.append("x")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(view, "chart_png", counting)
+    monkeypatch.setattr(view, "_CHARTS", {})  # not what another test (or backend) drew
+    first = await view.unit_chart(api.services, "HN-LB", W47, "vi")
+    again = await view.unit_chart(api.services, "HN-LB", W47, "vi")
+    assert again == first and len(drawn) == 1
+    assert await view.unit_chart(api.services, "HN-LB", W47, "en") != first
+    assert len(drawn) == 2
+    async with api.services.sessions.begin() as session:
+        await add_response(session, "HN-LB", MID_W47, (1, 1, 1, 1, 1), comment="Chờ quá lâu")
+    await view.unit_chart(api.services, "HN-LB", W47, "vi")
+    assert len(drawn) == 3
+    page = await view.unit_page(api.services, "HN-LB", W47, viewer_scope="HN", with_officers=False)
+    assert page.comments_total == 4 == (await report_json(api, W47, "HN-LB"))["overall"]["comments"]

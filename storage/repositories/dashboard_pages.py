@@ -11,7 +11,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Answer, Case, Escalation, EscalationEvent, Survey
@@ -54,37 +54,40 @@ async def recent_comments(
     question_ids: Collection[str],
     unit_ids: Collection[int],
     limit: int,
-) -> tuple[list[CommentRow], int]:
-    """The newest `limit` comments of surveys completed in [start, end) about the units, and
-    how many there are in all."""
+) -> list[CommentRow]:
+    """The newest `limit` comments of surveys completed in [start, end) about the units.
+
+    Walked newest first along ix_surveys_completed_case (completed_at, case_id), which the
+    order follows exactly, so the database stops after `limit` matches instead of joining
+    the whole week (a week of a large province: 125,000 responses, 350 ms). How many there
+    are in all is the digest's count (`Counts.comments`), not counted again here.
+    """
     if not question_ids or not unit_ids:
-        return [], 0
-    where = (
-        Survey.completed_at >= start,
-        Survey.completed_at < end,
-        Answer.question_id.in_(list(question_ids)),
-        Answer.value_text.is_not(None),
-        Case.unit_id.in_(list(unit_ids)),
-    )
-    joined = (
+        return []
+    query = (
         select(Case.unit_id, Survey.completed_at, Answer.value_text)
         .select_from(Survey)
         .join(Case, Case.id == Survey.case_id)
         .join(Answer, Answer.survey_id == Survey.id)
-        .where(*where)
+        .where(
+            Survey.completed_at >= start,
+            Survey.completed_at < end,
+            Answer.question_id.in_(list(question_ids)),
+            Answer.value_text.is_not(None),
+            Answer.value_text != "",
+            # `+ 0` keeps both planners off ix_cases_unit_id: starting from every case the
+            # units ever had (then sorting) is what the walk below avoids.
+            (Case.unit_id + 0).in_(list(unit_ids)),
+        )
+        .order_by(Survey.completed_at.desc(), Survey.case_id.desc())
+        .limit(limit)
     )
-    total = await session.scalar(
-        select(func.count())
-        .select_from(Survey)
-        .join(Case, Case.id == Survey.case_id)
-        .join(Answer, Answer.survey_id == Survey.id)
-        .where(*where)
-    )
-    rows = await session.execute(
-        joined.order_by(Survey.completed_at.desc(), Answer.id.desc()).limit(limit)
-    )
-    found = [CommentRow(row[0], row[1], row[2]) for row in rows if row[1] is not None and row[2]]
-    return found, int(total or 0)
+    if session.get_bind().dialect.name == "postgresql":
+        # Parallel workers each run ahead along the index before the limit stops them: 20 ms
+        # and three times the rows read, against 9 ms for the one walk (1M responses).
+        await session.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
+    rows = await session.execute(query)
+    return [CommentRow(row[0], row[1], row[2]) for row in rows if row[1] is not None and row[2]]
 
 
 async def scope_escalations(

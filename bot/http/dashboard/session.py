@@ -162,7 +162,18 @@ def dashboard_environment() -> Environment:
         lstrip_blocks=True,
     )
     environment.filters["paragraphs"] = _paragraphs
+    environment.filters["css_string"] = css_string
     return environment
+
+
+def css_string(text: str) -> Markup:
+    """`text` for inside a double-quoted CSS string in a <style> block. The block is raw text
+    to the browser (HTML escapes would show as they are), so CSS escapes: hex for anything
+    that could end the string or the block."""
+    escaped = "".join(
+        f"\\{ord(char):x} " if char in '"\\<>&\n\r' or ord(char) < 32 else char for char in text
+    )
+    return Markup(escaped)  # escaped above for its CSS context
 
 
 def _language_links(request: web.Request) -> dict[str, str]:

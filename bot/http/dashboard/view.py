@@ -7,6 +7,7 @@ Values stay raw here (the report's JSON); pages.py formats them with the digest'
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -272,7 +273,7 @@ async def unit_page(
         scope = tree.find(code)
         ids = tree.subtree(scope.id)
         start, end = week.start(tz), week.end(tz)
-        comment_rows, comments_total = await repo.recent_comments(
+        comment_rows = await repo.recent_comments(
             session, start, end, _comment_question_ids(), ids, COMMENTS_SHOWN
         )
         escalations, complaints_total = await repo.scope_escalations(
@@ -320,7 +321,7 @@ async def unit_page(
         children=[unit.as_json() for unit in report.units if unit.parent_code == code],
         parent=shown_parent,
         comments=comments,
-        comments_total=comments_total,
+        comments_total=report.overall.counts.comments,
         complaints=complaints,
         complaints_total=complaints_total,
         officers=own.officers if with_officers else None,
@@ -335,4 +336,19 @@ async def unit_chart(services: Services, code: str, week: Week, locale: str) -> 
     points = history_points(
         weeks, tree.subtree(report.scope.id), services.settings.digest_min_responses
     )
-    return await asyncio.to_thread(chart_png, report, points, locale)
+    # Drawing takes 200-250 ms and the figures of a closed week rarely change: a chart is
+    # kept by what it shows (so a changed figure draws anew), a few dozen of them.
+    key = hashlib.sha256(
+        repr((code, week.label, locale, report.overall.as_json(), points)).encode()
+    ).hexdigest()
+    png = _CHARTS.get(key)
+    if png is None:
+        png = await asyncio.to_thread(chart_png, report, points, locale)
+        _CHARTS[key] = png
+        while len(_CHARTS) > CHARTS_KEPT:
+            del _CHARTS[next(iter(_CHARTS))]
+    return png
+
+
+CHARTS_KEPT = 64
+_CHARTS: dict[str, bytes] = {}  # oldest first
