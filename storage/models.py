@@ -475,8 +475,8 @@ class OutboxMessage(Base):
         Index("ix_outbox_pending", "status", "priority", "not_before", "id"),
         # The dispatcher's claim looks up each candidate chat's queue by address.
         Index("ix_outbox_address", "channel", "address", "status"),
-        # A new elected sender reads the starts of the last second (bot/outbox/leadership.py).
-        Index("ix_outbox_started_at", "started_at"),
+        # A new elected sender reads the sends of the last second (bot/outbox/leadership.py).
+        Index("ix_outbox_sent_at", "sent_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -497,11 +497,8 @@ class OutboxMessage(Base):
     platform_message_id: Mapped[str | None] = mapped_column(String(64))
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the accepted send started (not when it was marked): pacing counts starts.
     sent_at: Mapped[datetime | None]
-    # When the last call to the platform for it started, written before the call by a sender
-    # sharing its database with others: whoever sends next counts the starts of the last
-    # second against the limits, as the platform does (bot/outbox/dispatcher.py, _take_over).
-    started_at: Mapped[datetime | None]
 
 
 class ProcessedUpdate(Base):

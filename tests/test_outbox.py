@@ -1043,7 +1043,6 @@ class TakingOver:
 
     contended = True
     exclusive = True
-    shared = True
 
     def __init__(self) -> None:
         self.lost = asyncio.Event()
@@ -1055,44 +1054,31 @@ class TakingOver:
         return None
 
 
-async def started_earlier(
-    sessions: SessionFactory, address: str, at: datetime, status: str = OutboxStatus.SENT
-) -> None:
-    """A call an earlier sender started at `at` (sent, or failed and waiting for a retry)."""
+async def sent_earlier(sessions: SessionFactory, address: str, at: datetime) -> None:
     async with sessions.begin() as session:
         row = await outbox.enqueue(
             session, channel=CHANNEL, address=address, payload={"text": "x"}, not_before=at
         )
         assert row is not None
-        row.status, row.started_at = status, at
-        if status == OutboxStatus.PENDING:  # failed: waiting for its retry
-            row.not_before, row.last_error = at + timedelta(minutes=1), "boom"
+        row.status, row.sent_at = OutboxStatus.SENT, at
 
 
+@pytest.mark.parametrize("marked", [10, 4])
 async def test_a_new_sender_counts_the_last_window_of_the_one_before(
-    sessions: SessionFactory, clock: FakeClock, pacing: FakePacing
+    sessions: SessionFactory, clock: FakeClock, pacing: FakePacing, marked: int
 ) -> None:
-    """A sender taking over puts every call its predecessor started in the last window into
-    its own pacing, at its time (sent, failed or cut off: each start was written before the
-    call); a claim it held whose send had started waits one chat spacing like a retry, its
-    other claims are free at once. After a sender draining at the limit it goes on at the
-    limit, not after a whole window's pause."""
+    """A sender taking over puts its predecessor's last window into its own pacing: the sends
+    marked in the outbox at their start, the rest of the limit as started now (what was cut
+    off or failed is unknown), and a freed claim waits one chat spacing like a retry. After a
+    sender draining at the limit it goes on at the limit, not after a whole window's pause."""
     now = clock.now()
-    window = 1.03  # 10 in any 1.03 s (the 3 % margin)
-    for i in range(8):  # one every 0.1 s, the newest 0.15 s ago
-        await started_earlier(sessions, str(36_000 + i), now - timedelta(seconds=0.15 + 0.1 * i))
-    await started_earlier(
-        sessions, "36050", now - timedelta(seconds=0.12), OutboxStatus.PENDING
-    )  # failed
-    await started_earlier(sessions, "36100", now - timedelta(seconds=5))  # long gone
-    in_flight = await put(sessions, clock, "36200", "in flight when its sender died")
-    waiting = await put(sessions, clock, "36201", "held, not started")
+    for i in range(marked):  # one every 0.1 s, the newest 0.05 s ago
+        await sent_earlier(sessions, str(36_000 + i), now - timedelta(seconds=0.05 + 0.1 * i))
+    await sent_earlier(sessions, "36100", now - timedelta(seconds=5))  # long gone: not counted
+    held = await put(sessions, clock, "36200", "in flight when its sender died")
     async with sessions.begin() as session:
         claimed = await outbox.claim_due(session, now, 10, timedelta(seconds=60))
-        assert {m.id for m in claimed.messages} == {in_flight, waiting}
-        assert await outbox.mark_started(
-            session, in_flight, token=claimed.token, at=now - timedelta(seconds=0.05)
-        )
+    assert [m.id for m in claimed.messages] == [held]
     leadership = TakingOver()
     dispatcher = make_dispatcher(
         sessions,
@@ -1108,54 +1094,26 @@ async def test_a_new_sender_counts_the_last_window_of_the_one_before(
     await dispatcher._take_over(leadership, lambda: False)
 
     pace = dispatcher._paces[CHANNEL]
-    slack = dispatcher.START_SLACK  # a call reaches the platform after its start is written
-    # Ten starts in the window (eight sent, one failed, one cut off): the next call waits for
-    # the oldest, 0.85 s ago, to leave it; the one after for the second oldest.
-    assert pace.ready_at(mono) == pytest.approx(mono - 0.85 + slack + window)
-    assert pace.ready_at(mono, cost=2) == pytest.approx(mono - 0.75 + slack + window)
-    # A chat waits its spacing from its start, plus the slack (never later than now: its
-    # sender is gone).
-    assert dispatcher._next_at[(CHANNEL, "36007")] == pytest.approx(mono - 0.85 + slack + window)
-    assert dispatcher._next_at[(CHANNEL, "36000")] == pytest.approx(mono + window)
-    assert dispatcher._next_at[(CHANNEL, "36200")] == pytest.approx(mono + window)
-    assert (CHANNEL, "36100") not in dispatcher._next_at
+    window = 1.03  # 10 in any 1.03 s (the 3 % margin)
+    if marked == 10:
+        # The oldest of the ten, 0.95 s ago, leaves the window 0.08 s from now.
+        assert pace.ready_at(mono) == pytest.approx(mono - 0.95 + window)
+    else:
+        # Four marked, six unknown taken as now: the fifth start waits for the oldest marked.
+        assert pace.ready_at(mono) == pytest.approx(mono - 0.35 + window)
+        assert pace.ready_at(mono, cost=4) == pytest.approx(mono - 0.05 + window)
+        assert pace.ready_at(mono, cost=5) == pytest.approx(mono + window)  # six taken as now
+    assert dispatcher._next_at[(CHANNEL, "36000")] == pytest.approx(mono - 0.05 + window)
     async with sessions.begin() as session:
-        started = await session.get(OutboxMessage, in_flight)
+        freed = await session.get(OutboxMessage, held)
         # Freed, and waiting one chat spacing as a tried row waits for its retry: it may have
         # gone out just before its sender died.
-        assert started is not None and started.claim_token is None
-        assert started.not_before == now + timedelta(seconds=window)
-        assert started.last_error == outbox.TAKEN_OVER
-        free = await session.get(OutboxMessage, waiting)
-        assert free is not None and free.claim_token is None and free.last_error is None
-    # Other chats' rows are claimed at once; not the one put back, nor what is behind it.
+        assert freed is not None and freed.claim_token is None
+        assert freed.not_before == now + timedelta(seconds=window)
+        assert freed.last_error == outbox.TAKEN_OVER
+    # Meanwhile other chats' rows are claimed at once; not that one (nor its chat).
     await put(sessions, clock, "36200", "behind it in its chat")
     await put(sessions, clock, "36300", "another chat")
     async with sessions.begin() as session:
         claim = await outbox.claim_due(session, now, 10, timedelta(seconds=60))
-        assert sorted(m.address for m in claim.messages) == ["36201", "36300"]
-
-
-async def test_a_sender_sharing_its_database_writes_each_start_before_the_call(
-    sessions: SessionFactory, clock: FakeClock
-) -> None:
-    """With others who may send after it, the start is in the outbox before the platform is
-    called; a sender alone (SQLite) writes nothing more than before."""
-    seen: list[datetime | None] = []
-
-    class Looking(FakeSender):
-        async def send(self, address: str, payload: Mapping[str, Any], **kwargs: Any) -> str:
-            async with sessions() as session:
-                row = await session.scalar(
-                    select(OutboxMessage).where(OutboxMessage.address == address)
-                )
-                seen.append(None if row is None else row.started_at)
-            return await super().send(address, payload, **kwargs)
-
-    shared = TakingOver()
-    shared.contended = False
-    for leadership, address in ((shared, "37000"), (SoleSender(), "37001")):
-        await put(sessions, clock, address, "hello")
-        dispatcher = make_dispatcher(sessions, Looking(), clock, leadership=leadership)
-        assert await dispatcher.drain(timeout=10) == 1
-    assert seen == [clock.now(), None]
+        assert [m.address for m in claim.messages] == ["36300"]

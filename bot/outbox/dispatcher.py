@@ -320,42 +320,39 @@ class Dispatcher:
         """Starts where a sender before this one stopped (it died, lost its connection or
         stepped down).
 
-        Its claims are freed at once (when this one is exclusive), not a lease later. A row
-        whose send it had started in the last window may have reached the platform: it goes
-        out again (the at-least-once window of the module docstring), but one chat spacing
-        later, as a tried row waits for its retry; its other rows are free at once.
+        Its claims are freed at once (when this one is exclusive), not a lease later: a row it
+        had sent but not yet marked goes out again, as it would after the lease (the
+        at-least-once window of the module docstring).
 
-        Its last window counts against this one's limits: a sender that shares its database
-        writes each row's `started_at` before it calls the platform, so every call it started
-        in the last window (sent, failed, or cut off) goes into this one's pacing log, at its
-        time plus START_SLACK (the call follows its record; the wall clock's age is moved
-        onto the monotonic clock), and each of their chats waits its spacing from then. So a
-        takeover in the middle of a backlog goes on at the limit as the old starts age out,
-        where a whole window's pause cost about 5 % of a minute's drain. If the database
-        cannot say, it waits the whole window.
+        Its last window counts against this one's limits. A row's `sent_at` is when its send
+        started, so the sends it marked in the last window go into the pacing log at their
+        time (the wall clock's age, moved onto the monotonic clock). What it started and never
+        marked (a send cut off by its death, an attempt that failed) is unknown, but its own
+        pacing allowed no more than the bot's count in that window: the rest of the count is
+        taken as started now, which is no earlier than any of them. A freed row waits one chat
+        spacing in the outbox, as a tried row waits for its retry, while other chats' rows go
+        on. So when the old sender was draining at the limit, the new one goes on at the limit
+        as the old starts age out, where a whole window's pause after every takeover cost
+        about 5 % of a minute's drain; after a quiet sender it waits about one window, as
+        before. If the database cannot say, it waits the whole window.
         """
         contended, exclusive = leadership.contended, leadership.exclusive
         if not contended and not exclusive:
             return
         wall, mono = self._clock.now(), self._pacing.monotonic()
-        since = wall - timedelta(seconds=self._takeover_wait + self.START_SLACK)
+        since = wall - timedelta(seconds=self._takeover_wait)
         try:
             async with self._sessions.begin() as session:
                 earlier = (
-                    await repository.recent_starts(session, self._senders, since)
+                    await repository.recent_sends(session, self._senders, since)
                     if contended
                     else []
                 )
+                retry_at = wall + timedelta(seconds=self._takeover_wait)
                 freed = (
-                    await repository.void_claims(
-                        session,
-                        wall,
-                        self._senders,
-                        started_since=since,
-                        retry_at=wall + timedelta(seconds=self._takeover_wait),
-                    )
+                    await repository.void_claims(session, wall, self._senders, retry_at)
                     if exclusive
-                    else 0
+                    else []
                 )
         except (SQLAlchemyError, OSError) as exc:
             logger.error(
@@ -365,38 +362,35 @@ class Dispatcher:
                 await self._wait_until(mono + self._takeover_wait, finished)
             return
         if freed:
-            logger.warning("outbox: took over %d messages claimed by an earlier sender", freed)
-            # Those put back come due in one spacing: claim then, not at the next idle look.
+            logger.warning("outbox: took over %d messages claimed by an earlier sender", len(freed))
+            # Claim them the moment they are due, not at the next idle look (a second later).
             self._claim_at = mono + self._takeover_wait + 0.005
         if contended:
             self._count_earlier(earlier, wall, mono)
 
-    # How much later than its recorded start an earlier sender's call may have reached the
-    # platform (the commit of the record, then the HTTP request; tens of ms, more when loaded).
-    START_SLACK = 0.25
-
     def _count_earlier(
-        self, earlier: list[repository.RecentStart], wall: datetime, mono: float
+        self, earlier: list[repository.RecentSend], wall: datetime, mono: float
     ) -> None:
         """Puts an earlier sender's last window into this one's pacing (see _take_over)."""
-        counted: dict[str, int] = dict.fromkeys(self._paces, 0)
-        for start in sorted(earlier, key=lambda start: start.at):
-            if start.channel not in self._paces:
+        marked: dict[str, int] = dict.fromkeys(self._paces, 0)
+        for send in earlier:
+            if send.channel not in self._paces or send.at is None:
                 continue
-            cost = _payload_cost(start.payload)
-            # The call itself went out after its start was committed (a commit, a busy loop):
-            # counted that much later, as late as the platform could have seen it.
-            age = (wall - start.at).total_seconds() - self.START_SLACK
-            started = mono - max(age, 0.0)
-            self._paces[start.channel].add_earlier(started, cost)
-            counted[start.channel] += cost
-            self._space_from(start.channel, start.address, started, cost)
-        for channel, calls in counted.items():
+            cost = _payload_cost(send.payload)
+            started = mono - max((wall - send.at).total_seconds(), 0.0)
+            self._paces[send.channel].add_earlier(started, cost)
+            marked[send.channel] += cost
+            self._space_from(send.channel, send.address, started, cost)
+        for channel, pace in self._paces.items():
+            unknown = max(0, pace.count - marked[channel])
+            pace.add_earlier(mono, unknown)
             logger.info(
-                "outbox: %s: %d calls of the earlier sender's last %.2f s counted",
+                "outbox: %s: the earlier sender's last %.2f s counted: %d sends marked, "
+                "%d more taken as sent now",
                 channel,
-                calls,
                 self._takeover_wait,
+                marked[channel],
+                unknown,
             )
 
     def _space_from(self, channel: str, address: str, started: float, cost: int) -> None:
@@ -596,10 +590,9 @@ class Dispatcher:
         sender = self._senders[claim.channel]
         try:
             clear = await self._message_to_clear(claim)
-            if self._leadership.shared and not await self._record_start(claim):
-                return False
-            # After the write: pacing counts the call when it really starts.
             self._started(claim, decided)
+            # Recorded as the row's sent_at: a sender taking over counts starts (see _take_over).
+            started_at = self._clock.now()
             try:
                 started = time.perf_counter()
                 message_id = await sender.send(claim.address, claim.payload, clear_buttons_of=clear)
@@ -630,7 +623,7 @@ class Dispatcher:
                     session,
                     claim.id,
                     token=claim.token,
-                    now=self._clock.now(),
+                    now=started_at,
                     platform_message_id=message_id,
                     redact=claim.sensitive,
                 )
@@ -655,17 +648,6 @@ class Dispatcher:
             self._inflight.pop(claim.id, None)
             self._after(claim.key)
             self._signal.set()
-
-    async def _record_start(self, claim: _Claim) -> bool:
-        """Writes that this send starts, before it does (see _take_over); False when the claim
-        was lost meanwhile (then nothing is sent)."""
-        async with self._sessions.begin() as session:
-            held = await repository.mark_started(
-                session, claim.id, token=claim.token, at=self._clock.now()
-            )
-        if not held:
-            self._claim_lost(claim)
-        return held
 
     def _started(self, claim: _Claim, decided: float) -> None:
         """Pacing counts when a send starts: moves its count if it starts later than paced."""

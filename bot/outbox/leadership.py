@@ -9,8 +9,8 @@ millisecond and costing no database round trip per message; the other processes 
 and wait to take over. The lock goes with the holder's connection: a process that dies
 (`kill -9`, a lost network) loses it at once, and a standby, retrying ten times a second,
 takes over, frees the claims the dead one left (no waiting for their leases) and counts the
-dead leader's last second against its own first (each send's start is written to the outbox
-before the call), so the two cannot add up to more than the limits.
+dead leader's last second (its sends marked in the outbox, and the freed rows as if sent just
+now) against its own first, so the two cannot add up to more than the limits.
 The leader checks its connection every second and stops sending when it is gone. A leader
 LISTENs on `sipas_outbox`, and every enqueue NOTIFYs in its transaction (delivered on commit),
 so a reply queued by whichever process took the update leaves within milliseconds, as the
@@ -50,9 +50,6 @@ class Leadership(Protocol):
     # True when no one else can be sending while this one leads: a new leader then frees
     # the claims its predecessor left, instead of waiting for their leases to run out.
     exclusive: bool
-    # True when another process may send after this one: each send's start is then written
-    # to the outbox before the call, for the next sender to count against the limits.
-    shared: bool
 
     async def acquire(self, stop: asyncio.Event, on_notify: Callable[[], None]) -> bool:
         """Waits until this process is the sender (True) or `stop` is set (False).
@@ -77,7 +74,6 @@ class SoleSender:
     """
 
     contended = False
-    shared = False
 
     def __init__(self, *, exclusive: bool = True) -> None:
         self.lost = asyncio.Event()
@@ -98,7 +94,6 @@ class AdvisoryLockLeadership:
     """
 
     exclusive = True
-    shared = True
 
     def __init__(
         self,

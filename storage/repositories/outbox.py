@@ -420,76 +420,64 @@ TAKEN_OVER = "taken over from a sender that stopped; it may have been sent"
 
 
 @dataclass(frozen=True)
-class RecentStart:
-    """A call to the platform an earlier sender started (`at`, the row's `started_at`)."""
+class RecentSend:
+    """A send of an earlier sender, for a new one to count against the limits: `at` is when
+    it started (the row's `sent_at`), or None for a row it held unsettled when it went (sent
+    or not, nobody knows)."""
 
     channel: str
     address: str
     payload: Mapping[str, Any]
-    at: datetime
+    at: datetime | None
 
 
-async def mark_started(session: AsyncSession, message_id: int, *, token: str, at: datetime) -> bool:
-    """Records, before the call, that a send of the row starts; False if the claim is lost."""
+async def void_claims(
+    session: AsyncSession, now: datetime, channels: Collection[str], retry_at: datetime
+) -> list[RecentSend]:
+    """Frees every live claim on these channels at once (a new elected sender takes over: the
+    only one that sends, so any claim left is of a sender that is gone). Returns the rows
+    freed.
+
+    Any of them may have been sent just before its sender went, so each waits until
+    `retry_at` (one chat spacing) as a tried row waits for its retry: marked with a
+    `last_error`, it also keeps the rows behind it in its chat from overtaking it.
+    """
     result = await session.execute(
         update(OutboxMessage)
-        .where(*_held_by(message_id, token))
-        .values(started_at=at)
+        .where(
+            OutboxMessage.status == OutboxStatus.PENDING,
+            OutboxMessage.channel.in_(list(channels)),
+            OutboxMessage.claimed_until > now,
+        )
+        .values(
+            claimed_until=None,
+            claim_token=None,
+            not_before=retry_at,  # a claimed row was due already: this only puts it later
+            last_error=TAKEN_OVER,
+        )
+        .returning(OutboxMessage.channel, OutboxMessage.address, OutboxMessage.payload)
         .execution_options(synchronize_session=False)
     )
-    return _rowcount(result) > 0
+    return [RecentSend(channel, address, payload, None) for channel, address, payload in result]
 
 
-async def recent_starts(
+async def recent_sends(
     session: AsyncSession, channels: Collection[str], since: datetime
-) -> list[RecentStart]:
-    """The calls started on these channels since `since`, whatever became of them (sent,
-    failed, or cut off by their sender's end): read from ix_outbox_started_at."""
+) -> list[RecentSend]:
+    """The messages sent on these channels that started since `since` (ix_outbox_sent_at)."""
     rows = await session.execute(
         select(
             OutboxMessage.channel,
             OutboxMessage.address,
             OutboxMessage.payload,
-            OutboxMessage.started_at,
-        ).where(OutboxMessage.started_at >= since, OutboxMessage.channel.in_(list(channels)))
+            OutboxMessage.sent_at,
+        ).where(
+            OutboxMessage.sent_at >= since,
+            OutboxMessage.channel.in_(list(channels)),
+            OutboxMessage.status == OutboxStatus.SENT,
+        )
     )
-    return [RecentStart(channel, address, payload, at) for channel, address, payload, at in rows]
-
-
-async def void_claims(
-    session: AsyncSession,
-    now: datetime,
-    channels: Collection[str],
-    *,
-    started_since: datetime,
-    retry_at: datetime,
-) -> int:
-    """Frees every live claim on these channels at once (a new elected sender takes over: the
-    only one that sends, so any claim left is of a sender that is gone). Returns how many.
-
-    A row whose send started since `started_since` may have reached the platform just before
-    its sender went: it waits until `retry_at` (one chat spacing) as a tried row waits for
-    its retry, marked with a `last_error`, which also keeps the rows behind it in its chat
-    from overtaking it. The others are free at once.
-    """
-    live = (
-        OutboxMessage.status == OutboxStatus.PENDING,
-        OutboxMessage.channel.in_(list(channels)),
-        OutboxMessage.claimed_until > now,
-    )
-    in_flight = await session.execute(
-        update(OutboxMessage)
-        .where(*live, OutboxMessage.started_at >= started_since)
-        .values(claimed_until=None, claim_token=None, not_before=retry_at, last_error=TAKEN_OVER)
-        .execution_options(synchronize_session=False)
-    )
-    rest = await session.execute(
-        update(OutboxMessage)
-        .where(*live)
-        .values(claimed_until=None, claim_token=None)
-        .execution_options(synchronize_session=False)
-    )
-    return _rowcount(in_flight) + _rowcount(rest)
+    return [RecentSend(channel, address, payload, at) for channel, address, payload, at in rows]
 
 
 async def mark_address_unreachable(

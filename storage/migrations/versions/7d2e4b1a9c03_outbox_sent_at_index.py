@@ -1,4 +1,4 @@
-"""outbox started_at: a new elected sender reads the last second's starts
+"""outbox index on sent_at: a new elected sender reads the last second's sends
 
 Revision ID: 7d2e4b1a9c03
 Revises: 5b8e0d4c2a61
@@ -8,7 +8,6 @@ Create Date: 2026-12-01 02:50:00
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa
 from alembic import op
 
 revision: str = "7d2e4b1a9c03"
@@ -19,11 +18,9 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("outbox", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("started_at", sa.DateTime(timezone=True), nullable=True))
-        batch_op.create_index("ix_outbox_started_at", ["started_at"], unique=False)
+        batch_op.create_index("ix_outbox_sent_at", ["sent_at"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("outbox", schema=None) as batch_op:
-        batch_op.drop_index("ix_outbox_started_at")
-        batch_op.drop_column("started_at")
+        batch_op.drop_index("ix_outbox_sent_at")
