@@ -10,37 +10,26 @@ Outside CI the tests skip, saying why, when no Chromium is found; under CI=true 
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from openpyxl import load_workbook
+from playwright.async_api import Browser, Page, expect
 
 from tests.api_support import (
     Api,
     api_fixture,  # noqa: F401
     make_api_fixture,  # noqa: F401
 )
+from tests.browser_support import (
+    ACTION_TIMEOUT_MS,
+    ARTIFACTS,
+    artifacts_folder,  # noqa: F401 - fixture
+    browser_fixture,  # noqa: F401 - fixture
+)
 from tests.dashboard_seed import seed
 from tests.dashboard_support import issue_link
 
-try:
-    from playwright.async_api import Browser, Page, async_playwright, expect
-except ImportError:
-    if os.environ.get("CI") == "true":
-        raise
-    pytest.skip("Playwright is not installed: pip install -e '.[test]'", allow_module_level=True)
-
-# Deadlines, not sleeps: generous, so that a loaded machine is slow rather than failing.
-ACTION_TIMEOUT_MS = 15_000
-expect.set_options(timeout=ACTION_TIMEOUT_MS)
-
-# Read at import: the suite's fixtures clear SIPAS_* from the environment of each test.
-ARTIFACTS = Path(os.environ.get("SIPAS_TEST_ARTIFACTS") or Path(__file__).parent / "artifacts")
-CHROMIUM_CANDIDATES = (os.environ.get("SIPAS_TEST_CHROMIUM"), "/usr/bin/chromium")
 CHART_DRAWN = """() => {
   const image = document.querySelector("section.chart img");
   return image !== null && image.complete && image.naturalWidth > 0;
@@ -49,35 +38,6 @@ VIEWPORTS = {
     "phone": {"width": 390, "height": 844},
     "desk": {"width": 1366, "height": 768},
 }
-
-
-def chromium_executable() -> str | None:
-    candidates = [*CHROMIUM_CANDIDATES, shutil.which("chromium"), shutil.which("chromium-browser")]
-    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    executable = chromium_executable()
-    if executable is None:
-        reason = (
-            "no Chromium found at /usr/bin/chromium (or SIPAS_TEST_CHROMIUM): "
-            "apt-get install chromium to run the browser tests"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=executable)
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
-@pytest.fixture(autouse=True)
-def _artifacts_folder() -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
 
 async def browser_sign_in(page: Page, api: Api, unit_code: str) -> None:

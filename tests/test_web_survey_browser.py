@@ -10,11 +10,8 @@ Outside CI the tests skip, saying why, when no Chromium is found; under CI=true 
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -22,49 +19,20 @@ from tests.telegram_support import CASE, Rig, case_body, make_rig, rig
 
 __all__ = ["make_rig", "rig"]  # fixtures
 
-try:
-    from playwright.async_api import Browser, Locator, Page, async_playwright, expect
-except ImportError:
-    if os.environ.get("CI") == "true":
-        raise
-    pytest.skip("Playwright is not installed: pip install -e '.[test]'", allow_module_level=True)
+from tests.browser_support import (  # noqa: I001 - first: skips without Playwright
+    ACTION_TIMEOUT_MS,
+    ARTIFACTS,
+    artifacts_folder,  # noqa: F401 - fixture
+    browser_fixture,  # noqa: F401 - fixture
+)
+from playwright.async_api import Browser, Locator, Page, expect
 
-# Deadlines, not sleeps: generous, so that a loaded machine is slow rather than failing.
-ACTION_TIMEOUT_MS = 15_000
-expect.set_options(timeout=ACTION_TIMEOUT_MS)
 
-# Read at import: the suite's fixtures clear SIPAS_* from the environment of each test.
-ARTIFACTS = Path(os.environ.get("SIPAS_TEST_ARTIFACTS") or Path(__file__).parent / "artifacts")
-CHROMIUM_CANDIDATES = (os.environ.get("SIPAS_TEST_CHROMIUM"), "/usr/bin/chromium")
 PHONE = {"width": 390, "height": 844}
 MIN_TAP = 44  # px: the smallest comfortable tap target (WCAG 2.5.5, Apple HIG)
 HEAD_CHAT = 901  # the head of HN-LB in telegram_support.UNITS_YAML
 CITY_HEAD = 900  # the head of HN, above it
 RESOLVED = {"status": "resolved", "resolved_at": "2026-11-23T08:00:00+07:00"}
-
-
-def chromium_executable() -> str | None:
-    candidates = [*CHROMIUM_CANDIDATES, shutil.which("chromium"), shutil.which("chromium-browser")]
-    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    executable = chromium_executable()
-    if executable is None:
-        reason = (
-            "no Chromium found at /usr/bin/chromium (or SIPAS_TEST_CHROMIUM): "
-            "apt-get install chromium to run the browser tests"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=executable)
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 @pytest.fixture
@@ -83,11 +51,6 @@ async def phone(browser: Browser) -> AsyncIterator[Page]:
         yield await context.new_page()
     finally:
         await context.close()
-
-
-@pytest.fixture(autouse=True)
-def _artifacts_folder() -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
 
 async def screenshot(page: Page, rig: Rig, name: str) -> None:
