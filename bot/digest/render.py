@@ -93,7 +93,8 @@ class DigestFiles:
     stem: str
 
 
-def _pick(row: Mapping[str, Any], dotted: str) -> Any:
+def pick(row: Mapping[str, Any], dotted: str) -> Any:
+    """The value at a dotted path of a report row (`escalations.open_now`), or None."""
     value: Any = row
     for part in dotted.split("."):
         if not isinstance(value, Mapping):
@@ -259,7 +260,7 @@ def workbook_xlsx(report: Report, per_unit_history: Mapping[str, Sequence[Histor
                 "high": None if point.interval is None else round(100 * point.interval[1], 1),
                 "factors": point.factors,
             }
-            sheet.append([_pick(values, key) for key, _, _ in WEEK_COLUMNS])
+            sheet.append([pick(values, key) for key, _, _ in WEEK_COLUMNS])
         for index, (_, _, fmt) in enumerate(WEEK_COLUMNS, start=1):
             sheet.column_dimensions[get_column_letter(index)].width = 14
             if fmt:
@@ -279,7 +280,7 @@ def _summary_rows(report: Report) -> list[dict[str, Any]]:
 
 
 def _cell(row: Mapping[str, Any], key: str) -> Any:
-    value = _pick(row, key)
+    value = pick(row, key)
     if isinstance(value, (dict, list)):
         return None
     return value

@@ -13,11 +13,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
-from jinja2 import Environment, PackageLoader, StrictUndefined
-from markupsafe import Markup, escape
+from jinja2 import Environment
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
 from bot.app import Services
+from bot.http.templating import template_environment
 from handlers.texts import t
 from handlers.web_survey import (
     FormOutcome,
@@ -77,27 +77,8 @@ _HEADERS = {
 _UNREACHABLE = (OperationalError, InterfaceError, DisconnectionError, OSError, TimeoutError)
 
 
-def _paragraphs(text: str) -> Markup:
-    """A catalogue text as HTML: blank lines part paragraphs, line breaks stay."""
-    blocks = [block for block in text.split("\n\n") if block.strip()]
-    return Markup("").join(
-        Markup("<p>{}</p>\n").format(
-            Markup("<br>\n").join(escape(line) for line in block.split("\n"))
-        )
-        for block in blocks
-    )
-
-
 def _environment() -> Environment:
-    environment = Environment(
-        loader=PackageLoader("bot", "templates/web"),
-        autoescape=True,
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    environment.filters["paragraphs"] = _paragraphs
-    return environment
+    return template_environment("web")
 
 
 class WebSurveyPages:

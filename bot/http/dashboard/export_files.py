@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bot.app import Services
-from bot.digest.render import SUMMARY_COLUMNS
+from bot.digest.render import SUMMARY_COLUMNS, pick
 from bot.digest.report import weekly_report
 from handlers.digest import Week
 
@@ -56,11 +56,8 @@ _WIDE = {"unit_name": 34, "parent_code": 12, "unit_code": 14, "week": 10}
 
 
 def _pick(row: Mapping[str, Any], dotted: str) -> Any:
-    value: Any = row
-    for part in dotted.split("."):
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(part)
+    """A cell's value: the report's, except a mapping or a list (a cell holds one value)."""
+    value = pick(row, dotted)
     return None if isinstance(value, (dict, list)) else value
 
 

@@ -19,11 +19,12 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
-from jinja2 import Environment, PackageLoader, StrictUndefined
-from markupsafe import Markup, escape
+from jinja2 import Environment
+from markupsafe import Markup
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
 from bot.app import SERVICES, Services
+from bot.http.templating import template_environment
 from handlers.dashboard_access import LINK_TTL, SESSION_TTL, session_found
 from handlers.texts import t
 
@@ -140,28 +141,10 @@ def page_locale(request: web.Request) -> str:
     return default if default in LOCALES else LOCALES[0]
 
 
-def _paragraphs(text: str) -> Markup:
-    """A catalogue text as HTML: blank lines part paragraphs, line breaks stay."""
-    blocks = [block for block in text.split("\n\n") if block.strip()]
-    return Markup("").join(
-        Markup("<p>{}</p>\n").format(
-            Markup("<br>\n").join(escape(line) for line in block.split("\n"))
-        )
-        for block in blocks
-    )
-
-
 @cache
 def dashboard_environment() -> Environment:
     """The shared Jinja2 environment of bot/templates/dashboard (autoescaped, strict)."""
-    environment = Environment(
-        loader=PackageLoader("bot", "templates/dashboard"),
-        autoescape=True,
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    environment.filters["paragraphs"] = _paragraphs
+    environment = template_environment("dashboard")
     environment.filters["css_string"] = css_string
     return environment
 
