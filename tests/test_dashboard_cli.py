@@ -3,6 +3,8 @@ dashboard (docs/contract.md sections 3 and 8), and the printed link signs a brow
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import select
 
@@ -14,6 +16,7 @@ from storage.repositories.dashboard import token_hash
 from tests.api_support import AiohttpClient, use_engine
 from tests.cli_support import run_main
 from tests.conftest import engine_for
+from tests.contract_data import UNITS_YAML
 from tests.web_support import read_page
 
 
@@ -85,3 +88,31 @@ def test_link_needs_a_unit_code(capsys: pytest.CaptureFixture[str]) -> None:
         build_parser().parse_args(["dashboard", "link"])
     assert exited.value.code == 2
     assert "UNIT_CODE" in capsys.readouterr().err
+
+
+async def test_link_finds_the_demos_database_when_none_is_chosen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After `sipas-bot demo`, `sipas-bot dashboard link HN` in the same folder means the
+    demo's units: with SIPAS_DATABASE_URL unset and no ./sipas.db, the demo's database is
+    used, and said so; the default file is not created. With ./sipas.db there, it is used."""
+    monkeypatch.chdir(tmp_path)
+    demo = tmp_path / "sipas-demo" / "sipas.db"
+    demo.parent.mkdir()
+    monkeypatch.setenv("SIPAS_DATABASE_URL", f"sqlite+aiosqlite:///{demo}")
+    units = tmp_path / "units.yaml"
+    units.write_text(UNITS_YAML, encoding="utf-8")
+    assert await run_main(["units", "load", str(units)]) == 0
+    monkeypatch.delenv("SIPAS_DATABASE_URL")
+    capsys.readouterr()
+
+    assert await run_main(["dashboard", "link", "HN"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("http://127.0.0.1:8080/dashboard/login/")
+    assert f"using the demo's database {demo}" in err
+    assert not (tmp_path / "sipas.db").exists()
+
+    (tmp_path / "sipas.db").touch()  # the operator's own database: never passed over
+    assert await run_main(["dashboard", "link", "HN"]) == 1
+    out, err = capsys.readouterr()
+    assert "demo" not in err and "HN" in err

@@ -91,6 +91,17 @@ async def test_demo_seeds_and_its_curl_works_against_the_api(
         assert page.status == 200
         html = await page.text()
         assert "Nghị định 13/2023/NĐ-CP" in html and "Đồng ý" in html
+
+        # The printed dashboard link signs an official of the city in; its overview names
+        # the district that fell last week (the demo's story) and why.
+        assert "sipas-bot dashboard link HN" in out
+        signin = re.search(r"^\s+http://\S+(/dashboard/login/[A-Za-z0-9_-]+)$", out, re.MULTILINE)
+        assert signin, out
+        overview = await client.get(signin[1])
+        assert overview.status == 200 and overview.url.path == "/dashboard"
+        text = await overview.text()
+        falls = text.split('id="falls"', 1)[1].split("</section>", 1)[0]
+        assert "UBND quận Hai Bà Trưng" in falls and "Công chức" in falls, falls
     finally:
         await services.engine.dispose()
 
