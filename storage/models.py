@@ -499,6 +499,10 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # When the accepted send started (not when it was marked): pacing counts starts.
     sent_at: Mapped[datetime | None]
+    # Written by the claim's holder for the next few rows it will send, before it calls the
+    # platform for any of them (cleared by every new claim): a sender taking over frees the
+    # rows without it at once, since none of their sends can have begun.
+    announced_at: Mapped[datetime | None]
 
 
 class ProcessedUpdate(Base):

@@ -739,7 +739,7 @@ async def test_logs_mask_addresses_and_never_show_text(
 def test_rates_must_be_positive() -> None:
     clock = FakeClock(datetime(2026, 11, 23, tzinfo=UTC))
     with pytest.raises(ValueError, match="rates"):
-        Dispatcher(None, {}, clock, global_rate=0)  # type: ignore[arg-type]
+        Dispatcher(None, {}, clock, global_rate=0)
 
 
 async def test_a_reply_behind_a_send_in_flight_follows_it(
@@ -1069,16 +1069,20 @@ async def test_a_new_sender_counts_the_last_window_of_the_one_before(
 ) -> None:
     """A sender taking over puts its predecessor's last window into its own pacing: the sends
     marked in the outbox at their start, the rest of the limit as started now (what was cut
-    off or failed is unknown), and a freed claim waits one chat spacing like a retry. After a
-    sender draining at the limit it goes on at the limit, not after a whole window's pause."""
+    off or failed is unknown), and a freed claim it had announced waits one chat spacing like
+    a retry, while one it never announced is free at once. After a sender draining at the
+    limit it goes on at the limit, not after a whole window's pause."""
     now = clock.now()
     for i in range(marked):  # one every 0.1 s, the newest 0.05 s ago
         await sent_earlier(sessions, str(36_000 + i), now - timedelta(seconds=0.05 + 0.1 * i))
     await sent_earlier(sessions, "36100", now - timedelta(seconds=5))  # long gone: not counted
     held = await put(sessions, clock, "36200", "in flight when its sender died")
+    later = await put(sessions, clock, "36400", "held, not yet announced")
     async with sessions.begin() as session:
         claimed = await outbox.claim_due(session, now, 10, timedelta(seconds=60))
-    assert [m.id for m in claimed.messages] == [held]
+        announced = await outbox.announce(session, [held], token=claimed.token, now=now)
+    assert [m.id for m in claimed.messages] == [held, later]
+    assert announced == {held}
     leadership = TakingOver()
     dispatcher = make_dispatcher(
         sessions,
@@ -1111,9 +1115,100 @@ async def test_a_new_sender_counts_the_last_window_of_the_one_before(
         assert freed is not None and freed.claim_token is None
         assert freed.not_before == now + timedelta(seconds=window)
         assert freed.last_error == outbox.TAKEN_OVER
+        # Never announced, so never sent: free as it was, due at once.
+        unsent = await session.get(OutboxMessage, later)
+        assert unsent is not None and unsent.claim_token is None
+        assert unsent.not_before <= now and unsent.last_error is None
     # Meanwhile other chats' rows are claimed at once; not that one (nor its chat).
     await put(sessions, clock, "36200", "behind it in its chat")
     await put(sessions, clock, "36300", "another chat")
     async with sessions.begin() as session:
         claim = await outbox.claim_due(session, now, 10, timedelta(seconds=60))
-        assert [m.address for m in claim.messages] == ["36300"]
+        assert [m.address for m in claim.messages] == ["36400", "36300"]
+
+
+class PacedWall:
+    """A wall clock that moves with the fake monotonic one (sent_at and retries follow it)."""
+
+    def __init__(self, start: datetime, pacing: FakePacing) -> None:
+        self._start, self._mono, self._pacing = start, pacing.monotonic(), pacing
+
+    def now(self) -> datetime:
+        return self._start + timedelta(seconds=self._pacing.monotonic() - self._mono)
+
+
+class AnnouncementChecker(FakeSender):
+    """Notes every call whose row was not announced in the outbox before it."""
+
+    def __init__(self, sessions: SessionFactory, pacing: FakePacing) -> None:
+        super().__init__(clock=pacing.monotonic)
+        self.sessions = sessions
+        self.unannounced: list[str] = []
+
+    async def send(
+        self, address: str, payload: Mapping[str, Any], *, clear_buttons_of: str | None
+    ) -> str | None:
+        async with self.sessions() as session:
+            announced = await session.scalar(
+                select(OutboxMessage.announced_at).where(OutboxMessage.address == address)
+            )
+        if announced is None:
+            self.unannounced.append(address)
+        return await super().send(address, payload, clear_buttons_of=clear_buttons_of)
+
+
+async def test_a_sender_that_dies_leaves_only_its_announced_rows_waiting(
+    sessions: SessionFactory, clock: FakeClock, pacing: FakePacing
+) -> None:
+    """A sender announces the next half second's rows before it calls the platform for any
+    of them, not its whole claim. When it stops dead mid-backlog (no release, claims left
+    behind), the next sender frees the rest at once and goes on at the limit; only the few
+    announced rows, perhaps sent just before, wait one chat spacing."""
+    wall = PacedWall(clock.now(), pacing)
+    sender = AnnouncementChecker(sessions, pacing)
+    for i in range(60):
+        await put(sessions, clock, f"37{i:03d}", f"n{i}")
+    rates = {"global_rate": 10.0, "per_chat_rate": 1.0, "pacing": pacing}
+    first = make_dispatcher(sessions, sender, wall, leadership=SoleSender(), **rates)
+
+    # Sends 20, then stops dead: what it holds stays claimed in the database.
+    await pacing.complete(first._pump(lambda: len(sender.deliveries) >= 20))
+    await asyncio.gather(*first._inflight.values())
+    async with sessions() as session:
+        held = (
+            await session.scalars(
+                select(OutboxMessage).where(
+                    OutboxMessage.status == OutboxStatus.PENDING,
+                    OutboxMessage.claimed_until > wall.now(),
+                )
+            )
+        ).all()
+    announced = {row.address for row in held if row.announced_at is not None}
+    assert len(held) == 40  # the whole backlog was claimed ...
+    assert 1 <= len(announced) <= 5  # ... half a second of it at 10 a second announced
+
+    takeover = pacing.monotonic()
+    second = make_dispatcher(sessions, sender, wall, leadership=TakingOver(), **rates)
+    await second._take_over(TakingOver(), lambda: False)
+    await second._claim()
+    # Fake time stands still here: the rows never announced are claimable at once ...
+    assert sorted(c.address for c in second._held.values()) == sorted(
+        row.address for row in held if row.address not in announced
+    )
+    # ... and go on at the limit: the next start comes when the oldest of the dead sender's
+    # last ten leaves the window, as its own would have, well before a chat spacing.
+    resume = sorted(d.at for d in sender.deliveries)[-10] + 1.03
+    assert resume < takeover + 1.03
+    pacing.advance(resume - pacing.monotonic() + 0.001)
+    started = await second._dispatch()
+    assert len(started) == 1
+    await asyncio.gather(*started)
+    await pacing.complete(second._pump(lambda: len(sender.deliveries) >= 60))
+    await asyncio.gather(*second._inflight.values())
+
+    assert sender.unannounced == []
+    assert sorted(d.address for d in sender.deliveries) == [f"37{i:03d}" for i in range(60)]
+    # The announced ones, perhaps sent already, go a chat spacing after the takeover.
+    after = sender.deliveries[20:]
+    assert all(d.at >= takeover + 1.03 for d in after if d.address in announced)
+    assert most_in_a_window([d.at for d in sender.deliveries]) <= 10

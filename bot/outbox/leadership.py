@@ -8,9 +8,10 @@ connection of its own. Its in-memory pacing then *is* the bot's pacing, exact to
 millisecond and costing no database round trip per message; the other processes only enqueue,
 and wait to take over. The lock goes with the holder's connection: a process that dies
 (`kill -9`, a lost network) loses it at once, and a standby, retrying ten times a second,
-takes over, frees the claims the dead one left (no waiting for their leases) and counts the
-dead leader's last second (its sends marked in the outbox, and the freed rows as if sent just
-now) against its own first, so the two cannot add up to more than the limits.
+takes over, frees the claims the dead one left (no waiting for their leases; only the few
+rows it had announced as about to send wait one chat spacing) and counts the dead leader's
+last second (its sends marked in the outbox, and the rest of its limit as if sent just now)
+against its own first, so the two cannot add up to more than the limits.
 The leader checks its connection every second and stops sending when it is gone. A leader
 LISTENs on `sipas_outbox`, and every enqueue NOTIFYs in its transaction (delivered on commit),
 so a reply queued by whichever process took the update leaves within milliseconds, as the

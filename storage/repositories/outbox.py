@@ -261,7 +261,7 @@ async def claim_due(
                 OutboxMessage.status == OutboxStatus.PENDING,
                 free,
             )
-            .values(claimed_until=until, claim_token=token)
+            .values(claimed_until=until, claim_token=token, announced_at=None)
             .returning(OutboxMessage.id)
             .execution_options(synchronize_session=False)
         )
@@ -279,6 +279,7 @@ async def claim_due(
         # The identity map may hold the row from before the UPDATE.
         set_committed_value(message, "claimed_until", until)
         set_committed_value(message, "claim_token", token)
+        set_committed_value(message, "announced_at", None)
     return Claim(list(messages), token, more_behind)
 
 
@@ -422,43 +423,83 @@ TAKEN_OVER = "taken over from a sender that stopped; it may have been sent"
 @dataclass(frozen=True)
 class RecentSend:
     """A send of an earlier sender, for a new one to count against the limits: `at` is when
-    it started (the row's `sent_at`), or None for a row it held unsettled when it went (sent
-    or not, nobody knows)."""
+    it started (the row's `sent_at`)."""
 
     channel: str
     address: str
     payload: Mapping[str, Any]
-    at: datetime | None
+    at: datetime
+
+
+async def announce(
+    session: AsyncSession, message_ids: Collection[int], *, token: str, now: datetime
+) -> set[int]:
+    """Records that the holder of claim `token` may start sending these rows from `now` on,
+    before it calls the platform for any of them. Returns the rows still under that claim
+    (the others were taken over: they must not be sent)."""
+    if not message_ids:
+        return set()
+    announced = await session.scalars(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.id.in_(list(message_ids)),
+            OutboxMessage.status == OutboxStatus.PENDING,
+            OutboxMessage.claim_token == token,
+        )
+        .values(announced_at=now)
+        .returning(OutboxMessage.id)
+        .execution_options(synchronize_session=False)
+    )
+    return set(announced)
+
+
+@dataclass(frozen=True)
+class Freed:
+    """The claims a new elected sender freed: how many were free at once, and how many had
+    been announced (their sends may have begun) and wait one chat spacing."""
+
+    at_once: int
+    waiting: int
+
+    def __len__(self) -> int:
+        return self.at_once + self.waiting
 
 
 async def void_claims(
     session: AsyncSession, now: datetime, channels: Collection[str], retry_at: datetime
-) -> list[RecentSend]:
+) -> Freed:
     """Frees every live claim on these channels at once (a new elected sender takes over: the
-    only one that sends, so any claim left is of a sender that is gone). Returns the rows
-    freed.
+    only one that sends, so any claim left is of a sender that is gone).
 
-    Any of them may have been sent just before its sender went, so each waits until
-    `retry_at` (one chat spacing) as a tried row waits for its retry: marked with a
-    `last_error`, it also keeps the rows behind it in its chat from overtaking it.
+    A row its sender had announced (`announce`) may have been sent just before the sender
+    went, so it waits until `retry_at` (one chat spacing) as a tried row waits for its retry:
+    marked with a `last_error`, it also keeps the rows behind it in its chat from overtaking
+    it. A row never announced was never sent: it is free at once.
     """
-    result = await session.execute(
+    live = (
+        OutboxMessage.status == OutboxStatus.PENDING,
+        OutboxMessage.channel.in_(list(channels)),
+        OutboxMessage.claimed_until > now,
+    )
+    waiting = await session.execute(
         update(OutboxMessage)
-        .where(
-            OutboxMessage.status == OutboxStatus.PENDING,
-            OutboxMessage.channel.in_(list(channels)),
-            OutboxMessage.claimed_until > now,
-        )
+        .where(*live, OutboxMessage.announced_at.is_not(None))
         .values(
             claimed_until=None,
             claim_token=None,
+            announced_at=None,
             not_before=retry_at,  # a claimed row was due already: this only puts it later
             last_error=TAKEN_OVER,
         )
-        .returning(OutboxMessage.channel, OutboxMessage.address, OutboxMessage.payload)
         .execution_options(synchronize_session=False)
     )
-    return [RecentSend(channel, address, payload, None) for channel, address, payload in result]
+    at_once = await session.execute(
+        update(OutboxMessage)
+        .where(*live)
+        .values(claimed_until=None, claim_token=None)
+        .execution_options(synchronize_session=False)
+    )
+    return Freed(at_once=_rowcount(at_once), waiting=_rowcount(waiting))
 
 
 async def recent_sends(
