@@ -83,6 +83,11 @@ def setup_logging(level: str = "INFO", *, stream: object = None) -> None:
     # Libraries that log every request or poll at INFO drown out the service's own lines.
     for noisy in ("httpx", "aiohttp.access", "apscheduler", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # At DEBUG these log each call's parameters and bodies: chat ids, names and message texts
+    # no mask can tell apart. SIPAS_LOG_LEVEL=DEBUG is for the service's own lines (its sends
+    # with masked addresses), so they never go below INFO.
+    for talkative in ("telegram", "httpcore", "hpack"):
+        logging.getLogger(talkative).setLevel(max(logging.INFO, root.level))
 
 
 def parse_level(name: str) -> int:

@@ -3,6 +3,7 @@ run in-process against each backend."""
 
 from __future__ import annotations
 
+import io
 import logging
 import subprocess
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.cli.main import build_parser
-from bot.logging_setup import MaskingFilter, mask
+from bot.logging_setup import MaskingFilter, mask, setup_logging
 from storage.migrate import current_revision
 from storage.models import Unit, UnitHead
 from tests.cli_support import PYTHON, REPO, run_main, subprocess_env
@@ -216,6 +217,32 @@ def test_masking_applies_to_arguments_and_tracebacks(caplog: pytest.LogCaptureFi
     assert record.getMessage() == "intake failed for <phone>"
     assert record.exc_text is not None
     assert "0987654321" not in record.exc_text
+
+
+def test_debug_logs_keep_the_libraries_that_log_message_texts_at_info() -> None:
+    """SIPAS_LOG_LEVEL=DEBUG shows the service's own lines, not python-telegram-bot's and the
+    HTTP client's, which quote each call's chat id and text in clear."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    level, kept = root.level, [logging.getLogger(n).level for n in ("telegram", "httpcore")]
+    try:
+        setup_logging("DEBUG", stream=stream)
+        logging.getLogger("bot.outbox.dispatcher").debug("outbox 7 sent to tg:…0400")
+        logging.getLogger("telegram.ext.ExtBot").debug(
+            "Calling Bot API endpoint `sendMessage` with parameters "
+            "{'chat_id': 7000400, 'text': 'Kính gửi Ông Nguyễn Văn An'}"
+        )
+        logging.getLogger("httpcore.http11").debug("send_request_body.started")
+    finally:
+        for handler in [h for h in root.handlers if getattr(h, "_sipas", False)]:
+            root.removeHandler(handler)
+        root.setLevel(level)
+        for name, old in zip(("telegram", "httpcore"), kept, strict=True):
+            logging.getLogger(name).setLevel(old)
+    written = stream.getvalue()
+    assert "outbox 7 sent to tg:…0400" in written
+    assert "7000400" not in written and "Nguyễn" not in written
+    assert "send_request_body" not in written
 
 
 @pytest.mark.parametrize("count", ["-5", "0", "many", "1000000"])
