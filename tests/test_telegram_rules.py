@@ -8,8 +8,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
+import bot.channels.base as channel_base
 from storage.models import Answer, Citizen, CitizenContact, OutboxMessage, Survey
 from tests.fakes.telegram_api import FakeTelegramAPI, SentCall
 from tests.telegram_support import CASE, Rig, RigFactory, case_body, make_rig, rig
@@ -220,3 +223,40 @@ async def test_webhook_mode_checks_the_secret(make_rig: RigFactory) -> None:
     async with rig.services.sessions() as session:
         rows = (await session.execute(select(OutboxMessage))).scalars().all()
     assert len(rows) == 1  # the replay was processed once
+
+
+async def test_a_webhook_update_the_database_failed_to_store_is_delivered_again(
+    make_rig: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database fails while an update is handled: the webhook answers 503 (so Telegram
+    sends it again) rather than 200 for an update whose effects never committed, and the
+    citizen gets no apology for a failure the redelivery mends."""
+    rig = await make_rig(
+        telegram_mode="webhook",
+        telegram_webhook_secret="s3cret-Value",
+        public_url="https://sipas.example.gov.vn",
+    )
+    stored = channel_base.first_time
+    failures = [OperationalError("INSERT INTO processed_updates", {}, OSError("disk I/O error"))]
+
+    async def failing_once(*args: object) -> bool:
+        if failures:
+            raise failures.pop()
+        return await stored(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(channel_base, "first_time", failing_once)
+    headers = {"X-Telegram-Bot-Api-Secret-Token": "s3cret-Value"}
+    update = rig.api.make_update(CHAT, "/help")
+
+    lost = await rig.client.post("/telegram/webhook", json=update, headers=headers)
+    assert lost.status == 503
+    assert (await lost.json())["error"]["code"] == "unavailable"
+    again = await rig.client.post("/telegram/webhook", json=update, headers=headers)
+    assert again.status == 200
+    await rig.api.wait_for_message(CHAT, count=1)
+    replay = await rig.client.post("/telegram/webhook", json=update, headers=headers)
+    assert replay.status == 200
+    async with rig.services.sessions() as session:
+        rows = (await session.execute(select(OutboxMessage))).scalars().all()
+    assert len(rows) == 1  # the help, once; no apology for the failure
+    assert rows[0].payload["text"] == rig.api.messages_to(CHAT)[0].text

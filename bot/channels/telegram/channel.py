@@ -114,6 +114,9 @@ class TelegramChannel(ChannelBase):
         settings = services.settings
         assert settings.telegram_token is not None
         self.webhook = settings.telegram_mode == "webhook"
+        # Webhook updates whose handling could not be stored (the database failed): their
+        # request is answered 503, and Telegram delivers them again.
+        self._unstored: set[int] = set()
         bot = _Bot(
             settings.telegram_token.get_secret_value(),
             username=settings.telegram_bot_username,
@@ -267,7 +270,13 @@ class TelegramChannel(ChannelBase):
     # --- webhook ------------------------------------------------------------------------
 
     async def webhook_route(self, request: web.Request) -> web.Response:
-        """Processes the update before answering, so Telegram redelivers what we did not store."""
+        """Processes the update before answering, so Telegram redelivers what we did not store.
+
+        python-telegram-bot hands a handler's exception to the error handler and returns: an
+        update whose effects did not commit is noted there (`_on_error`) and answered 503
+        here. Its record of being seen commits with its effects, so the redelivery is
+        processed as if it were the first.
+        """
         refusal = self.webhook_refusal(
             request, SECRET_HEADER, self.services.settings.telegram_webhook_secret
         )
@@ -286,6 +295,12 @@ class TelegramChannel(ChannelBase):
                 {"error": {"code": "invalid_input", "message": "not a Telegram update"}}, status=400
             )
         await self.application.process_update(update)
+        if update.update_id in self._unstored:
+            self._unstored.discard(update.update_id)
+            return web.json_response(
+                {"error": {"code": "unavailable", "message": "not stored; send it again"}},
+                status=503,
+            )
         return web.json_response({"ok": True})
 
     # --- updates ------------------------------------------------------------------------
@@ -394,6 +409,20 @@ class TelegramChannel(ChannelBase):
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         update_id = update.update_id if isinstance(update, Update) else None
+        if (
+            self.webhook
+            and isinstance(update, Update)
+            and isinstance(context.error, (SQLAlchemyError, OSError))
+        ):
+            # Nothing of it was stored: Telegram delivers it again (see webhook_route), and
+            # the person gets the real answer then, not an apology now.
+            log.warning(
+                "Telegram update %s not stored (%s); asking for it again",
+                update_id,
+                type(context.error).__name__,
+            )
+            self._unstored.add(update.update_id)
+            return
         log.error("error while handling Telegram update %s", update_id, exc_info=context.error)
         if isinstance(update, Update) and update.effective_chat is not None:
             text = t("error.generic", self.services.settings.locale)
