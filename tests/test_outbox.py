@@ -1149,10 +1149,11 @@ class AnnouncementChecker(FakeSender):
         self, address: str, payload: Mapping[str, Any], *, clear_buttons_of: str | None
     ) -> str | None:
         async with self.sessions() as session:
-            announced = await session.scalar(
-                select(OutboxMessage.announced_at).where(OutboxMessage.address == address)
+            rows = await session.scalars(
+                select(OutboxMessage).where(OutboxMessage.address == address)
             )
-        if announced is None:
+            sent = next(row for row in rows if row.payload["text"] == payload["text"])
+        if sent.announced_at is None:
             self.unannounced.append(address)
         return await super().send(address, payload, clear_buttons_of=clear_buttons_of)
 
@@ -1187,13 +1188,18 @@ async def test_a_sender_that_dies_leaves_only_its_announced_rows_waiting(
     assert len(held) == 40  # the whole backlog was claimed ...
     assert 1 <= len(announced) <= 5  # ... half a second of it at 10 a second announced
 
+    # A reply queued meanwhile to a chat whose announced row may just have reached it: first
+    # in its chat's order, free to claim, yet it must keep its distance from that row.
+    answered = min(announced)
+    await put(sessions, clock, answered, "reply since", priority=Priority.REPLY)
+
     takeover = pacing.monotonic()
     second = make_dispatcher(sessions, sender, wall, leadership=TakingOver(), **rates)
     await second._take_over(TakingOver(), lambda: False)
     await second._claim()
     # Fake time stands still here: the rows never announced are claimable at once ...
     assert sorted(c.address for c in second._held.values()) == sorted(
-        row.address for row in held if row.address not in announced
+        [answered] + [row.address for row in held if row.address not in announced]
     )
     # ... and go on at the limit: the next start comes when the oldest of the dead sender's
     # last ten leaves the window, as its own would have, well before a chat spacing.
@@ -1203,12 +1209,16 @@ async def test_a_sender_that_dies_leaves_only_its_announced_rows_waiting(
     started = await second._dispatch()
     assert len(started) == 1
     await asyncio.gather(*started)
-    await pacing.complete(second._pump(lambda: len(sender.deliveries) >= 60))
+    await pacing.complete(second._pump(lambda: len(sender.deliveries) >= 61))
     await asyncio.gather(*second._inflight.values())
 
     assert sender.unannounced == []
-    assert sorted(d.address for d in sender.deliveries) == [f"37{i:03d}" for i in range(60)]
-    # The announced ones, perhaps sent already, go a chat spacing after the takeover.
+    assert sorted(d.address for d in sender.deliveries) == sorted(
+        [answered] + [f"37{i:03d}" for i in range(60)]
+    )
+    # The announced ones, perhaps sent already, and anything else to their chats go a chat
+    # spacing after the takeover.
     after = sender.deliveries[20:]
     assert all(d.at >= takeover + 1.03 for d in after if d.address in announced)
+    assert sender.texts(answered)[0] == "reply since"
     assert most_in_a_window([d.at for d in sender.deliveries]) <= 10

@@ -389,6 +389,10 @@ class Dispatcher:
         if freed is not None and freed.waiting:
             # Claim them the moment they are due, not at the next idle look (a second later).
             self._claim_at = mono + self._takeover_wait + 0.005
+            # Their chats may just have had them: nothing else goes to those chats for a
+            # spacing either (a reply queued since, ahead of the row in its chat's order).
+            for channel, address, payload in freed.announced:
+                self._space_from(channel, address, mono, _payload_cost(payload))
         if contended:
             self._count_earlier(earlier, wall, mono)
 

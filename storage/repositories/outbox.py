@@ -455,11 +455,15 @@ async def announce(
 
 @dataclass(frozen=True)
 class Freed:
-    """The claims a new elected sender freed: how many were free at once, and how many had
-    been announced (their sends may have begun) and wait one chat spacing."""
+    """The claims a new elected sender freed: how many were free at once, and the rows that
+    had been announced (their sends may have begun), which wait one chat spacing."""
 
     at_once: int
-    waiting: int
+    announced: list[tuple[str, str, Mapping[str, Any]]]  # (channel, address, payload)
+
+    @property
+    def waiting(self) -> int:
+        return len(self.announced)
 
     def __len__(self) -> int:
         return self.at_once + self.waiting
@@ -491,15 +495,17 @@ async def void_claims(
             not_before=retry_at,  # a claimed row was due already: this only puts it later
             last_error=TAKEN_OVER,
         )
+        .returning(OutboxMessage.channel, OutboxMessage.address, OutboxMessage.payload)
         .execution_options(synchronize_session=False)
     )
+    announced = [(channel, address, payload) for channel, address, payload in waiting]
     at_once = await session.execute(
         update(OutboxMessage)
         .where(*live)
         .values(claimed_until=None, claim_token=None)
         .execution_options(synchronize_session=False)
     )
-    return Freed(at_once=_rowcount(at_once), waiting=_rowcount(waiting))
+    return Freed(at_once=_rowcount(at_once), announced=announced)
 
 
 async def recent_sends(
