@@ -125,12 +125,17 @@ async def run(args: argparse.Namespace, url: str, directory: Path) -> None:
                     f"{quiet_until(args.hold, started=now_local).split('-')[1]} local time"
                 )
                 sampler = asyncio.create_task(sample_backlog(url, backlog))
-                deadline = time.monotonic() + args.timeout
                 # Telegram's default: at most 40 webhook calls at a time.
                 async with deployment.client(limit=40) as client:
                     presser = asyncio.create_task(
                         press_invitations(api, client, progress, pressing, deliveries, args)
                     )
+                    # The time allowed runs from the first invitation: quiet hours hold them
+                    # until the next full minute, up to a minute past --hold.
+                    await api.wait_until(
+                        lambda: bool(progress.update().invited), args.hold + 60 + args.timeout
+                    )
+                    deadline = time.monotonic() + args.timeout
                     if not args.no_kill:
                         await api.wait_until(
                             lambda: len(progress.update().invited) >= args.cases // 3,
@@ -247,7 +252,8 @@ async def press_invitations(
     async with asyncio.TaskGroup() as group:
         while waiting:
             await api.wait_until(
-                lambda: not waiting.isdisjoint(progress.update().invited), args.timeout
+                lambda: not waiting.isdisjoint(progress.update().invited),
+                args.hold + 60 + args.timeout,  # the first waits out the quiet hours
             )
             for chat in sorted(waiting.intersection(progress.invited)):
                 waiting.discard(chat)
