@@ -1,17 +1,22 @@
-"""Several real `sipas-bot serve` processes on one PostgreSQL schema, around one fake Bot API
-in the calling process: for tests/test_multiprocess.py and benchmarks/multiprocess_bench.py.
+"""Several real `sipas-bot serve` processes on one PostgreSQL schema, behind a TLS load
+balancer, around one fake Bot API in the calling process: for tests/test_multiprocess.py and
+benchmarks/multiprocess_bench.py.
 
-The fake stamps every call on arrival with this process's monotonic clock, so the limits are
-checked where Telegram would check them: at the platform, across every process.
+As in production, everything from outside comes in over HTTPS through the balancer: the
+cases the one-stop system posts, and the updates Telegram delivers to the webhook the bot
+registered there. The fake stamps every call on arrival with this process's monotonic clock,
+so the limits are checked where Telegram would check them: at the platform, across every
+process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +29,12 @@ from storage.db import create_session_factory
 from tests.cli_support import PYTHON, free_port, subprocess_env
 from tests.conftest import engine_for
 from tests.fakes.telegram_api import FakeTelegramAPI, SentCall
+from tests.tls_balancer import TlsBalancer
 
 API_TOKEN = "multiprocess-token-7c2e"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 WEBHOOK_SECRET = "multiprocess-webhook-secret"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 # What Telegram counts as messages: sends and edits (a callback answer is not one).
 MESSAGE_CALLS = frozenset(
     {
@@ -77,15 +84,62 @@ class Serve:
                 await self.process.wait()
 
 
-async def start_serves(
+@dataclass
+class Deployment:
+    """The serve processes behind the TLS balancer: the one address the outside world knows
+    (`url`), for the cases posted and for Telegram's webhook calls."""
+
+    balancer: TlsBalancer
+    serves: list[Serve]
+
+    @property
+    def url(self) -> str:
+        return self.balancer.url
+
+    def client(self, *, limit: int = 100) -> aiohttp.ClientSession:
+        """A client session (of the running event loop) that trusts the balancer's CA, at most
+        `limit` connections at a time."""
+        connector = aiohttp.TCPConnector(ssl=self.balancer.client_ssl(), limit=limit)
+        return aiohttp.ClientSession(connector=connector)
+
+
+@contextlib.asynccontextmanager
+async def deploy(
     count: int,
     database_url: str,
     api: FakeTelegramAPI,
     directory: Path,
     **settings: str,
+) -> AsyncIterator[Deployment]:
+    """`count` serve processes behind a TLS balancer, started together on one database.
+
+    The balancer comes first: its https address is each process's SIPAS_PUBLIC_URL, so the
+    webhook they register with Telegram (`setWebhook`) is the balancer's, as in production.
+    The processes are stopped (SIGTERM) on the way out, the balancer after them.
+    """
+    async with TlsBalancer() as balancer:
+        serves = await start_serves(
+            count, database_url, api, directory, public_url=balancer.url, **settings
+        )
+        balancer.backends = [serve.url for serve in serves]
+        try:
+            yield Deployment(balancer, serves)
+        finally:
+            await asyncio.gather(*(serve.stop() for serve in serves))
+
+
+async def start_serves(
+    count: int,
+    database_url: str,
+    api: FakeTelegramAPI,
+    directory: Path,
+    *,
+    public_url: str,
+    **settings: str,
 ) -> list[Serve]:
-    """Starts `count` `serve` processes at once (webhook mode, one database), waits until
-    every one answers /healthz. Their logs go to files in `directory`."""
+    """Starts `count` `serve` processes at once (webhook mode, one database, the webhook at
+    `public_url`), waits until every one answers /healthz. Their logs go to files in
+    `directory`."""
     units = directory / "units.yaml"
     units.write_text(UNITS_YAML, encoding="utf-8")
     serves = []
@@ -100,7 +154,7 @@ async def start_serves(
             SIPAS_TELEGRAM_API_URL=api.base_url,
             SIPAS_TELEGRAM_MODE="webhook",
             SIPAS_TELEGRAM_WEBHOOK_SECRET=WEBHOOK_SECRET,
-            SIPAS_PUBLIC_URL=settings.pop("public_url", "https://sipas.example"),
+            SIPAS_PUBLIC_URL=public_url,
             **{
                 "SIPAS_QUIET_HOURS": "none",
                 "SIPAS_LOG_LEVEL": "INFO",
@@ -179,39 +233,77 @@ def resolved_case(number: int) -> dict[str, Any]:
     }
 
 
-async def post_cases(serves: list[Serve], numbers: Iterable[int], concurrency: int = 8) -> None:
-    """Posts the cases round-robin to the processes (as a load balancer would)."""
-    queue = list(numbers)
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as client:
+async def post_cases(deployment: Deployment, numbers: Iterable[int], concurrency: int = 8) -> None:
+    """Posts the cases one by one, `concurrency` at a time, through the balancer."""
+    async with deployment.client(limit=concurrency) as client:
 
         async def post(number: int) -> None:
-            serve = serves[number % len(serves)]
-            url = f"{serve.url}/api/v1/cases"
+            url = f"{deployment.url}/api/v1/cases"
             async with client.post(url, json=resolved_case(number), headers=AUTH) as answer:
                 assert answer.status in (200, 201), await answer.text()
 
-        await asyncio.gather(*(post(number) for number in queue))
+        await asyncio.gather(*(post(number) for number in numbers))
 
 
-async def post_batches(serves: list[Serve], numbers: Iterable[int], size: int = 50) -> None:
-    """Posts the cases in batches (`POST /api/v1/cases:batch`), one request per process at a
-    time, round-robin: quick enough that the invitations make a backlog."""
+async def post_batches(deployment: Deployment, numbers: Iterable[int], size: int = 50) -> None:
+    """Posts the cases in batches (`POST /api/v1/cases:batch`) through the balancer, as many
+    at a time as there are processes: quick enough that the invitations make a backlog."""
     ordered = list(numbers)
     chunks = [ordered[start : start + size] for start in range(0, len(ordered), size)]
-    async with aiohttp.ClientSession() as client:
+    streams = len(deployment.serves)
+    async with deployment.client() as client:
 
-        async def post_via(index: int) -> None:
-            serve = serves[index]
-            for chunk in chunks[index :: len(serves)]:
+        async def post_stream(index: int) -> None:
+            for chunk in chunks[index::streams]:
                 body = {"cases": [resolved_case(number) for number in chunk]}
-                url = f"{serve.url}/api/v1/cases:batch"
+                url = f"{deployment.url}/api/v1/cases:batch"
                 async with client.post(url, json=body, headers=AUTH) as answer:
                     assert answer.status == 200, await answer.text()
                     summary = (await answer.json())["summary"]
                     assert not summary.get("rejected"), summary
 
-        await asyncio.gather(*(post_via(index) for index in range(len(serves))))
+        await asyncio.gather(*(post_stream(index) for index in range(streams)))
+
+
+async def deliver_update(
+    client: aiohttp.ClientSession,
+    api: FakeTelegramAPI,
+    update: dict[str, Any],
+    *,
+    attempts: int = 1,
+    pause: float = 0.5,
+) -> list[int]:
+    """Delivers `update` as Telegram does: a POST to the webhook URL the bot registered (here
+    the balancer's https address), with the registered secret in the header; an answer other
+    than 2xx, or none, is delivered again, up to `attempts` times. Returns each attempt's
+    status (0: no answer)."""
+    webhook = api.webhook
+    assert webhook is not None, "no webhook registered (setWebhook)"
+    headers = {SECRET_HEADER: str(webhook["secret_token"])}
+    statuses: list[int] = []
+    while len(statuses) < attempts:
+        if statuses:
+            await asyncio.sleep(pause)  # Telegram waits before it delivers again
+        try:
+            async with client.post(webhook["url"], json=update, headers=headers) as answer:
+                await answer.read()
+                statuses.append(answer.status)
+        except aiohttp.ClientError:
+            statuses.append(0)
+        if 200 <= statuses[-1] < 300:
+            break
+    return statuses
+
+
+def press_first_button(api: FakeTelegramAPI, message: SentCall) -> dict[str, Any]:
+    """The update of the citizen pressing the first button of `message` (an invitation: its
+    "Bắt đầu", which starts the survey), read from the message as the platform holds it."""
+    assert isinstance(message.chat_id, int) and message.message_id is not None
+    shown = api.message_state(message.chat_id, message.message_id)
+    buttons = api.buttons(shown)
+    assert buttons, f"no buttons left on message {message.message_id} in {message.chat_id}"
+    _, data = buttons[0]
+    return api.make_callback_update(message.chat_id, data, message_id=message.message_id)
 
 
 def message_calls(api: FakeTelegramAPI) -> list[SentCall]:
@@ -249,10 +341,31 @@ def per_chat_most(calls: list[SentCall], latency: float = 0.0) -> int:
     return max((most_in_a_window(times) for times in by_chat.values()), default=0)
 
 
+def is_invitation(call: SentCall) -> bool:
+    """A survey invitation: its buttons start the survey or put it off (`s:<ref>:start`)."""
+    return any(
+        data.startswith("s:") and data.endswith(":start")
+        for _, data in FakeTelegramAPI.buttons(call)
+    )
+
+
+def is_question(call: SentCall) -> bool:
+    """A survey question: its buttons answer it (`a:<ref>:<position>:<value>`)."""
+    return any(data.startswith("a:") for _, data in FakeTelegramAPI.buttons(call))
+
+
 def invitations(api: FakeTelegramAPI) -> dict[Any, list[SentCall]]:
-    """sendMessage calls to the citizens' chats, by chat."""
+    """Invitations sent to the citizens' chats, by chat (not the questions after a press)."""
     found: dict[Any, list[SentCall]] = {}
     for call in api.calls("sendMessage"):
-        if isinstance(call.chat_id, int) and call.chat_id >= FIRST_CHAT:
+        if isinstance(call.chat_id, int) and call.chat_id >= FIRST_CHAT and is_invitation(call):
             found.setdefault(call.chat_id, []).append(call)
     return found
+
+
+def answered_presses(api: FakeTelegramAPI) -> set[Any]:
+    """The chats whose press of "Bắt đầu" was answered in full on the platform: the pressed
+    invitation edited (the choice appended, the buttons gone) and the first question sent."""
+    edited = {call.chat_id for call in api.calls("editMessageText")}
+    asked = {call.chat_id for call in api.calls("sendMessage") if is_question(call)}
+    return edited & asked
