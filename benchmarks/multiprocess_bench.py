@@ -115,9 +115,8 @@ async def run(args: argparse.Namespace, url: str, directory: Path) -> None:
             try:
                 await load_units(url)
                 posted = time.monotonic()
-                # The client in a thread of its own, so that posting does not stall the fake's
-                # event loop (and with it the arrival stamps); the balancer forwarding the
-                # posts shares that loop, but nothing is sent while quiet hours hold.
+                # The client in a thread of its own (as the balancer is), so that posting does
+                # not stall the fake's event loop (and with it the arrival stamps).
                 await asyncio.to_thread(asyncio.run, post_batches(deployment, range(args.cases)))
                 print(
                     f"{args.cases} resolved cases posted (batches of 50) in "
@@ -313,7 +312,7 @@ def report(
     questions = [call for call in calls if call.method == "sendMessage" and is_question(call)]
     invited = sum(len(c) for c in received.values())
     # The fake stamps a sendMessage after its answer delay, an edit without one.
-    arrivals = sorted(arrival(call, args.latency) for call in calls)
+    arrivals = sorted(arrival(call) for call in calls)
     first, last = arrivals[0], arrivals[-1]
     span = last - first
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
@@ -352,9 +351,9 @@ def report(
         f"most messages in any 1 s window: {most_in_a_window(arrivals)} "
         f"(by calendar second: {most_in_a_calendar_second(arrivals)}); limit {args.rate:g}"
     )
-    per_chat = per_chat_most(calls, args.latency)
+    per_chat = per_chat_most(calls)
     print(f"most messages to one chat in any 1 s window: {per_chat}")
-    close = closer_than_a_second(calls, args.latency)
+    close = closer_than_a_second(calls)
     if close:
         gap, at = min((b - a, a) for a, b in close)
         since = f", {at - killed_at:+.2f}s from the kill" if killed_at is not None else ""
@@ -373,11 +372,11 @@ def report(
     print(f"ERROR lines in the serve logs: {errors}")
 
 
-def closer_than_a_second(calls: list[SentCall], latency: float) -> list[tuple[float, float]]:
+def closer_than_a_second(calls: list[SentCall]) -> list[tuple[float, float]]:
     """The arrivals of two consecutive messages to one chat less than a second apart."""
     by_chat: dict[object, list[float]] = {}
     for call in calls:
-        by_chat.setdefault(call.chat_id, []).append(arrival(call, latency))
+        by_chat.setdefault(call.chat_id, []).append(arrival(call))
     return [
         (a, b)
         for times in by_chat.values()

@@ -29,7 +29,7 @@ from storage.db import create_session_factory
 from tests.cli_support import PYTHON, free_port, subprocess_env
 from tests.conftest import engine_for
 from tests.fakes.telegram_api import FakeTelegramAPI, SentCall
-from tests.tls_balancer import TlsBalancer
+from tests.tls_balancer import TlsBalancer, balancer_in_a_thread
 
 API_TOKEN = "multiprocess-token-7c2e"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -117,7 +117,7 @@ async def deploy(
     webhook they register with Telegram (`setWebhook`) is the balancer's, as in production.
     The processes are stopped (SIGTERM) on the way out, the balancer after them.
     """
-    async with TlsBalancer() as balancer:
+    async with balancer_in_a_thread() as balancer:
         serves = await start_serves(
             count, database_url, api, directory, public_url=balancer.url, **settings
         )
@@ -328,16 +328,18 @@ def most_in_a_calendar_second(times: Iterable[float]) -> int:
     return max(counts.values(), default=0)
 
 
-def arrival(call: SentCall, latency: float = 0.0) -> float:
-    """When the call reached the platform: the fake stamps a sendMessage after its answer
-    delay (`FakeTelegramAPI(latency=...)`), every other call at once."""
-    return call.timestamp - (latency if call.method == "sendMessage" else 0.0)
+def arrival(call: SentCall) -> float:
+    """When the call reached the platform: when the fake had read it, before its simulated
+    answer time (`FakeTelegramAPI(latency=...)`). A stamp taken after an answer delay would be
+    as late as the event loop is busy, and two messages could look further apart (or closer)
+    than they arrived."""
+    return call.arrived if call.arrived is not None else call.timestamp
 
 
-def per_chat_most(calls: list[SentCall], latency: float = 0.0) -> int:
+def per_chat_most(calls: list[SentCall]) -> int:
     by_chat: dict[Any, list[float]] = {}
     for call in calls:
-        by_chat.setdefault(call.chat_id, []).append(arrival(call, latency))
+        by_chat.setdefault(call.chat_id, []).append(arrival(call))
     return max((most_in_a_window(times) for times in by_chat.values()), default=0)
 
 

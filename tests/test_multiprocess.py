@@ -18,6 +18,7 @@ from tests.multiprocess_support import (
     FIRST_CHAT,
     WEBHOOK_SECRET,
     answered_presses,
+    arrival,
     deliver_update,
     deploy,
     invitations,
@@ -132,7 +133,7 @@ async def test_serve_processes_share_one_bot_across_a_kill(
     calls = message_calls(api)
     assert {call.method for call in calls} == {"sendMessage", "editMessageText"}
     assert len(calls) >= cases + 2 * presses
-    assert most_in_a_window(call.timestamp for call in calls) <= 10
+    assert most_in_a_window(arrival(call) for call in calls) <= 10
     assert per_chat_most(calls) == 1
 
 
@@ -141,5 +142,6 @@ def assert_once_but_at_the_kill(calls: list[SentCall], killed_at: float) -> None
     marked sent, when its sender was killed."""
     texts = [call.text for call in calls]
     if len(texts) != len(set(texts)):
-        first = calls[0].timestamp
-        assert killed_at - 0.5 <= first <= killed_at, texts
+        # Written to the platform before the kill, read by it a moment after at the latest.
+        first = arrival(calls[0])
+        assert killed_at - 0.5 <= first <= killed_at + 0.25, texts

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import copy
 import html
 import itertools
@@ -54,6 +55,8 @@ __all__ = [
 ]
 
 JSONDict = dict[str, Any]
+# When the request being answered had been read (SentCall.arrived).
+_ARRIVED: contextvars.ContextVar[float | None] = contextvars.ContextVar("arrived", default=None)
 
 DEFAULT_TOKEN: Final = "123456:TEST-TOKEN"
 DEFAULT_BOT_ID: Final = 123456
@@ -130,6 +133,9 @@ class SentCall:
     file_name: str | None = None
     file_size: int | None = None
     message: JSONDict | None = field(default=None, repr=False)
+    #: When the request had been read, before any simulated answer time (``latency``): the
+    #: moment the platform's limits would count it.
+    arrived: float | None = None
 
 
 @dataclass(frozen=True)
@@ -739,6 +745,7 @@ class FakeTelegramAPI:
                 )
             canonical = self._CANONICAL[method_name.lower()]
             params, uploads = await self._read_params(request)
+            _ARRIVED.set(time.monotonic())  # each request runs in a task of its own
             self.requests.append((canonical, params))
             chat_id = _normalise_chat_id(params.get("chat_id"))
             if canonical == "answerCallbackQuery":
@@ -884,6 +891,7 @@ class FakeTelegramAPI:
                 message_id=message_id,
                 timestamp=time.monotonic(),
                 params=params,
+                arrived=_ARRIVED.get(None),
                 caption=caption,
                 file_name=upload.file_name if upload else None,
                 file_size=upload.size if upload else None,
