@@ -48,6 +48,7 @@ from tests.fakes.telegram_api import FakeTelegramAPI, SentCall
 from tests.multiprocess_support import (
     FIRST_CHAT,
     arrival,
+    busiest_window,
     deliver_update,
     deploy,
     invitations,
@@ -56,7 +57,6 @@ from tests.multiprocess_support import (
     load_units,
     message_calls,
     most_in_a_calendar_second,
-    most_in_a_window,
     per_chat_most,
     post_batches,
     press_first_button,
@@ -347,8 +347,10 @@ def report(
         after = [t for t in arrivals if t > killed_at]
         if after:
             print(f"  first message after the kill: {after[0] - killed_at:.2f}s later")
+    most, busiest = busiest_window(arrivals)
+    when = f", from {busiest - killed_at:+.2f}s from the kill" if killed_at is not None else ""
     print(
-        f"most messages in any 1 s window: {most_in_a_window(arrivals)} "
+        f"most messages in any 1 s window: {most}{when} "
         f"(by calendar second: {most_in_a_calendar_second(arrivals)}); limit {args.rate:g}"
     )
     per_chat = per_chat_most(calls)

@@ -312,13 +312,20 @@ def message_calls(api: FakeTelegramAPI) -> list[SentCall]:
 
 def most_in_a_window(times: Iterable[float], window: float = 1.0) -> int:
     """The most of `times` in any half-open window [t, t + window)."""
+    return busiest_window(times, window)[0]
+
+
+def busiest_window(times: Iterable[float], window: float = 1.0) -> tuple[int, float]:
+    """The most of `times` in any half-open window [t, t + window), and the first time in
+    the first such window (0.0 when there are none)."""
     ordered = sorted(times)
-    most, first = 0, 0
+    most, at, first = 0, 0.0, 0
     for last, moment in enumerate(ordered):
         while ordered[first] <= moment - window:
             first += 1
-        most = max(most, last - first + 1)
-    return most
+        if last - first + 1 > most:
+            most, at = last - first + 1, ordered[first]
+    return most, at
 
 
 def most_in_a_calendar_second(times: Iterable[float]) -> int:

@@ -32,6 +32,7 @@ from bot.outbox import (
     global_pace,
     mask_address,
 )
+from bot.outbox.wire import on_the_wire
 from handlers.clock import FakeClock
 from storage.db import SessionFactory, create_session_factory
 from storage.models import (
@@ -1236,3 +1237,46 @@ async def test_a_sender_that_dies_leaves_only_its_announced_rows_waiting(
     assert all(d.at >= takeover + 1.03 for d in after if d.address in announced)
     assert sender.texts(answered)[0] == "reply since"
     assert most_in_a_window([d.at for d in sender.deliveries]) <= 10
+
+
+class LateOnTheWire(FakeSender):
+    """Writes its first request `late` seconds after the dispatcher started it (a busy event
+    loop), and tells the dispatcher when each one reaches the wire, as the HTTP clients do."""
+
+    def __init__(self, pacing: FakePacing, late: float) -> None:
+        super().__init__(clock=pacing.monotonic)
+        self.pacing, self.late = pacing, late
+        self.wired: list[float] = []
+
+    async def send(
+        self, address: str, payload: Mapping[str, Any], *, clear_buttons_of: str | None
+    ) -> str | None:
+        if not self.wired:
+            self.pacing.advance(self.late)
+        on_the_wire()
+        self.wired.append(self.pacing.monotonic())
+        return await super().send(address, payload, clear_buttons_of=clear_buttons_of)
+
+
+async def test_pacing_counts_a_send_from_when_its_request_reached_the_wire(
+    sessions: SessionFactory, clock: FakeClock, pacing: FakePacing
+) -> None:
+    """A request written 0.3 s after the dispatcher started its send: the chat's next message
+    is spaced from the write, as the platform sees it (not 0.73 s after it), and the row's
+    sent_at is the write's moment, for a sender taking over to count."""
+    began = pacing.monotonic()
+    wall = PacedWall(clock.now(), pacing)
+    sender = LateOnTheWire(pacing, late=0.3)
+    first = await put(sessions, clock, "38000", "first")
+    await put(sessions, clock, "38000", "second")
+    dispatcher = make_dispatcher(
+        sessions, sender, wall, global_rate=10.0, per_chat_rate=1.0, pacing=pacing
+    )
+
+    assert await pacing.complete(dispatcher.drain(30)) == 2
+
+    written, then = sender.wired
+    assert then - written >= 1.03
+    sent = await row(sessions, first)
+    assert sent.sent_at is not None
+    assert sent.sent_at == clock.now() + timedelta(seconds=written - began)

@@ -12,7 +12,12 @@ from telegram import Bot
 from telegram import error as tg
 from telegram.request import HTTPXRequest
 
-from bot.channels.telegram.sender import TelegramSender, retry_after_seconds, translate_error
+from bot.channels.telegram.sender import (
+    HTTPX_KWARGS,
+    TelegramSender,
+    retry_after_seconds,
+    translate_error,
+)
 from bot.outbox import (
     Dispatcher,
     PermanentSendError,
@@ -20,6 +25,7 @@ from bot.outbox import (
     TransientSendError,
     Unreachable,
 )
+from bot.outbox.wire import marking
 from handlers.clock import FakeClock
 from storage.db import SessionFactory
 from storage.models import Citizen, CitizenContact, ContactStatus, OutboxMessage, OutboxStatus
@@ -291,3 +297,24 @@ async def test_dispatcher_over_real_http(
             )
         ).all()
     assert sorted(platform_ids, key=str) == ["1", "2"]
+
+
+async def test_the_http_client_tells_the_dispatcher_when_each_call_reaches_the_wire(
+    api: FakeTelegramAPI,
+) -> None:
+    """Through the Bot the channel builds (HTTPXRequest with the sender's hooks), a send
+    marks the moment its request is written, once per call: the dispatcher's pacing counts
+    it from then (bot/outbox/wire.py)."""
+    request = HTTPXRequest(httpx_kwargs=dict(HTTPX_KWARGS))
+    marks: list[int] = []
+    async with Bot(api.token, base_url=api.base_url, request=request) as traced:
+        sender = TelegramSender(traced)
+        first = await sender.send(str(CHAT), {"text": "một"}, clear_buttons_of=None)
+        before = len(api.requests)
+        with marking(lambda: marks.append(len(api.requests))):
+            await sender.send(str(CHAT), {"text": "hai"}, clear_buttons_of=first)
+        await sender.send(str(CHAT), {"text": "ba"}, clear_buttons_of=None)  # unmarked
+    # The keyboard cleared, then the message: two calls, each marked before the fake read it.
+    assert marks == [before, before + 1]
+    calls = [method for method, _ in api.requests]
+    assert calls[before:] == ["editMessageReplyMarkup", "sendMessage", "sendMessage"]

@@ -17,8 +17,10 @@ from bot.channels.zalo.api import (
 from bot.channels.zalo.sender import ZaloSender, render, translate_error
 from bot.config import SettingsError, load_settings
 from bot.outbox import PermanentSendError, RetryAfter, TransientSendError, Unreachable
+from bot.outbox.wire import marking
 from bot.serve import enabled_channels
 from handlers.rendering import Choice, match_typed_choice, numbered, numbered_lines
+from tests.fakes.zalo_api import FakeZaloAPI
 
 UPDATE = {
     "event_name": "message.text.received",
@@ -158,3 +160,21 @@ async def test_an_edit_is_not_sent_anew_on_zalo() -> None:
 def test_serve_names_the_zalo_channel_it_runs() -> None:
     both = load_settings(zalo_token="1:x", telegram_token="2:y")
     assert enabled_channels(both) == ["telegram (polling)", "zalo (polling)"]
+
+
+async def test_the_zalo_client_tells_the_dispatcher_when_each_call_reaches_the_wire() -> None:
+    """A send marks the moment its request's headers are written (aiohttp's trace), once
+    per call: the dispatcher's pacing counts it from then (bot/outbox/wire.py)."""
+    fake = FakeZaloAPI()
+    await fake.start()
+    client = ZaloApi(fake.base_url, fake.token)
+    marks: list[int] = []
+    try:
+        with marking(lambda: marks.append(len(fake.calls))):
+            await client.call("sendMessage", {"chat_id": "u-1", "text": "Xin chào"})
+        await client.call("sendMessage", {"chat_id": "u-1", "text": "unmarked"})
+    finally:
+        await client.close()
+        await fake.stop()
+    assert marks == [0]  # marked before the fake had read it
+    assert [method for method, _ in fake.calls] == ["sendMessage", "sendMessage"]

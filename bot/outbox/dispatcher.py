@@ -64,6 +64,7 @@ from bot.outbox.errors import (
 )
 from bot.outbox.leadership import Leadership, leadership_for
 from bot.outbox.pacing import PacingClock, SystemPacingClock, global_pace
+from bot.outbox.wire import marking
 from handlers.clock import Clock
 from storage.db import SessionFactory
 from storage.models import OutboxMessage
@@ -103,6 +104,17 @@ def _payload_cost(payload: Mapping[str, Any]) -> int:
     """Platform calls a send makes: clearing an old keyboard first is one more."""
     clears = payload.get("clear_buttons_of") is not None and not payload.get("edit")
     return 2 if clears else 1
+
+
+@dataclass
+class _Start:
+    """When a send started, as pacing counts it (monotonic) and as the outbox records it
+    (`sent_at`, wall): first when the dispatcher started it, then when its request reached
+    the wire, if the sender tells (bot/outbox/wire.py)."""
+
+    at: float
+    wall: datetime
+    wired: bool = False
 
 
 @dataclass(frozen=True)
@@ -740,12 +752,21 @@ class Dispatcher:
         sender = self._senders[claim.channel]
         try:
             clear = await self._message_to_clear(claim)
-            self._started(claim, decided)
-            # Recorded as the row's sent_at: a sender taking over counts starts (see _take_over).
-            started_at = self._clock.now()
+            start = _Start(decided, self._clock.now())
+            self._started(claim, start)
+
+            def wired() -> None:
+                # The first call of the send (a keyboard cleared first is the first of two).
+                if not start.wired:
+                    start.wired = True
+                    self._started(claim, start)
+
             try:
                 started = time.perf_counter()
-                message_id = await sender.send(claim.address, claim.payload, clear_buttons_of=clear)
+                with marking(wired):
+                    message_id = await sender.send(
+                        claim.address, claim.payload, clear_buttons_of=clear
+                    )
             except RetryAfter as exc:
                 await self._rate_limited_by_platform(claim, exc)
                 return False
@@ -773,7 +794,8 @@ class Dispatcher:
                     session,
                     claim.id,
                     token=claim.token,
-                    now=started_at,
+                    # A sender taking over counts the starts of the last second (_take_over).
+                    now=start.wall,
                     platform_message_id=message_id,
                     redact=claim.sensitive,
                 )
@@ -799,13 +821,15 @@ class Dispatcher:
             self._after(claim.key)
             self._signal.set()
 
-    def _started(self, claim: _Claim, decided: float) -> None:
-        """Pacing counts when a send starts: moves its count if it starts later than paced."""
+    def _started(self, claim: _Claim, start: _Start) -> None:
+        """Pacing counts when a send starts: moves its count if it starts later than counted
+        (the event loop was busy, or its request reached the wire only now)."""
         started = self._pacing.monotonic()
-        if started - decided > 0.001:
-            self._paces[claim.channel].started_late(decided, started, claim.cost)
+        if started - start.at > 0.001:
+            self._paces[claim.channel].started_late(start.at, started, claim.cost)
             spaced = started + self._spacings.get(claim.channel, self._spacing) * claim.cost
             self._next_at[claim.key] = max(self._next_at.get(claim.key, 0.0), spaced)
+            start.at, start.wall = started, self._clock.now()
 
     def _after(self, key: tuple[str, str]) -> None:
         """Asks for a claim when rows of this address may have been left behind."""

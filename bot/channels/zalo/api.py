@@ -16,6 +16,8 @@ from typing import Any
 
 import aiohttp
 
+from bot.outbox.wire import on_the_wire
+
 log = logging.getLogger(__name__)
 
 TEXT_EVENT = "message.text.received"
@@ -148,7 +150,11 @@ class ZaloApi:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            # The dispatcher counts each send from the moment its request is written
+            # (bot/outbox/wire.py), not from when it decided to send.
+            tracing = aiohttp.TraceConfig()
+            tracing.on_request_headers_sent.append(_on_the_wire)
+            self._session = aiohttp.ClientSession(trace_configs=[tracing])
         return self._session
 
     async def close(self) -> None:
@@ -190,3 +196,7 @@ class ZaloApi:
         if not description:
             description = f"HTTP {status} from {method}"
         raise ZaloApiError(status, description, error_code=error_code, retry_after=retry_after)
+
+
+async def _on_the_wire(*_: object) -> None:
+    on_the_wire()
