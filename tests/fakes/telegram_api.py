@@ -133,8 +133,8 @@ class SentCall:
     file_name: str | None = None
     file_size: int | None = None
     message: JSONDict | None = field(default=None, repr=False)
-    #: When the request had been read, before any simulated answer time (``latency``): the
-    #: moment the platform's limits would count it.
+    #: When the request's headers had been read, before its body and any simulated answer
+    #: time (``latency``): the moment the platform's limits would count it.
     arrived: float | None = None
 
 
@@ -734,6 +734,9 @@ class FakeTelegramAPI:
         return web.json_response(_error_body(404, "Not Found"), status=404)
 
     async def _handle(self, request: web.Request) -> web.Response:
+        # The request's headers are in: as near to its arrival as this server can tell (each
+        # request runs in a task of its own).
+        _ARRIVED.set(time.monotonic())
         try:
             if request.match_info["token"] != self.token:
                 return web.json_response(_error_body(401, "Unauthorized"), status=401)
@@ -745,7 +748,6 @@ class FakeTelegramAPI:
                 )
             canonical = self._CANONICAL[method_name.lower()]
             params, uploads = await self._read_params(request)
-            _ARRIVED.set(time.monotonic())  # each request runs in a task of its own
             self.requests.append((canonical, params))
             chat_id = _normalise_chat_id(params.get("chat_id"))
             if canonical == "answerCallbackQuery":
