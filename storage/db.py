@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import threading
 import time
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +18,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.util import await_only
 
 SessionFactory = async_sessionmaker[AsyncSession]
 
@@ -79,8 +84,99 @@ def create_engine(database_url: str | URL, *, schema: str | None = None) -> Asyn
     engine = create_async_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        _WriterQueue(url.database).listen(engine)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
     return engine
+
+
+class _WriterQueue:
+    """The writers of one SQLite file in this process take its write lock one after another,
+    each woken the moment the one before lets go.
+
+    SQLite's own wait for a busy lock (busy_timeout) polls: it sleeps 1, 2, 5 ... up to 100 ms
+    between tries, and whoever tries just as the lock is free wins, however long the others
+    waited. With intake, the dispatcher (a write for each message sent) and the sweeps
+    writing at once, an invitation's few short transactions waited seconds for a lock that
+    was free most of the time. Here a writer first waits its turn on an asyncio lock (first
+    come, first served) before `BEGIN IMMEDIATE`, and lets go when its transaction ends.
+    SQLAlchemy runs these event hooks in the greenlet of the awaiting task, so they can await
+    (`await_only`). Another process writing to the file (`cases import`) still meets
+    SQLite's wait; read-only transactions take nothing.
+    """
+
+    _HOLDS = "sipas_holds_the_writer_lock"
+
+    def __init__(self, database: str | None) -> None:
+        memory = not database or database == ":memory:"
+        # One turn for every engine of this process on the file (a test's, the app's).
+        self._key = f"memory:{id(self)}" if memory else os.path.realpath(str(database))
+
+    def listen(self, engine: AsyncEngine) -> None:
+        # Before _sqlite_begin's BEGIN IMMEDIATE: listeners run in the order they were added.
+        event.listen(engine.sync_engine, "begin", self._enter)
+        event.listen(engine.sync_engine, "commit", self._leave)
+        event.listen(engine.sync_engine, "rollback", self._leave)
+        # A connection given back to the pool, or dropped, mid-transaction: let go too.
+        event.listen(engine.sync_engine.pool, "reset", self._on_reset)
+        event.listen(engine.sync_engine.pool, "close", self._on_close)
+        event.listen(engine.sync_engine.pool, "invalidate", self._on_invalidate)
+
+    def _lock(self, loop: asyncio.AbstractEventLoop) -> asyncio.Lock:
+        # An asyncio lock belongs to one event loop (a test runs one loop each).
+        with _WRITER_TURNS_MADE:
+            turns = _WRITER_TURNS.setdefault(loop, {})
+            return turns.setdefault(self._key, asyncio.Lock())
+
+    def _enter(self, connection: Any) -> None:
+        if connection.get_execution_options().get(READ_ONLY) or self._HOLDS in connection.info:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a synchronous engine (Alembic's migrations): SQLite's wait alone
+        lock = self._lock(loop)
+        try:
+            # Past SQLite's own patience, go on without a turn: BEGIN IMMEDIATE then waits as
+            # it would have and fails with "database is locked" (a 503 at the API).
+            await_only(asyncio.wait_for(lock.acquire(), SQLITE_BUSY_TIMEOUT_SECONDS))
+        except TimeoutError:
+            return
+        connection.info[self._HOLDS] = (loop, lock)
+
+    def _leave(self, connection: Any) -> None:
+        self._release(connection.info)
+
+    def _on_reset(self, _dbapi_connection: Any, record: Any, _reset_state: Any) -> None:
+        self._release(record.info)
+
+    def _on_close(self, _dbapi_connection: Any, record: Any) -> None:
+        self._release(record.info)
+
+    def _on_invalidate(self, _dbapi_connection: Any, record: Any, _exception: Any) -> None:
+        self._release(record.info)
+
+    def _release(self, info: dict[Any, Any]) -> None:
+        # On commit and rollback this runs just before the driver's COMMIT or ROLLBACK: a
+        # writer woken by it may find the file still locked for that moment, and SQLite's own
+        # wait then retries it within a millisecond.
+        held = info.pop(self._HOLDS, None)
+        if held is None:
+            return
+        loop, lock = held
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            lock.release()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(lock.release)  # a connection dropped elsewhere
+
+
+_WRITER_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+_WRITER_TURNS_MADE = threading.Lock()
 
 
 READ_ONLY = "sipas_read_only"
