@@ -87,7 +87,8 @@ def setup_logging(level: str = "INFO", *, stream: object = None) -> None:
     # no mask can tell apart. SIPAS_LOG_LEVEL=DEBUG is for the service's own lines (its sends
     # with masked addresses), so they never go below INFO.
     for talkative in ("telegram", "httpcore", "hpack"):
-        logging.getLogger(talkative).setLevel(max(logging.INFO, root.level))
+        # Above DEBUG they follow the root (and a later call at another level with it).
+        logging.getLogger(talkative).setLevel(logging.INFO if root.level < logging.INFO else 0)
 
 
 def parse_level(name: str) -> int:

@@ -1236,7 +1236,6 @@ async def test_a_sender_that_dies_leaves_only_its_announced_rows_waiting(
     after = sender.deliveries[20:]
     assert all(d.at >= takeover + 1.03 for d in after if d.address in announced)
     assert sender.texts(answered)[0] == "reply since"
-    assert most_in_a_window([d.at for d in sender.deliveries]) <= 10
 
 
 class LateOnTheWire(FakeSender):
