@@ -1279,3 +1279,37 @@ async def test_pacing_counts_a_send_from_when_its_request_reached_the_wire(
     sent = await row(sessions, first)
     assert sent.sent_at is not None
     assert sent.sent_at == clock.now() + timedelta(seconds=written - began)
+
+
+async def test_held_rows_keep_their_turns_while_a_claim_runs(
+    sessions: SessionFactory,
+    clock: FakeClock,
+    pacing: FakePacing,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wake() asks for a claim while rows are held: the claim runs beside the sends, which
+    go on at their turns (an awaited claim after every press cost 5-10 % of the rate)."""
+    sender = FakeSender(clock=pacing.monotonic)
+    for i in range(10):
+        await put(sessions, clock, f"39{i:03d}", f"n{i}")
+    dispatcher = make_dispatcher(
+        sessions, sender, clock, global_rate=10.0, per_chat_rate=1.0, pacing=pacing
+    )
+    await dispatcher._claim()
+    assert len(dispatcher._held) == 10
+    answered = asyncio.Event()
+    claim_due = outbox.claim_due
+
+    async def slow(*args: Any, **kwargs: Any) -> outbox.Claim:
+        await answered.wait()  # a database slow to answer
+        return await claim_due(*args, **kwargs)
+
+    monkeypatch.setattr(outbox, "claim_due", slow)
+    dispatcher.wake()
+    await pacing.complete(dispatcher._pump(lambda: len(sender.deliveries) >= 6))
+
+    claiming = dispatcher._claiming
+    assert claiming is not None and not claiming.done()  # still waiting for its answer
+    answered.set()
+    await claiming
+    await asyncio.gather(*dispatcher._inflight.values())
