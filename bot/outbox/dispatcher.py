@@ -736,10 +736,15 @@ class Dispatcher:
             await repository.release_claims(session, ids, token=token)
 
     async def _shutdown(self) -> None:
-        # A claim or an announcement under way ends first: what it claimed is released below.
-        for underway in (self._claiming, self._announcing):
-            if underway is not None:
-                await asyncio.wait([underway])
+        # A claim or an announcement under way ends first (what it claimed is released below);
+        # a database that does not answer gets the grace of a send, not the life of the stop.
+        underway = [t for t in (self._claiming, self._announcing) if t is not None and not t.done()]
+        if underway:
+            _, stuck = await asyncio.wait(underway, timeout=self._shutdown_grace)
+            for task in stuck:
+                task.cancel()
+            if stuck:
+                await asyncio.wait(stuck)
         if self._inflight:
             _, pending = await asyncio.wait(
                 list(self._inflight.values()), timeout=self._shutdown_grace
