@@ -741,8 +741,8 @@ class Dispatcher:
         underway = [t for t in (self._claiming, self._announcing) if t is not None and not t.done()]
         if underway:
             _, stuck = await asyncio.wait(underway, timeout=self._shutdown_grace)
-            for task in stuck:
-                task.cancel()
+            for late in stuck:
+                late.cancel()
             if stuck:
                 await asyncio.wait(stuck)
         if self._inflight:
