@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, bindparam, insert, or_, select, update
+from sqlalchemy import Select, Table, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from storage.db import allocate_ids
+from storage.inserts import insert_many
 from storage.models import (
     Answer,
     Case,
@@ -315,8 +316,7 @@ async def new_ids(session: AsyncSession, cases: int, citizens: int) -> tuple[lis
 
 async def insert_cases(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
     """Inserts the cases; each row gives its `id` (from `new_ids`)."""
-    if rows:
-        await session.execute(insert(_CASES), list(rows))
+    await insert_many(session, _CASES, rows)
 
 
 _CASE_UPDATE_COLUMNS = (
@@ -351,13 +351,11 @@ async def update_cases(session: AsyncSession, rows: Sequence[Mapping[str, Any]])
 
 
 async def insert_link_tokens(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
-    if rows:
-        await session.execute(insert(_LINK_TOKENS), list(rows))
+    await insert_many(session, _LINK_TOKENS, rows)
 
 
 async def insert_case_events(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
-    if rows:
-        await session.execute(insert(_CASE_EVENTS), list(rows))
+    await insert_many(session, _CASE_EVENTS, rows)
 
 
 async def cases_with_relations(session: AsyncSession, case_ids: Collection[int]) -> dict[int, Case]:
@@ -431,13 +429,6 @@ async def escalation_events_of_cases(
 _SURVEYS = cast(Table, Survey.__table__)
 
 
-async def surveyed_case_ids(session: AsyncSession, case_ids: Collection[int]) -> set[int]:
-    if not case_ids:
-        return set()
-    query = select(_SURVEYS.c.case_id).where(_SURVEYS.c.case_id.in_(case_ids))
-    return set((await session.execute(query)).scalars())
-
-
 async def insert_surveys(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
-    if rows:
-        await session.execute(insert(_SURVEYS), list(rows))
+    """Inserts a survey for each row's case that has none yet (one per case, ever)."""
+    await insert_many(session, _SURVEYS, rows, ignoring="case_id")
