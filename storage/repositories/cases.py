@@ -163,6 +163,7 @@ _OFFICERS = cast(Table, Officer.__table__)
 _UNITS = cast(Table, Unit.__table__)
 _LINK_TOKENS = cast(Table, LinkToken.__table__)
 _CASE_EVENTS = cast(Table, CaseEvent.__table__)
+_SURVEYS = cast(Table, Survey.__table__)
 
 
 @dataclass
@@ -371,16 +372,39 @@ async def cases_with_relations(session: AsyncSession, case_ids: Collection[int])
     return {case.id: case for case in (await session.execute(query)).scalars()}
 
 
-async def link_tokens_of(session: AsyncSession, case_ids: Collection[int]) -> dict[int, str]:
-    query = select(_LINK_TOKENS.c.case_id, _LINK_TOKENS.c.token).where(
-        _LINK_TOKENS.c.case_id.in_(case_ids)
+@dataclass
+class SurveyState:
+    """What a case's view shows of its survey."""
+
+    id: int
+    status: str
+    channel: str | None
+    completed_at: datetime | None
+
+
+async def links_and_surveys_of(
+    session: AsyncSession, case_ids: Collection[int]
+) -> dict[int, tuple[str | None, SurveyState | None]]:
+    """Each case's link token and survey (either may be missing), in one query."""
+    tokens, surveys = _LINK_TOKENS.c, _SURVEYS.c
+    query = (
+        select(
+            _CASES.c.id,
+            tokens.token,
+            surveys.id,
+            surveys.status,
+            surveys.channel,
+            surveys.completed_at,
+        )
+        .select_from(_CASES)
+        .outerjoin(_LINK_TOKENS, tokens.case_id == _CASES.c.id)
+        .outerjoin(_SURVEYS, surveys.case_id == _CASES.c.id)
+        .where(_CASES.c.id.in_(case_ids))
     )
-    return {case_id: token for case_id, token in (await session.execute(query)).all()}
-
-
-async def surveys_of(session: AsyncSession, case_ids: Collection[int]) -> dict[int, Survey]:
-    query = select(Survey).where(Survey.case_id.in_(case_ids))
-    return {survey.case_id: survey for survey in (await session.execute(query)).scalars()}
+    return {
+        case_id: (token, SurveyState(*survey) if survey[0] is not None else None)
+        for case_id, token, *survey in (await session.execute(query)).all()
+    }
 
 
 async def answers_of_surveys(
@@ -424,9 +448,6 @@ async def escalation_events_of_cases(
         .order_by(EscalationEvent.id)
     )
     return [(row[0], row[1]) for row in (await session.execute(query)).all()]
-
-
-_SURVEYS = cast(Table, Survey.__table__)
 
 
 async def insert_surveys(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
