@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from storage.db import allocate_ids
-from storage.inserts import insert_many
+from storage.inserts import insert_many, update_many
 from storage.models import (
     Answer,
     Case,
@@ -337,18 +337,11 @@ _CASE_UPDATE_COLUMNS = (
 
 async def update_cases(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
     """Updates stored cases by id; each row gives `id` and every column intake writes."""
-    if not rows:
-        return
-    statement = (
-        update(_CASES)
-        .where(_CASES.c.id == bindparam("c_id"))
-        .values({name: bindparam(f"c_{name}") for name in _CASE_UPDATE_COLUMNS})
+    await update_many(
+        session,
+        _CASES,
+        [{"id": row["id"], **{name: row[name] for name in _CASE_UPDATE_COLUMNS}} for row in rows],
     )
-    params = [
-        {"c_id": row["id"], **{f"c_{name}": row[name] for name in _CASE_UPDATE_COLUMNS}}
-        for row in sorted(rows, key=lambda r: int(r["id"]))
-    ]
-    await session.execute(statement, params)
 
 
 async def insert_link_tokens(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
