@@ -47,7 +47,9 @@ def answer_value(answer: Answer) -> object:
     return answer.value_text
 
 
-def survey_view(survey: Survey | None, answers: Sequence[Answer]) -> dict[str, Any]:
+def survey_view(
+    survey: Survey | case_repo.SurveyState | None, answers: Sequence[Answer]
+) -> dict[str, Any]:
     if survey is None:
         return {
             "status": SurveyStatus.NOT_DUE.value,
@@ -180,8 +182,9 @@ async def case_views(
     ids = {case_id for case_id, _code, _unit, _status in cases if case_id not in views}
     if not ids:
         return views
-    tokens = await case_repo.link_tokens_of(session, ids)
-    surveys = await case_repo.surveys_of(session, ids)
+    found = await case_repo.links_and_surveys_of(session, ids)
+    tokens = {case_id: token for case_id, (token, _survey) in found.items() if token}
+    surveys = {case_id: survey for case_id, (_token, survey) in found.items() if survey}
     # A scheduled survey has no answers yet (most of what intake answers about).
     asked = [s.id for s in surveys.values() if s.status != SurveyStatus.SCHEDULED]
     answers = await case_repo.answers_of_surveys(session, asked)

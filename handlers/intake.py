@@ -598,7 +598,8 @@ async def _schedule_surveys(
     session: AsyncSession, accepted: list[_Accepted], now: datetime, policy: SurveyPolicy
 ) -> None:
     """`surveys.case_resolved` for every case the group resolved or rejected, in one insert:
-    one survey per case, ever, after the delay and outside quiet hours."""
+    one survey per case, ever (a case that has one keeps it: the insert skips it), after the
+    delay and outside quiet hours."""
     resolved = [
         item
         for item in accepted
@@ -606,14 +607,9 @@ async def _schedule_surveys(
     ]
     if not resolved:
         return
-    existing = await case_repo.surveyed_case_ids(
-        session, [item.case_id for item in resolved if item.stored is not None]
-    )
     due_at = policy.sendable_at(now + policy.delay)
     rows = []
     for item in resolved:
-        if item.case_id in existing:
-            continue
         person = item.person
         assert person is not None
         opted_out = person.opted_out_at is not None

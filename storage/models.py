@@ -682,3 +682,5 @@ Index(
     postgresql_where=text("value_text = 'yes'"),
 )
 Index("ix_cases_status_due_at", Case.status, Case.due_at)
+# The weeks a write names all end after its earliest moment (storage/snapshot_triggers.py).
+Index("ix_report_snapshots_part_week_end", ReportSnapshot.part, ReportSnapshot.week_end)

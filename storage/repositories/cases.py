@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, bindparam, insert, or_, select, update
+from sqlalchemy import Select, Table, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from storage.db import allocate_ids
+from storage.inserts import insert_many, update_many
 from storage.models import (
     Answer,
     Case,
@@ -162,6 +163,7 @@ _OFFICERS = cast(Table, Officer.__table__)
 _UNITS = cast(Table, Unit.__table__)
 _LINK_TOKENS = cast(Table, LinkToken.__table__)
 _CASE_EVENTS = cast(Table, CaseEvent.__table__)
+_SURVEYS = cast(Table, Survey.__table__)
 
 
 @dataclass
@@ -315,8 +317,7 @@ async def new_ids(session: AsyncSession, cases: int, citizens: int) -> tuple[lis
 
 async def insert_cases(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
     """Inserts the cases; each row gives its `id` (from `new_ids`)."""
-    if rows:
-        await session.execute(insert(_CASES), list(rows))
+    await insert_many(session, _CASES, rows)
 
 
 _CASE_UPDATE_COLUMNS = (
@@ -336,28 +337,19 @@ _CASE_UPDATE_COLUMNS = (
 
 async def update_cases(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
     """Updates stored cases by id; each row gives `id` and every column intake writes."""
-    if not rows:
-        return
-    statement = (
-        update(_CASES)
-        .where(_CASES.c.id == bindparam("c_id"))
-        .values({name: bindparam(f"c_{name}") for name in _CASE_UPDATE_COLUMNS})
+    await update_many(
+        session,
+        _CASES,
+        [{"id": row["id"], **{name: row[name] for name in _CASE_UPDATE_COLUMNS}} for row in rows],
     )
-    params = [
-        {"c_id": row["id"], **{f"c_{name}": row[name] for name in _CASE_UPDATE_COLUMNS}}
-        for row in sorted(rows, key=lambda r: int(r["id"]))
-    ]
-    await session.execute(statement, params)
 
 
 async def insert_link_tokens(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
-    if rows:
-        await session.execute(insert(_LINK_TOKENS), list(rows))
+    await insert_many(session, _LINK_TOKENS, rows)
 
 
 async def insert_case_events(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
-    if rows:
-        await session.execute(insert(_CASE_EVENTS), list(rows))
+    await insert_many(session, _CASE_EVENTS, rows)
 
 
 async def cases_with_relations(session: AsyncSession, case_ids: Collection[int]) -> dict[int, Case]:
@@ -373,16 +365,39 @@ async def cases_with_relations(session: AsyncSession, case_ids: Collection[int])
     return {case.id: case for case in (await session.execute(query)).scalars()}
 
 
-async def link_tokens_of(session: AsyncSession, case_ids: Collection[int]) -> dict[int, str]:
-    query = select(_LINK_TOKENS.c.case_id, _LINK_TOKENS.c.token).where(
-        _LINK_TOKENS.c.case_id.in_(case_ids)
+@dataclass
+class SurveyState:
+    """What a case's view shows of its survey."""
+
+    id: int
+    status: str
+    channel: str | None
+    completed_at: datetime | None
+
+
+async def links_and_surveys_of(
+    session: AsyncSession, case_ids: Collection[int]
+) -> dict[int, tuple[str | None, SurveyState | None]]:
+    """Each case's link token and survey (either may be missing), in one query."""
+    tokens, surveys = _LINK_TOKENS.c, _SURVEYS.c
+    query = (
+        select(
+            _CASES.c.id,
+            tokens.token,
+            surveys.id,
+            surveys.status,
+            surveys.channel,
+            surveys.completed_at,
+        )
+        .select_from(_CASES)
+        .outerjoin(_LINK_TOKENS, tokens.case_id == _CASES.c.id)
+        .outerjoin(_SURVEYS, surveys.case_id == _CASES.c.id)
+        .where(_CASES.c.id.in_(case_ids))
     )
-    return {case_id: token for case_id, token in (await session.execute(query)).all()}
-
-
-async def surveys_of(session: AsyncSession, case_ids: Collection[int]) -> dict[int, Survey]:
-    query = select(Survey).where(Survey.case_id.in_(case_ids))
-    return {survey.case_id: survey for survey in (await session.execute(query)).scalars()}
+    return {
+        case_id: (token, SurveyState(*survey) if survey[0] is not None else None)
+        for case_id, token, *survey in (await session.execute(query)).all()
+    }
 
 
 async def answers_of_surveys(
@@ -428,16 +443,6 @@ async def escalation_events_of_cases(
     return [(row[0], row[1]) for row in (await session.execute(query)).all()]
 
 
-_SURVEYS = cast(Table, Survey.__table__)
-
-
-async def surveyed_case_ids(session: AsyncSession, case_ids: Collection[int]) -> set[int]:
-    if not case_ids:
-        return set()
-    query = select(_SURVEYS.c.case_id).where(_SURVEYS.c.case_id.in_(case_ids))
-    return set((await session.execute(query)).scalars())
-
-
 async def insert_surveys(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
-    if rows:
-        await session.execute(insert(_SURVEYS), list(rows))
+    """Inserts a survey for each row's case that has none yet (one per case, ever)."""
+    await insert_many(session, _SURVEYS, rows, ignoring="case_id")

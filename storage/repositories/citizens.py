@@ -10,6 +10,7 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, Table, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage.inserts import insert_many
 from storage.models import (
     Citizen,
     CitizenContact,
@@ -203,8 +204,7 @@ async def citizens_for_intake(
 
 async def insert_citizens(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
     """Inserts the citizens; each row gives its `id` (from `cases.new_ids`)."""
-    if rows:
-        await session.execute(insert(_CITIZENS), list(rows))
+    await insert_many(session, _CITIZENS, rows)
 
 
 async def update_citizens(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
