@@ -80,11 +80,17 @@ def _with_defaults(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
 
 @lru_cache(maxsize=64)
 def _python_defaults(table: Table) -> tuple[tuple[str, ColumnDefault], ...]:
-    return tuple(
+    defaults = tuple(
         (column.name, column.default)
         for column in table.columns
         if isinstance(column.default, ColumnDefault)
     )
+    for name, default in defaults:
+        # A SQL expression is the database's to evaluate, row by row: copying it in as a
+        # value would be wrong, so say so rather than insert it.
+        if default.is_clause_element or default.is_sequence:
+            raise TypeError(f"{table.name}.{name}: a SQL default cannot be filled in row by row")
+    return defaults
 
 
 async def update_many(
