@@ -16,6 +16,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
+# (column name, its Python-side default or onupdate) of a table
+_Defaults = tuple[tuple[str, ColumnDefault], ...]
+
 
 def insert_for(session: AsyncSession, model: type[Any] | Table) -> Any:
     """The backend's own `insert(model)`, which has `on_conflict_do_nothing`."""
@@ -71,26 +74,37 @@ def _insert_from_arrays(table: Table, names: tuple[str, ...], ignoring: str | No
 
 
 def _with_defaults(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
+    return _filled(row, _python_defaults(table))
+
+
+def _filled(row: Mapping[str, Any], defaults: _Defaults) -> dict[str, Any]:
+    """The row with each of `defaults` it does not name, as executemany would give them."""
     filled = dict(row)
-    for name, default in _python_defaults(table):
+    for name, default in defaults:
         if name not in filled:
             filled[name] = default.arg(None) if default.is_callable else default.arg
     return filled
 
 
-@lru_cache(maxsize=64)
-def _python_defaults(table: Table) -> tuple[tuple[str, ColumnDefault], ...]:
-    defaults = tuple(
-        (column.name, column.default)
-        for column in table.columns
-        if isinstance(column.default, ColumnDefault)
-    )
+def _scalar(table: Table, defaults: _Defaults) -> _Defaults:
     for name, default in defaults:
         # A SQL expression is the database's to evaluate, row by row: copying it in as a
         # value would be wrong, so say so rather than insert it.
         if default.is_clause_element or default.is_sequence:
             raise TypeError(f"{table.name}.{name}: a SQL default cannot be filled in row by row")
     return defaults
+
+
+@lru_cache(maxsize=64)
+def _python_defaults(table: Table) -> _Defaults:
+    return _scalar(
+        table,
+        tuple(
+            (column.name, column.default)
+            for column in table.columns
+            if isinstance(column.default, ColumnDefault)
+        ),
+    )
 
 
 async def update_many(
@@ -135,17 +149,16 @@ def _update_from_arrays(table: Table, names: tuple[str, ...], key: str) -> Any:
 
 
 def _with_onupdates(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
-    filled = dict(row)
-    for name, onupdate in _python_onupdates(table):
-        if name not in filled:
-            filled[name] = onupdate.arg(None) if onupdate.is_callable else onupdate.arg
-    return filled
+    return _filled(row, _python_onupdates(table))
 
 
 @lru_cache(maxsize=64)
-def _python_onupdates(table: Table) -> tuple[tuple[str, ColumnDefault], ...]:
-    return tuple(
-        (column.name, column.onupdate)
-        for column in table.columns
-        if isinstance(column.onupdate, ColumnDefault)
+def _python_onupdates(table: Table) -> _Defaults:
+    return _scalar(
+        table,
+        tuple(
+            (column.name, column.onupdate)
+            for column in table.columns
+            if isinstance(column.onupdate, ColumnDefault)
+        ),
     )
