@@ -96,20 +96,25 @@ def _forget(row: str, table: str, event: str, dialect: str) -> str:
         for moment in MOMENTS[table]:
             if moment.part != part or (moment.updates_only and event != "UPDATE"):
                 continue
-            at = moment.sql.format(row=row)
-            if moment.kind == "point":
-                condition = f"(week_start <= {at} AND week_end > {at})"
-            else:
-                condition = f"week_end > {at}"
-            if event == "UPDATE" and moment.changed:
-                condition = f"(({_changed(moment.changed, dialect)}) AND {condition})"
-            conditions.append(condition)
+            conditions.append(_weeks_of(moment, moment.sql.format(row=row), event, dialect))
         if conditions:
             statements.append(
                 f"DELETE FROM {SNAPSHOT_TABLE} WHERE part = '{part}' AND "
                 f"({' OR '.join(conditions)});"
             )
     return " ".join(statements)
+
+
+def _weeks_of(moment: Moment, at: str, event: str, dialect: str) -> str:
+    """The SQL condition naming the stored weeks a row's `moment` (its value `at`) counts in;
+    on an update, only when one of the columns it depends on changed."""
+    if moment.kind == "point":
+        condition = f"(week_start <= {at} AND week_end > {at})"
+    else:
+        condition = f"week_end > {at}"
+    if event == "UPDATE" and moment.changed:
+        condition = f"(({_changed(moment.changed, dialect)}) AND {condition})"
+    return condition
 
 
 def _forget_on_postgresql(table: str, event: str) -> str:
@@ -135,13 +140,7 @@ def _forget_on_postgresql(table: str, event: str) -> str:
         for row in rows:
             for moment in moments:
                 at = moment.sql.format(row=row)
-                if moment.kind == "point":
-                    condition = f"(week_start <= {at} AND week_end > {at})"
-                else:
-                    condition = f"week_end > {at}"
-                if event == "UPDATE" and moment.changed:
-                    condition = f"(({_changed(moment.changed, 'postgresql')}) AND {condition})"
-                conditions.append(condition)
+                conditions.append(_weeks_of(moment, at, event, "postgresql"))
                 moments_at.append(at)
         block = (
             f"since := LEAST({', '.join(moments_at)}); "
