@@ -368,10 +368,25 @@ def report(
         f"limits, edits included: {'held' if held else 'EXCEEDED'} "
         f"(by calendar second at the platform, and per chat)"
     )
+    if args.logs is not None:
+        write_arrivals(args.logs / "arrivals.tsv", calls)
     errors = sum(
         log.read_text(errors="replace").count(" ERROR ") for log in directory.glob("serve-*.log")
     )
     print(f"ERROR lines in the serve logs: {errors}")
+
+
+def write_arrivals(path: Path, calls: list[SentCall]) -> None:
+    """Each message's arrival at the fake (wall clock, to the millisecond), method and chat:
+    to read against the `on the wire at` of the serve logs."""
+    offset = time.time() - time.monotonic()
+    lines = [
+        f"{datetime.fromtimestamp(arrival(call) + offset):%H:%M:%S.%f}"[:-3]
+        + f"\t{call.method}\t{call.chat_id}"
+        for call in sorted(calls, key=arrival)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    print(f"arrivals at the platform written to {path}")
 
 
 def closer_than_a_second(calls: list[SentCall]) -> list[tuple[float, float]]:

@@ -1313,3 +1313,43 @@ async def test_held_rows_keep_their_turns_while_a_claim_runs(
     answered.set()
     await claiming
     await asyncio.gather(*dispatcher._inflight.values())
+
+
+async def test_replies_waiting_for_their_chat_do_not_stall_the_backlog(
+    sessions: SessionFactory, clock: FakeClock, pacing: FakePacing
+) -> None:
+    """Citizens answering their invitations queue replies that must wait out their chat's
+    spacing. Announced but not yet sendable, they must not stand in for the backlog's next
+    turns: the sender keeps announcing and sending invitations at the bot's rate meanwhile
+    (counting them, a few answers left nothing announced and the sender idled)."""
+    sender = FakeSender(clock=pacing.monotonic)
+    for i in range(60):
+        await put(sessions, clock, f"41{i:03d}", f"invitation {i}", priority=Priority.INVITATION)
+    # A chat takes one message every 4 s here: the replies wait long enough to see the stall.
+    dispatcher = make_dispatcher(
+        sessions, sender, clock, global_rate=10.0, per_chat_rate=0.25, pacing=pacing
+    )
+    await pacing.complete(dispatcher._pump(lambda: len(sender.deliveries) >= 8))
+    # Eight citizens answer the invitation they just got: a reply to each, due at once but
+    # not sendable before the chat's spacing (4.12 s after its invitation).
+    answered = [d.address for d in sender.deliveries]
+    for address in answered:
+        await put(sessions, clock, address, f"question to {address}", priority=Priority.REPLY)
+    dispatcher.wake()
+    since = pacing.now
+    await pacing.complete(dispatcher._pump(lambda: pacing.now - since >= 2.0))
+    await asyncio.gather(*dispatcher._inflight.values())
+    within = [d.text for d in sender.deliveries if since <= d.at < since + 2.0]
+    # 10 a second with the 3 % margin: 19 starts in two seconds, all invitations (no reply
+    # may go yet).
+    assert len(within) >= 18 and all(text.startswith("invitation") for text in within), within
+
+    await pacing.complete(
+        dispatcher._pump(lambda: all(f"question to {a}" in sender.texts() for a in answered))
+    )
+    await asyncio.gather(*dispatcher._inflight.values())
+    # The replies still go first once their chats allow.
+    for address in answered:
+        reply = next(d for d in sender.deliveries if d.text == f"question to {address}")
+        invitation = next(d for d in sender.deliveries if d.address == address)
+        assert 4.12 - 1e-9 <= reply.at - invitation.at < 4.12 + 0.2
