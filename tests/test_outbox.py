@@ -282,7 +282,7 @@ async def test_global_rate_is_held(
 def test_a_send_that_starts_late_is_counted_when_it_starts() -> None:
     """A busy event loop between the decision and the send must not let the next window
     take a full share on top of it."""
-    pace = global_pace(2.0, 0.0)  # 2 in any second, at least 0.25 s apart
+    pace = global_pace(2.0, 0.0)  # 2 in any second, at least 0.45 s apart
     pace.take(0.0)
     pace.take(0.3)
     assert pace.ready_at(0.5) == 1.0
@@ -1353,3 +1353,36 @@ async def test_replies_waiting_for_their_chat_do_not_stall_the_backlog(
         reply = next(d for d in sender.deliveries if d.text == f"question to {address}")
         invitation = next(d for d in sender.deliveries if d.address == address)
         assert 4.12 - 1e-9 <= reply.at - invitation.at < 4.12 + 0.2
+
+
+async def test_held_rows_near_the_end_of_their_lease_are_given_back_not_sent(
+    sessions: SessionFactory, clock: FakeClock, pacing: FakePacing
+) -> None:
+    """A row held so long that its lease is about to end (a slow rate behind a backlog) may be
+    taken by another sender then: it is released, not started. The loop looks for such rows
+    only once the earliest lease held can be that close, not on every pass."""
+    sender = FakeSender(clock=pacing.monotonic)
+    for i in range(5):
+        await put(sessions, clock, f"43{i:03d}", f"slow {i}")
+    dispatcher = make_dispatcher(
+        sessions,
+        sender,
+        clock,
+        global_rate=1.0,
+        per_chat_rate=1.0,
+        lease=timedelta(seconds=10),
+        pacing=pacing,
+    )
+    await pacing.complete(dispatcher._pump(lambda: len(sender.deliveries) >= 1))
+    assert len(dispatcher._held) == 4
+    clock.advance(timedelta(seconds=8.5))  # inside the last tenth of the lease: 9 s on
+    await dispatcher._dispatch()
+    assert len(dispatcher._held) == 4, "not yet near the end: nothing given back"
+    clock.advance(timedelta(seconds=0.6))
+    pacing.advance(5.0)  # the bot's pace would allow several sends now
+    started = await dispatcher._dispatch()
+    assert started == [] and len(dispatcher._held) == 0
+    async with sessions() as session:
+        rows = (await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))).all()
+    assert [row.status for row in rows] == [OutboxStatus.SENT] + [OutboxStatus.PENDING] * 4
+    assert all(row.claimed_until is None for row in rows[1:])  # free for any sender now

@@ -4,7 +4,7 @@ through a channel's `Sender` and its errors (`errors`)."""
 
 from __future__ import annotations
 
-from bot.outbox.dispatcher import FAILED, RETRIES, SEND_SECONDS, SENT, Dispatcher, mask_address
+from bot.outbox.dispatcher import FAILED, RETRIES, SEND_SECONDS, SENT, Dispatcher
 from bot.outbox.errors import (
     PermanentSendError,
     RetryAfter,
@@ -14,6 +14,7 @@ from bot.outbox.errors import (
     Unreachable,
     describe,
 )
+from bot.outbox.held import mask_address
 from bot.outbox.leadership import (
     LEADER,
     AdvisoryLockLeadership,

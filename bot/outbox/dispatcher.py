@@ -62,12 +62,12 @@ from bot.outbox.errors import (
     Unreachable,
     describe,
 )
+from bot.outbox.held import HeldRow, HeldRows, payload_cost
 from bot.outbox.leadership import Leadership, leadership_for
 from bot.outbox.pacing import PacingClock, SystemPacingClock, global_pace
 from bot.outbox.wire import marking
 from handlers.clock import Clock
 from storage.db import SessionFactory
-from storage.models import OutboxMessage
 from storage.repositories import outbox as repository
 
 logger = logging.getLogger(__name__)
@@ -83,14 +83,6 @@ SEND_SECONDS = Histogram(
     ["channel"],
     buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-_CHANNEL_TAGS = {"telegram": "tg", "zalo": "zl", "web": "web"}
-
-
-def mask_address(channel: str, address: str) -> str:
-    """`tg:…1234`: enough to tell chats apart in logs, not enough to find the person."""
-    tag = _CHANNEL_TAGS.get(channel, channel[:3])
-    tail = address[-4:] if len(address) > 6 else ""
-    return f"{tag}:…{tail}"
 
 
 def _log_crash(task: asyncio.Task[Any]) -> None:
@@ -98,12 +90,6 @@ def _log_crash(task: asyncio.Task[Any]) -> None:
     # traceback.
     if not task.cancelled() and task.exception() is not None:
         logger.error("outbox send task %s crashed", task.get_name(), exc_info=task.exception())
-
-
-def _payload_cost(payload: Mapping[str, Any]) -> int:
-    """Platform calls a send makes: clearing an old keyboard first is one more."""
-    clears = payload.get("clear_buttons_of") is not None and not payload.get("edit")
-    return 2 if clears else 1
 
 
 @dataclass
@@ -115,52 +101,6 @@ class _Start:
     at: float
     wall: datetime
     wired: bool = False
-
-
-@dataclass(frozen=True)
-class _Claim:
-    """What the dispatcher keeps of a claimed row (plain data, no ORM session attached)."""
-
-    id: int
-    channel: str
-    address: str
-    priority: int
-    payload: Mapping[str, Any]
-    attempts: int
-    claimed_until: datetime
-    token: str
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.channel, self.address)
-
-    @property
-    def masked(self) -> str:
-        return mask_address(self.channel, self.address)
-
-    @property
-    def sensitive(self) -> bool:
-        """The text holds a credential: it is not kept once the row is settled."""
-        return bool(self.payload.get("sensitive"))
-
-    @property
-    def cost(self) -> int:
-        return _payload_cost(self.payload)
-
-    @classmethod
-    def of(cls, row: OutboxMessage) -> _Claim:
-        assert row.claimed_until is not None  # claim_due sets it
-        assert row.claim_token is not None
-        return cls(
-            id=row.id,
-            channel=row.channel,
-            address=row.address,
-            priority=row.priority,
-            payload=dict(row.payload),
-            attempts=row.attempts,
-            claimed_until=row.claimed_until,
-            token=row.claim_token,
-        )
 
 
 class Dispatcher:
@@ -180,6 +120,8 @@ class Dispatcher:
     # fastest channel's rate: half a second is 15 rows at 30 a second, announced about eight
     # at a time, so a sender taking over holds back at most that many rows for a spacing.
     _LOOKAHEAD_SECONDS = 0.5
+    # The least time between two claims made while enough rows are held (see _should_claim).
+    _URGENT_CLAIM_GAP = 0.05
 
     def __init__(
         self,
@@ -257,7 +199,9 @@ class Dispatcher:
         self._lookahead = max(
             1, math.ceil(max(bot for bot, _chat in rates.values()) * self._LOOKAHEAD_SECONDS)
         )
-        self._held: dict[int, _Claim] = {}
+        self._held = HeldRows()
+        # When a held row's lease may next be near its end (see _expiring).
+        self._lease_check_at: datetime | None = None
         # Held rows whose announcement is committed, by (id, claim token): only these are sent.
         self._announced: set[tuple[int, str]] = set()
         # After a failed announcement, none is tried again before this moment (monotonic).
@@ -409,7 +353,7 @@ class Dispatcher:
             # Their chats may just have had them: nothing else goes to those chats for a
             # spacing either (a reply queued since, ahead of the row in its chat's order).
             for channel, address, payload in freed.announced:
-                self._space_from(channel, address, mono, _payload_cost(payload))
+                self._space_from(channel, address, mono, payload_cost(payload))
         if contended:
             self._count_earlier(earlier, wall, mono)
 
@@ -421,7 +365,7 @@ class Dispatcher:
         for send in earlier:
             if send.channel not in self._paces:
                 continue
-            cost = _payload_cost(send.payload)
+            cost = payload_cost(send.payload)
             started = mono - max((wall - send.at).total_seconds(), 0.0)
             self._paces[send.channel].add_earlier(started, cost)
             marked[send.channel] += cost
@@ -511,6 +455,15 @@ class Dispatcher:
         if self._claiming is not None and not self._claiming.done():
             return False  # a wake() meanwhile keeps _claim_needed: claimed again after it
         if self._claim_needed:
+            mono = self._pacing.monotonic()
+            wait = self._last_claim + self._URGENT_CLAIM_GAP - mono
+            if wait > 0 and len(self._held) + len(self._inflight) >= self._refill_below:
+                # Hands full, and a claim just ran: the wakes of the next few moments share
+                # one claim. Claimed after every resolution, back to back, claims held
+                # SQLite's write lock most of the time, and the writes that send (the
+                # announcements, the settling) queued behind them.
+                self._claim_at = min(self._claim_at or math.inf, mono + wait)
+                return False
             return True
         if self._claim_at is not None and self._pacing.monotonic() >= self._claim_at:
             self._claim_at = None
@@ -523,6 +476,11 @@ class Dispatcher:
         holding = len(self._held) + len(self._inflight)
         room = self._batch_size - holding
         limit = max(room, min(self._URGENT_CLAIM, self._batch_size))
+        # With enough in hand (no refill due), a claim is for what goes before it: a wake()
+        # after a press or a resolution. Asking only for that keeps the claim that follows
+        # every resolution a short read, not a walk of the backlog's front each time.
+        urgent_only = holding >= self._refill_below and bool(self._held)
+        worst = max(claim.priority for claim in self._held.values()) if urgent_only else None
         self._claim_needed = False
         self._last_claim = self._pacing.monotonic()
         async with self._sessions.begin() as session:
@@ -535,12 +493,13 @@ class Dispatcher:
                 holding=holding,
                 # Never what we hold: not even a send in flight whose lease ran out meanwhile
                 # (it settles under its own claim, or finds that someone else took it).
-                exclude=[*self._held, *self._inflight],
+                exclude=[*self._held.ids(), *self._inflight],
+                more_urgent_than=worst,
             )
-            claims = [_Claim.of(row) for row in result.messages]
+            claims = [HeldRow.of(row) for row in result.messages]
             # What goes next among them is announced in the claim's own transaction: a reply
             # (or the first rows of a backlog) goes at once, not one more write later.
-            first = self._next_among(claims)
+            first = self._next_among(claims, everything=urgent_only)
             announced = (
                 await repository.announce(
                     session, [c.id for c in first], token=result.token, now=self._clock.now()
@@ -551,8 +510,11 @@ class Dispatcher:
         self._announced.update((id_, result.token) for id_ in announced)
         # Whatever came back, there may be more: the next refill finds out (cheaply).
         self._more_due = bool(claims)
-        for claim in claims:
-            self._held[claim.id] = claim
+        self._held.add(claims)
+        if claims:
+            earliest = min(claim.claimed_until for claim in claims) - self._lease_margin
+            if self._lease_check_at is None or earliest < self._lease_check_at:
+                self._lease_check_at = earliest
         ours = {claim.key for claim in self._held.values()} | self._busy
         self._more_behind.update(result.more_behind & ours)
 
@@ -562,31 +524,36 @@ class Dispatcher:
         mono = self._pacing.monotonic()
         started: list[asyncio.Task[bool]] = []
         seen: set[tuple[str, str]] = set()
-        out_of_turn: set[str] = set()
-        expiring: set[tuple[str, str]] = set()
-        for claim in sorted(self._held.values(), key=lambda c: (c.priority, c.id)):
+        # Channels whose next turn is not now (the bot's pace, or a flood pause): once every
+        # channel held is, nothing further down the line may start, and the walk ends.
+        blocked: set[str] = set()
+        channels = self._held.channels
+        expiring = self._expiring(now)
+        for claim in self._held.in_turn():
+            if len(blocked) == len(channels):
+                break
             key = claim.key
             if key in seen:  # a later row of an address never overtakes an earlier one
                 continue
             seen.add(key)
-            if claim.claimed_until - now <= self._lease_margin:
-                expiring.add(key)
+            if key in expiring or claim.channel in blocked:
+                continue
+            if mono < self._paused_until.get(claim.channel, 0.0):
+                blocked.add(claim.channel)
                 continue
             if (
                 (claim.id, claim.token) not in self._announced
-                or claim.channel in out_of_turn
                 or key in self._busy
-                or mono < self._paused_until.get(claim.channel, 0.0)
                 or mono < self._next_at.get(key, 0.0)
             ):
                 continue
             pace = self._paces[claim.channel]
             if pace.ready_at(mono, claim.cost) > mono:
                 # Strict priority order: nothing less urgent takes the next turn of the bot.
-                out_of_turn.add(claim.channel)
+                blocked.add(claim.channel)
                 continue
             pace.take(mono, claim.cost)
-            del self._held[claim.id]
+            self._held.remove(claim)
             self._announced.discard((claim.id, claim.token))
             self._busy.add(key)
             # Spacing counts between the starts of two sends, as the limit is stated. Counting
@@ -605,22 +572,24 @@ class Dispatcher:
         self._announce_ahead()
         return started
 
-    def _in_line(self) -> list[_Claim]:
-        """The held rows that may go next, in the order they would: the first of each address
-        (a later row never overtakes it) whose address has no send in flight."""
-        line: list[_Claim] = []
-        seen: set[tuple[str, str]] = set()
-        for claim in sorted(self._held.values(), key=lambda c: (c.priority, c.id)):
-            if claim.key not in seen:
-                seen.add(claim.key)
-                if claim.key not in self._busy:
-                    line.append(claim)
-        return line
+    def _expiring(self, now: datetime) -> set[tuple[str, str]]:
+        """The addresses of held rows whose lease ends within the margin: someone else may
+        take them then, so they are not started but given back. Looked for only once the
+        earliest lease held can be that close (not on every pass of the loop)."""
+        if self._lease_check_at is None or now < self._lease_check_at:
+            return set()
+        held = self._held.values()
+        found = {c.key for c in held if c.claimed_until - now <= self._lease_margin}
+        later = [c.claimed_until for c in held if c.key not in found]
+        self._lease_check_at = min(later) - self._lease_margin if later else None
+        return found
 
-    def _next_among(self, claims: list[_Claim]) -> list[_Claim]:
+    def _next_among(self, claims: list[HeldRow], *, everything: bool) -> list[HeldRow]:
         """Of rows just claimed, those to announce with the claim: every one that goes before
         all rows announced already (a reply ahead of a backlog), or the first half second's
-        worth when none is."""
+        worth when none is. `everything` for a claim of only what goes before the rows held
+        (a few replies or fresh invitations): all of them, rather than one more write for
+        those behind the first."""
         self._announced &= {(claim.id, claim.token) for claim in self._held.values()}
         announced = [
             (claim.priority, claim.id)
@@ -628,12 +597,14 @@ class Dispatcher:
             if (claim.id, claim.token) in self._announced
         ]
         front = min(announced, default=None)
-        line: list[_Claim] = []
+        line: list[HeldRow] = []
         seen: set[tuple[str, str]] = set()
         for claim in sorted(claims, key=lambda c: (c.priority, c.id)):
             if claim.key not in seen and claim.key not in self._busy:
                 seen.add(claim.key)
                 line.append(claim)
+        if everything:
+            return line
         if front is None:
             return line[: self._lookahead]
         return [claim for claim in line if (claim.priority, claim.id) < front]
@@ -652,23 +623,34 @@ class Dispatcher:
             return self._announcing
         if self._pacing.monotonic() < self._announce_retry_at:
             return None
-        self._announced &= {(claim.id, claim.token) for claim in self._held.values()}
-        line = self._in_line()
-        fresh = [claim for claim in line if (claim.id, claim.token) not in self._announced]
+        if len(self._announced) > len(self._held):  # rows gone since (released, lost)
+            self._announced &= {(claim.id, claim.token) for claim in self._held.values()}
+        # The line's first rows (the first of each address with none in flight): those not
+        # announced yet, and how many announced ones may go now. Only announced rows that
+        # may go now fill the next turns: a reply waiting out its chat's spacing behind the
+        # invitation just sent does not. Counted, a handful of citizens answering left
+        # nothing of the backlog announced, and the sender idled until one of those replies
+        # went (gaps of 0.2-0.3 s, 5-8 % of the rate).
+        mono = self._pacing.monotonic()
+        first: HeldRow | None = None
+        fresh: list[HeldRow] = []
+        ready = 0
+        seen: set[tuple[str, str]] = set()
+        for claim in self._held.in_turn():
+            if claim.key in seen or claim.key in self._busy:
+                seen.add(claim.key)
+                continue
+            seen.add(claim.key)
+            first = first or claim
+            if (claim.id, claim.token) not in self._announced:
+                fresh.append(claim)
+                if not everything and len(fresh) >= self._lookahead:
+                    break
+            elif self._next_at.get(claim.key, 0.0) <= mono:
+                ready += 1
         if not fresh:
             return None
-        at_front = fresh[0] is line[0]
-        # Only announced rows that may go now fill the next turns. A reply waiting out its
-        # chat's spacing behind the invitation just sent does not: counted, a handful of
-        # citizens answering left nothing of the backlog announced, and the sender idled
-        # until one of those replies went (gaps of 0.2-0.3 s, 5-8 % of the rate).
-        mono = self._pacing.monotonic()
-        ready = sum(
-            1
-            for claim in line
-            if (claim.id, claim.token) in self._announced
-            and self._next_at.get(claim.key, 0.0) <= mono
-        )
+        at_front = fresh[0] is first
         if not (everything or at_front or ready <= self._lookahead // 2):
             return None
         batch = fresh if everything else fresh[: max(1, self._lookahead - ready)]
@@ -676,7 +658,7 @@ class Dispatcher:
         self._announcing.add_done_callback(_log_crash)
         return self._announcing
 
-    async def _announce(self, batch: list[_Claim]) -> None:
+    async def _announce(self, batch: list[HeldRow]) -> None:
         by_token: dict[str, list[int]] = {}
         for claim in batch:
             by_token.setdefault(claim.token, []).append(claim.id)
@@ -704,20 +686,28 @@ class Dispatcher:
         delay = self._idle_interval
         if self._more_due and len(self._held) + len(self._inflight) < self._refill_below:
             delay = 0.0
-        for claim in self._held.values():
-            if claim.key in self._busy:
+        # Walked in turn: a channel is done at its first row that may go as soon as the
+        # channel itself (its pace, a flood pause) allows, since none may go sooner.
+        channels = self._held.channels
+        done: set[str] = set()
+        for claim in self._held.in_turn():
+            if len(done) == len(channels):
+                break
+            if claim.channel in done or claim.key in self._busy:
                 continue
             if (claim.id, claim.token) not in self._announced:
                 # Its announcement's write wakes the loop; after a failed one, try again then.
                 if self._announce_retry_at > mono:
                     delay = min(delay, self._announce_retry_at - mono)
                 continue
+            pace = self._paces[claim.channel]
+            channel_at = max(self._paused_until.get(claim.channel, 0.0), pace.ready_at(mono))
             ready_at = max(
-                self._next_at.get(claim.key, 0.0),
-                self._paused_until.get(claim.channel, 0.0),
-                self._paces[claim.channel].ready_at(mono, claim.cost),
+                self._next_at.get(claim.key, 0.0), channel_at, pace.ready_at(mono, claim.cost)
             )
             delay = min(delay, ready_at - mono)
+            if ready_at <= channel_at:
+                done.add(claim.channel)
         if self._claim_at is not None:
             delay = min(delay, self._claim_at - mono)
         return max(delay, 0.001)
@@ -730,7 +720,7 @@ class Dispatcher:
     async def _release_keys(self, keys: set[tuple[str, str]]) -> None:
         claims = [claim for claim in self._held.values() if claim.key in keys]
         for claim in claims:
-            del self._held[claim.id]
+            self._held.remove(claim)
         self._more_behind -= keys
         try:
             async with self._sessions.begin() as session:
@@ -739,7 +729,7 @@ class Dispatcher:
             logger.error("outbox release failed (leases will expire): %s", describe(exc))
 
     @staticmethod
-    async def _release(session: Any, claims: list[_Claim]) -> None:
+    async def _release(session: Any, claims: list[HeldRow]) -> None:
         by_token: dict[str, list[int]] = {}
         for claim in claims:
             by_token.setdefault(claim.token, []).append(claim.id)
@@ -771,7 +761,7 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ one send
 
-    async def _deliver(self, claim: _Claim, decided: float) -> bool:
+    async def _deliver(self, claim: HeldRow, decided: float) -> bool:
         sender = self._senders[claim.channel]
         try:
             clear = await self._message_to_clear(claim)
@@ -851,7 +841,7 @@ class Dispatcher:
             self._after(claim.key)
             self._signal.set()
 
-    def _started(self, claim: _Claim, start: _Start) -> None:
+    def _started(self, claim: HeldRow, start: _Start) -> None:
         """Pacing counts when a send starts: moves its count if it starts later than counted
         (the event loop was busy, or its request reached the wire only now)."""
         started = self._pacing.monotonic()
@@ -868,15 +858,15 @@ class Dispatcher:
         self._more_behind.discard(key)
         self._claim_needed = True
 
-    def _drop_held(self, key: tuple[str, str]) -> list[_Claim]:
+    def _drop_held(self, key: tuple[str, str]) -> list[HeldRow]:
         """Forgets the held rows of an address whose head goes back to wait: they must not
         overtake it, so they return to the queue behind it. Returns them, to release."""
         dropped = [claim for claim in self._held.values() if claim.key == key]
         for claim in dropped:
-            del self._held[claim.id]
+            self._held.remove(claim)
         return dropped
 
-    def _claim_lost(self, claim: _Claim) -> None:
+    def _claim_lost(self, claim: HeldRow) -> None:
         """The row was taken over (our lease ran out) or settled by someone else: whatever
         else this claim holds is no longer ours either, and must not be sent by us."""
         logger.warning(
@@ -885,9 +875,9 @@ class Dispatcher:
             claim.masked,
         )
         for other in [c for c in self._held.values() if c.token == claim.token]:
-            del self._held[other.id]
+            self._held.remove(other)
 
-    async def _message_to_clear(self, claim: _Claim) -> str | None:
+    async def _message_to_clear(self, claim: HeldRow) -> str | None:
         reference = claim.payload.get("clear_buttons_of")
         if reference is None:
             return None
@@ -901,7 +891,7 @@ class Dispatcher:
                 session, row_id, channel=claim.channel, address=claim.address
             )
 
-    async def _rate_limited_by_platform(self, claim: _Claim, error: RetryAfter) -> None:
+    async def _rate_limited_by_platform(self, claim: HeldRow, error: RetryAfter) -> None:
         """A 429 delays this address only, and is no fault of the message (no attempt used)."""
         RETRIES.labels(claim.channel, "rate_limited").inc()
         logger.info(
@@ -937,7 +927,7 @@ class Dispatcher:
         if not settled:
             self._claim_lost(claim)
 
-    async def _unreachable(self, claim: _Claim, error: Unreachable) -> None:
+    async def _unreachable(self, claim: HeldRow, error: Unreachable) -> None:
         now = self._clock.now()
         async with self._sessions.begin() as session:
             await repository.mark_failed(
@@ -957,7 +947,7 @@ class Dispatcher:
             cancelled,
         )
 
-    async def _give_up(self, claim: _Claim, reason: str, error: BaseException) -> None:
+    async def _give_up(self, claim: HeldRow, reason: str, error: BaseException) -> None:
         async with self._sessions.begin() as session:
             settled = await repository.mark_failed(
                 session, claim.id, token=claim.token, error=describe(error), redact=claim.sensitive
@@ -970,7 +960,7 @@ class Dispatcher:
             "outbox %s to %s failed (%s): %s", claim.id, claim.masked, reason, describe(error)
         )
 
-    async def _retry_later(self, claim: _Claim, reason: str, error: BaseException) -> None:
+    async def _retry_later(self, claim: HeldRow, reason: str, error: BaseException) -> None:
         attempts = claim.attempts + 1
         if attempts >= self._max_attempts:
             await self._give_up(claim, "attempts", error)

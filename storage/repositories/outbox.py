@@ -145,6 +145,7 @@ async def claim_due(
     channels: Collection[str] | None = None,
     holding: int = 0,
     exclude: Collection[int] = (),
+    more_urgent_than: int | None = None,
 ) -> Claim:
     """Claims up to `limit` due messages for `lease`: at most one per address, most urgent first.
 
@@ -170,6 +171,12 @@ async def claim_due(
     live claim and with more rows behind it are reported in `more_behind` too. Rows in
     `exclude` (those the caller holds) count as held: never claimed again, even with their
     lease over, and nothing behind them is claimed either.
+
+    With `more_urgent_than`, only addresses with a due row of a lower (more urgent) priority
+    are looked at: a caller whose hands are full asks only for what would go before the rows
+    it holds (a reply, a fresh invitation), and the walk reads those few rows instead of the
+    backlog's front again (56 ms a claim on SQLite with 3,000 waiting, claimed after every
+    resolution, took the database's whole time).
 
     The UPDATE re-checks that each row is still free, so concurrent claimants never share a
     row (PostgreSQL makes the second wait for the first, then skips the row).
@@ -199,6 +206,8 @@ async def claim_due(
         front_where.append(OutboxMessage.channel.in_(list(channels)))
     if exclude:
         front_where.append(OutboxMessage.id.not_in(list(exclude)))
+    if more_urgent_than is not None:
+        front_where.append(OutboxMessage.priority < more_urgent_than)
     front = (
         await session.execute(
             select(OutboxMessage.channel, OutboxMessage.address)
