@@ -508,6 +508,13 @@ class Dispatcher:
                 else set()
             )
         self._announced.update((id_, result.token) for id_ in announced)
+        logger.debug(
+            "outbox: claimed %d (%s), %d announced with the claim, %d held before",
+            len(claims),
+            "only what goes first" if urgent_only else f"up to {limit}",
+            len(announced),
+            holding,
+        )
         # Whatever came back, there may be more: the next refill finds out (cheaply).
         self._more_due = bool(claims)
         self._held.add(claims)
