@@ -13,6 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 import bot.channels.base as channel_base
+from bot.channels.telegram.channel import TelegramChannel
+from handlers.texts import t
 from storage.models import Answer, Citizen, CitizenContact, OutboxMessage, Survey
 from tests.fakes.telegram_api import FakeTelegramAPI, SentCall
 from tests.telegram_support import CASE, Rig, RigFactory, case_body, make_rig, rig
@@ -223,6 +225,51 @@ async def test_webhook_mode_checks_the_secret(make_rig: RigFactory) -> None:
     async with rig.services.sessions() as session:
         rows = (await session.execute(select(OutboxMessage))).scalars().all()
     assert len(rows) == 1  # the replay was processed once
+
+
+async def test_a_polling_update_the_database_failed_to_store_is_handled_again(
+    make_rig: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Polling: Telegram counts an update as delivered once fetched, so the channel itself
+    handles one again after a pause when the database failed to store it (as Telegram
+    redelivers a webhook's): the citizen gets the real answer, once, and no apology."""
+    monkeypatch.setattr(TelegramChannel, "_RETRY_DELAYS", (0.05, 0.05, 0.05))
+    rig = await make_rig()  # polling
+    stored = channel_base.first_time
+    failures = [
+        OperationalError("INSERT INTO processed_updates", {}, OSError("disk I/O error"))
+        for _ in range(2)
+    ]
+
+    async def failing_twice(*args: object) -> bool:
+        if failures:
+            raise failures.pop()
+        return await stored(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(channel_base, "first_time", failing_twice)
+    reply = await rig.say(CHAT, "/help")
+    assert failures == []
+    assert reply.text == t("command.help", "vi")
+    async with rig.services.sessions() as session:
+        rows = (await session.execute(select(OutboxMessage))).scalars().all()
+    assert [row.payload["text"] for row in rows] == [reply.text]  # once; no apology
+
+
+async def test_a_polling_update_that_never_stores_gets_the_apology_after_the_last_try(
+    make_rig: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(TelegramChannel, "_RETRY_DELAYS", (0.02, 0.02))
+    rig = await make_rig()
+    tries: list[int] = []
+
+    async def failing(*args: object) -> bool:
+        tries.append(1)
+        raise OperationalError("INSERT INTO processed_updates", {}, OSError("disk I/O error"))
+
+    monkeypatch.setattr(channel_base, "first_time", failing)
+    reply = await rig.say(CHAT, "/help")
+    assert len(tries) == 3  # the first try and two more
+    assert reply.text == t("error.generic", "vi")
 
 
 async def test_a_webhook_update_the_database_failed_to_store_is_delivered_again(

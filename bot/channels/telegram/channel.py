@@ -117,6 +117,9 @@ class TelegramChannel(ChannelBase):
         # Webhook updates whose handling could not be stored (the database failed): their
         # request is answered 503, and Telegram delivers them again.
         self._unstored: set[int] = set()
+        # Polling updates whose handling could not be stored: by update id, how many times
+        # tried and the handle of the next try (see _handle_again).
+        self._retries: dict[int, tuple[int, asyncio.TimerHandle]] = {}
         bot = _Bot(
             settings.telegram_token.get_secret_value(),
             username=settings.telegram_bot_username,
@@ -242,6 +245,17 @@ class TelegramChannel(ChannelBase):
         )
 
     async def stop(self) -> None:
+        now = asyncio.get_running_loop().time()
+        waiting = [handle for _, handle in self._retries.values() if handle.when() > now]
+        for handle in waiting:
+            handle.cancel()
+        if waiting:
+            log.error(
+                "%d Telegram updates not stored yet are dropped at stop (the database failed "
+                "while handling them)",
+                len(waiting),
+            )
+        self._retries.clear()
         starting, self._starting = self._starting, None
         if starting is not None and not starting.done():
             starting.cancel()
@@ -423,10 +437,55 @@ class TelegramChannel(ChannelBase):
             )
             self._unstored.add(update.update_id)
             return
+        if (
+            isinstance(update, Update)
+            and isinstance(context.error, (SQLAlchemyError, OSError))
+            and self._handle_again(update, context.error)
+        ):
+            return
         log.error("error while handling Telegram update %s", update_id, exc_info=context.error)
         if isinstance(update, Update) and update.effective_chat is not None:
             text = t("error.generic", self.services.settings.locale)
             await self._queue_reply(update.effective_chat.id, {"text": text})
+
+    # Pauses before each new try of a polling update the database failed to store: about ten
+    # minutes in all, as long as an outage the outbox and the sweeps ride out unnoticed.
+    _RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0, 240.0)
+
+    def _handle_again(self, update: Update, error: BaseException) -> bool:
+        """Polling: Telegram counts an update as delivered once it was fetched, so one whose
+        handling the database failed to store (nothing of it committed) would be lost. It is
+        handled again here after a pause, as Telegram redelivers one a webhook answered 503
+        for; the person gets the real answer then, not an apology now. False once the tries
+        are used up (the caller logs it and apologises)."""
+        tries = self._retries.get(update.update_id, (0, None))[0]
+        if tries >= len(self._RETRY_DELAYS):
+            self._retries.pop(update.update_id, None)
+            return False
+        delay = self._RETRY_DELAYS[tries]
+        log.warning(
+            "Telegram update %s not stored (%s); handling it again in %.0f s",
+            update.update_id,
+            type(error).__name__,
+            delay,
+        )
+        handle = asyncio.get_running_loop().call_later(delay, self._requeue, update)
+        self._retries[update.update_id] = (tries + 1, handle)
+        return True
+
+    def _requeue(self, update: Update) -> None:
+        if not self.application.running:
+            return  # stopping: stop() has said what is dropped
+        self.application.update_queue.put_nowait(update)
+        # A try that succeeds leaves its count behind: forget the counts whose last try is
+        # long over (the longest pause is a few minutes).
+        if len(self._retries) > 1000:
+            over = asyncio.get_running_loop().time() - 2 * max(self._RETRY_DELAYS)
+            self._retries = {
+                key: (tries, handle)
+                for key, (tries, handle) in self._retries.items()
+                if handle.when() > over
+            }
 
 
 def configure_telegram(services: Services) -> TelegramChannel:
