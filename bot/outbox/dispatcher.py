@@ -54,6 +54,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 from sqlalchemy.exc import SQLAlchemyError
 
+from bot.outbox.announcements import Announcements
 from bot.outbox.errors import (
     PermanentSendError,
     RetryAfter,
@@ -86,8 +87,8 @@ SEND_SECONDS = Histogram(
 
 
 def _log_crash(task: asyncio.Task[Any]) -> None:
-    # _deliver and _announce handle every failure they expect; anything else is a bug worth a
-    # traceback.
+    # _deliver and the announcements' writes handle every failure they expect; anything else
+    # is a bug worth a traceback.
     if not task.cancelled() and task.exception() is not None:
         logger.error("outbox send task %s crashed", task.get_name(), exc_info=task.exception())
 
@@ -116,7 +117,7 @@ class Dispatcher:
     # Rows claimed even when the batch is full, so that the claim after a wake() finds the
     # reply that caused it: a reply never waits for room among held invitations.
     _URGENT_CLAIM = 20
-    # How far ahead the next sends are announced (see _announce_ahead), in seconds at the
+    # How far ahead the next sends are announced (bot/outbox/announcements.py), in seconds at the
     # fastest channel's rate: half a second is 15 rows at 30 a second, announced about eight
     # at a time, so a sender taking over holds back at most that many rows for a spacing.
     _LOOKAHEAD_SECONDS = 0.5
@@ -200,13 +201,21 @@ class Dispatcher:
             1, math.ceil(max(bot for bot, _chat in rates.values()) * self._LOOKAHEAD_SECONDS)
         )
         self._held = HeldRows()
+        # Held rows whose announcement is committed: only these are sent.
+        self._announcements = Announcements(
+            sessions,
+            clock,
+            self._pacing,
+            lookahead=self._lookahead,
+            retry_after=idle_interval,
+            on_written=lambda: self._signal.set(),
+            on_lost=lambda row: self._claim_lost(row),
+            on_crash=_log_crash,
+        )
         # When a held row's lease may next be near its end (see _expiring).
         self._lease_check_at: datetime | None = None
         # Held rows whose announcement is committed, by (id, claim token): only these are sent.
-        self._announced: set[tuple[int, str]] = set()
         # After a failed announcement, none is tried again before this moment (monotonic).
-        self._announce_retry_at = float("-inf")
-        self._announcing: asyncio.Task[None] | None = None
         self._claiming: asyncio.Task[None] | None = None
         self._inflight: dict[int, asyncio.Task[bool]] = {}
         self._busy: set[tuple[str, str]] = set()
@@ -237,7 +246,9 @@ class Dispatcher:
         Returns how many messages the platform accepted in this pass.
         """
         await self._claim()
-        announcing = self._announce_ahead(everything=True)
+        announcing = self._announcements.ahead(
+            self._held, self._busy, self._next_at, everything=True
+        )
         if announcing is not None:
             await announcing
         tasks = await self._dispatch()
@@ -297,7 +308,7 @@ class Dispatcher:
         Its claims are freed at once (when this one is exclusive), not a lease later: a row it
         had sent but not yet marked goes out again, as it would after the lease (the
         at-least-once window of the module docstring). A sender calls the platform only for
-        rows whose announcement it committed first (`_announce_ahead`, the next half second's
+        rows whose announcement it committed first (`Announcements.ahead`, the next half second's
         worth): the freed rows it never announced were never sent and go on at once; the
         announced ones wait one chat spacing in the outbox, as a tried row waits for its
         retry, since their chats may just have had them.
@@ -499,7 +510,9 @@ class Dispatcher:
             claims = [HeldRow.of(row) for row in result.messages]
             # What goes next among them is announced in the claim's own transaction: a reply
             # (or the first rows of a backlog) goes at once, not one more write later.
-            first = self._next_among(claims, everything=urgent_only)
+            first = self._announcements.with_claim(
+                claims, self._held, self._busy, everything=urgent_only
+            )
             announced = (
                 await repository.announce(
                     session, [c.id for c in first], token=result.token, now=self._clock.now()
@@ -507,7 +520,7 @@ class Dispatcher:
                 if first
                 else set()
             )
-        self._announced.update((id_, result.token) for id_ in announced)
+        self._announcements.add(announced, result.token)
         logger.debug(
             "outbox: claimed %d (%s), %d announced with the claim, %d held before",
             len(claims),
@@ -549,7 +562,7 @@ class Dispatcher:
                 blocked.add(claim.channel)
                 continue
             if (
-                (claim.id, claim.token) not in self._announced
+                claim not in self._announcements
                 or key in self._busy
                 or mono < self._next_at.get(key, 0.0)
             ):
@@ -561,7 +574,7 @@ class Dispatcher:
                 continue
             pace.take(mono, claim.cost)
             self._held.remove(claim)
-            self._announced.discard((claim.id, claim.token))
+            self._announcements.forget(claim)
             self._busy.add(key)
             # Spacing counts between the starts of two sends, as the limit is stated. Counting
             # from the platform's answer would add a round trip to every gap, and a person
@@ -576,7 +589,7 @@ class Dispatcher:
         if expiring:
             await self._release_keys(expiring)
         self._forget_old_spacing(mono)
-        self._announce_ahead()
+        self._announcements.ahead(self._held, self._busy, self._next_at)
         return started
 
     def _expiring(self, now: datetime) -> set[tuple[str, str]]:
@@ -590,102 +603,6 @@ class Dispatcher:
         later = [c.claimed_until for c in held if c.key not in found]
         self._lease_check_at = min(later) - self._lease_margin if later else None
         return found
-
-    def _next_among(self, claims: list[HeldRow], *, everything: bool) -> list[HeldRow]:
-        """Of rows just claimed, those to announce with the claim: every one that goes before
-        all rows announced already (a reply ahead of a backlog), or the first half second's
-        worth when none is. `everything` for a claim of only what goes before the rows held
-        (a few replies or fresh invitations): all of them, rather than one more write for
-        those behind the first."""
-        self._announced &= {(claim.id, claim.token) for claim in self._held.values()}
-        announced = [
-            (claim.priority, claim.id)
-            for claim in self._held.values()
-            if (claim.id, claim.token) in self._announced
-        ]
-        front = min(announced, default=None)
-        line: list[HeldRow] = []
-        seen: set[tuple[str, str]] = set()
-        for claim in sorted(claims, key=lambda c: (c.priority, c.id)):
-            if claim.key not in seen and claim.key not in self._busy:
-                seen.add(claim.key)
-                line.append(claim)
-        if everything:
-            return line
-        if front is None:
-            return line[: self._lookahead]
-        return [claim for claim in line if (claim.priority, claim.id) < front]
-
-    def _announce_ahead(self, *, everything: bool = False) -> asyncio.Task[None] | None:
-        """Commits which rows this sender may start sending next, before it calls the platform
-        for any of them: the rows next in line, about half a second's worth (all of them with
-        `everything`). A sender taking over after this one dies then knows that no other
-        freed row can have been sent (see _take_over). Topped up once fewer than half remain,
-        and at once when a row comes to the front (a reply): one short UPDATE for about eight
-        sends, written in the background while the rows announced before go out. (A write
-        before every send cost a tenth of the rate; one awaited in the loop, about 2 %.)
-        Returns the write under way, if any.
-        """
-        if self._announcing is not None and not self._announcing.done():
-            return self._announcing
-        if self._pacing.monotonic() < self._announce_retry_at:
-            return None
-        if len(self._announced) > len(self._held):  # rows gone since (released, lost)
-            self._announced &= {(claim.id, claim.token) for claim in self._held.values()}
-        # The line's first rows (the first of each address with none in flight): those not
-        # announced yet, and how many announced ones may go now. Only announced rows that
-        # may go now fill the next turns: a reply waiting out its chat's spacing behind the
-        # invitation just sent does not. Counted, a handful of citizens answering left
-        # nothing of the backlog announced, and the sender idled until one of those replies
-        # went (gaps of 0.2-0.3 s, 5-8 % of the rate).
-        mono = self._pacing.monotonic()
-        first: HeldRow | None = None
-        fresh: list[HeldRow] = []
-        ready = 0
-        seen: set[tuple[str, str]] = set()
-        for claim in self._held.in_turn():
-            if claim.key in seen or claim.key in self._busy:
-                seen.add(claim.key)
-                continue
-            seen.add(claim.key)
-            first = first or claim
-            if (claim.id, claim.token) not in self._announced:
-                fresh.append(claim)
-                if not everything and len(fresh) >= self._lookahead:
-                    break
-            elif self._next_at.get(claim.key, 0.0) <= mono:
-                ready += 1
-        if not fresh:
-            return None
-        at_front = fresh[0] is first
-        if not (everything or at_front or ready <= self._lookahead // 2):
-            return None
-        batch = fresh if everything else fresh[: max(1, self._lookahead - ready)]
-        self._announcing = asyncio.create_task(self._announce(batch), name="outbox-announce")
-        self._announcing.add_done_callback(_log_crash)
-        return self._announcing
-
-    async def _announce(self, batch: list[HeldRow]) -> None:
-        by_token: dict[str, list[int]] = {}
-        for claim in batch:
-            by_token.setdefault(claim.token, []).append(claim.id)
-        kept: set[tuple[int, str]] = set()
-        try:
-            async with self._sessions.begin() as session:
-                now = self._clock.now()
-                for token, ids in by_token.items():
-                    ids_kept = await repository.announce(session, ids, token=token, now=now)
-                    kept.update((id_, token) for id_ in ids_kept)
-        except (SQLAlchemyError, OSError) as exc:
-            logger.error("outbox: could not announce the next sends: %s", describe(exc))
-            self._announce_retry_at = self._pacing.monotonic() + self._idle_interval
-            return
-        finally:
-            self._signal.set()  # the loop goes on with what is announced now
-        self._announced |= kept
-        for claim in batch:
-            if (claim.id, claim.token) not in kept and self._held.get(claim.id) is claim:
-                self._claim_lost(claim)
 
     def _next_delay(self) -> float:
         """Seconds until a held row could go out (a completion or wake() comes sooner)."""
@@ -702,10 +619,10 @@ class Dispatcher:
                 break
             if claim.channel in done or claim.key in self._busy:
                 continue
-            if (claim.id, claim.token) not in self._announced:
+            if claim not in self._announcements:
                 # Its announcement's write wakes the loop; after a failed one, try again then.
-                if self._announce_retry_at > mono:
-                    delay = min(delay, self._announce_retry_at - mono)
+                if self._announcements.retry_at > mono:
+                    delay = min(delay, self._announcements.retry_at - mono)
                 continue
             pace = self._paces[claim.channel]
             channel_at = max(self._paused_until.get(claim.channel, 0.0), pace.ready_at(mono))
@@ -746,7 +663,8 @@ class Dispatcher:
     async def _shutdown(self) -> None:
         # A claim or an announcement under way ends first (what it claimed is released below);
         # a database that does not answer gets the grace of a send, not the life of the stop.
-        underway = [t for t in (self._claiming, self._announcing) if t is not None and not t.done()]
+        claiming = self._claiming if self._claiming and not self._claiming.done() else None
+        underway = [t for t in (claiming, self._announcements.writing) if t is not None]
         if underway:
             _, stuck = await asyncio.wait(underway, timeout=self._shutdown_grace)
             for late in stuck:
