@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import itertools
 import os
 import secrets
@@ -85,6 +86,22 @@ async def bench(args: argparse.Namespace) -> None:
 
 
 async def run(args: argparse.Namespace, url: str, directory: Path) -> None:
+    # The fake platform stamps each arrival in this process's event loop. A full garbage
+    # collection here (the balancer's TLS, the pressing citizens and a thousand recorded calls
+    # make plenty of objects) stalled that loop 50-80 ms once a run, and the messages that
+    # arrived meanwhile were stamped together: a 31st or 32nd message in one sliding second
+    # at the fake that the serve logs' wire times never had. The instrument should not jitter
+    # more than what it measures: no collections during the run (reference counting still
+    # frees almost everything).
+    gc.collect()
+    gc.disable()
+    try:
+        await _run(args, url, directory)
+    finally:
+        gc.enable()
+
+
+async def _run(args: argparse.Namespace, url: str, directory: Path) -> None:
     async with FakeTelegramAPI(latency=args.latency) as api:
         started = time.monotonic()
         progress = Progress(api)
@@ -363,10 +380,12 @@ def report(
             f"  two messages to one chat within a second: {len(close)} times; the closest "
             f"{gap:.3f}s apart{since}"
         )
-    held = most_in_a_calendar_second(arrivals) <= args.rate and per_chat <= 1
+    held = most <= args.rate and most_in_a_calendar_second(arrivals) <= args.rate
+    held = held and per_chat <= 1
     print(
         f"limits, edits included: {'held' if held else 'EXCEEDED'} "
-        f"(by calendar second at the platform, and per chat)"
+        f"(at the platform: in every one-second window, sliding and by calendar second, and "
+        f"per chat)"
     )
     if args.logs is not None:
         write_arrivals(args.logs / "arrivals.tsv", calls)
