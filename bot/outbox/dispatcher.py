@@ -214,8 +214,6 @@ class Dispatcher:
         )
         # When a held row's lease may next be near its end (see _expiring).
         self._lease_check_at: datetime | None = None
-        # Held rows whose announcement is committed, by (id, claim token): only these are sent.
-        # After a failed announcement, none is tried again before this moment (monotonic).
         self._claiming: asyncio.Task[None] | None = None
         self._inflight: dict[int, asyncio.Task[bool]] = {}
         self._busy: set[tuple[str, str]] = set()
@@ -475,6 +473,8 @@ class Dispatcher:
                 # announcements, the settling) queued behind them.
                 self._claim_at = min(self._claim_at or math.inf, mono + wait)
                 return False
+            if self._claim_at is not None and self._claim_at <= mono:
+                self._claim_at = None  # this claim is the one it was set for
             return True
         if self._claim_at is not None and self._pacing.monotonic() >= self._claim_at:
             self._claim_at = None
