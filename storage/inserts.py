@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import ColumnDefault, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -74,7 +74,7 @@ def _insert_from_arrays(table: Table, names: tuple[str, ...], ignoring: str | No
 
 
 def _with_defaults(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
-    return _filled(row, _python_defaults(table))
+    return _filled(row, _python_side(table, "default"))
 
 
 def _filled(row: Mapping[str, Any], defaults: _Defaults) -> dict[str, Any]:
@@ -86,25 +86,20 @@ def _filled(row: Mapping[str, Any], defaults: _Defaults) -> dict[str, Any]:
     return filled
 
 
-def _scalar(table: Table, defaults: _Defaults) -> _Defaults:
-    for name, default in defaults:
+@lru_cache(maxsize=128)
+def _python_side(table: Table, kind: Literal["default", "onupdate"]) -> _Defaults:
+    """The columns' defaults (or onupdates) to fill in row by row: the Python-side ones."""
+    found: _Defaults = tuple(
+        (column.name, value)
+        for column in table.columns
+        if isinstance(value := getattr(column, kind), ColumnDefault)
+    )
+    for name, default in found:
         # A SQL expression is the database's to evaluate, row by row: copying it in as a
         # value would be wrong, so say so rather than insert it.
         if default.is_clause_element or default.is_sequence:
             raise TypeError(f"{table.name}.{name}: a SQL default cannot be filled in row by row")
-    return defaults
-
-
-@lru_cache(maxsize=64)
-def _python_defaults(table: Table) -> _Defaults:
-    return _scalar(
-        table,
-        tuple(
-            (column.name, column.default)
-            for column in table.columns
-            if isinstance(column.default, ColumnDefault)
-        ),
-    )
+    return found
 
 
 async def update_many(
@@ -149,16 +144,4 @@ def _update_from_arrays(table: Table, names: tuple[str, ...], key: str) -> Any:
 
 
 def _with_onupdates(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
-    return _filled(row, _python_onupdates(table))
-
-
-@lru_cache(maxsize=64)
-def _python_onupdates(table: Table) -> _Defaults:
-    return _scalar(
-        table,
-        tuple(
-            (column.name, column.onupdate)
-            for column in table.columns
-            if isinstance(column.onupdate, ColumnDefault)
-        ),
-    )
+    return _filled(row, _python_side(table, "onupdate"))
