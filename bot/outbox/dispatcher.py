@@ -522,9 +522,11 @@ class Dispatcher:
             )
         self._announcements.add(announced, result.token)
         logger.debug(
-            "outbox: claimed %d (%s), %d announced with the claim, %d held before",
+            "outbox: claimed %d (up to %d; only what goes first: %s), %d announced with the "
+            "claim, %d held before",
             len(claims),
-            "only what goes first" if urgent_only else f"up to {limit}",
+            limit,
+            urgent_only,
             len(announced),
             holding,
         )
