@@ -26,6 +26,7 @@ from handlers.clock import Clock
 from storage.db import SessionFactory
 from storage.repositories import outbox as repository
 
+# Its lines are the dispatcher's to an operator (one logger to filter or raise to DEBUG).
 logger = logging.getLogger("bot.outbox.dispatcher")
 
 Key = tuple[str, str]
