@@ -220,7 +220,7 @@ async def _post_group(
             continue
         fingerprint = body.fingerprint()
         case = stored.get(body.case_code)
-        if case is not None and case.body_hash == fingerprint:
+        if case is not None and body.hashes_to(case.body_hash, fingerprint):
             outcomes.append(
                 Posted(case.id, case.case_code, body.unit_code, case.status, False, False)
             )

@@ -191,6 +191,26 @@ async def test_a_replay_is_reported_unchanged(db: SessionFactory) -> None:
     assert (update.created, update.changed) == (False, True)
 
 
+async def test_a_case_stored_with_the_earlier_hash_is_still_known_as_a_replay(
+    db: SessionFactory,
+) -> None:
+    # Cases taken before the hash changed form keep 64 hex digits; posted again unchanged
+    # they are replays, not updates, and a changed body is still an update.
+    body = parse_case(case_body("OLD-1"))
+    await post(db, case_body("OLD-1"))
+    async with db.begin() as session:
+        case = (await session.execute(select(Case).where(Case.case_code == "OLD-1"))).scalar_one()
+        assert case.body_hash == body.fingerprint() and len(case.body_hash) == 43
+        case.body_hash = body.fingerprint_v1()
+    replay = await post(db, case_body("OLD-1"))
+    assert (replay.created, replay.changed) == (False, False)
+    update = await post(db, delayed_body("OLD-1"))
+    assert (update.created, update.changed) == (False, True)
+    async with db() as session:
+        stored = await session.scalar(select(Case.body_hash).where(Case.case_code == "OLD-1"))
+    assert stored == parse_case(delayed_body("OLD-1")).fingerprint()
+
+
 # --- surveys ---------------------------------------------------------------------------------
 
 
