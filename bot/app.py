@@ -63,10 +63,16 @@ class Services:
     abort: Callable[[BaseException], None] = lambda error: None
 
     def links(self, token: str) -> Mapping[str, str]:
-        built = {name: build(token) for name, build in self.link_builders.items()}
-        # The chat links first, as docs/contract.md shows them; the web page's last.
-        made = {name: link for name, link in built.items() if link is not None}
-        return {name: made[name] for name in sorted(made, key=lambda name: name == "web")}
+        # The chat links first, as docs/contract.md shows them; the web page's last. Built
+        # for every case of a batch's answer: no sorting, no dictionary to throw away.
+        made: dict[str, str] = {}
+        for name, build in self.link_builders.items():
+            if name != "web" and (link := build(token)) is not None:
+                made[name] = link
+        web_page = self.link_builders.get("web")
+        if web_page is not None and (link := web_page(token)) is not None:
+            made["web"] = link
+        return made
 
     @property
     def invitation_channels(self) -> list[str]:

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, TypeVar
 
+import orjson
 import segno
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
@@ -68,16 +69,28 @@ _UNREACHABLE = (OperationalError, InterfaceError, DisconnectionError, OSError, T
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """An answer of JSON, written by orjson: the standard library's encoder took 15 µs a case
+    of a batch's answer, a sixth of what the server spent on the whole batch. Text is UTF-8,
+    not \\uXXXX escapes; keys that are not text are written as text, as `json.dumps` does."""
+    return web.Response(
+        body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
+        status=status,
+        content_type="application/json",
+        charset="utf-8",
+    )
+
+
 def error_response(
     status: int, code: str, message: str, fields: dict[str, str] | None = None
 ) -> web.Response:
     # `fields` is always there (empty when no field is to blame): docs/contract.md section 4.
     error = {"code": code, "message": message, "fields": dict(fields or {})}
-    return web.json_response({"error": error}, status=status)
+    return json_response({"error": error}, status=status)
 
 
 def domain_error_response(exc: DomainError) -> web.Response:
-    return web.json_response(_error_body(exc), status=_status_of(exc))
+    return json_response(_error_body(exc), status=_status_of(exc))
 
 
 def _database_unreachable(exc: BaseException) -> bool:
@@ -293,7 +306,7 @@ async def post_case(request: web.Request) -> web.Response:
     posted, view = answer
     outcome = "created" if posted.created else "updated" if posted.changed else "replayed"
     CASES_POSTED.labels(outcome).inc()
-    return web.json_response(view, status=201 if posted.created else 200)
+    return json_response(view, status=201 if posted.created else 200)
 
 
 async def post_cases_batch(request: web.Request) -> web.Response:
@@ -331,7 +344,7 @@ async def post_cases_batch(request: web.Request) -> web.Response:
         counts["created" if posted.created else "updated"] += 1
         status = 201 if posted.created else 200
         results.append({"index": index, "case_code": code, "status": status, "case": view})
-    return web.json_response({"results": results, "summary": counts})
+    return json_response({"results": results, "summary": counts})
 
 
 def _error_body(exc: DomainError) -> dict[str, Any]:
@@ -355,7 +368,7 @@ async def get_case(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     async with services.sessions() as session:
         view = await case_view_by_code(session, _case_code(request), services.links)
-    return web.json_response(view)
+    return json_response(view)
 
 
 async def get_case_qr(request: web.Request) -> web.Response:
@@ -392,12 +405,12 @@ async def healthz(request: web.Request) -> web.Response:
     except Exception as exc:
         if not _database_unreachable(exc):
             raise
-        response = web.json_response(
+        response = json_response(
             {"status": "unavailable", "database": "unreachable", **channels}, status=503
         )
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
-    return web.json_response({"status": "ok", "database": "ok", **channels})
+    return json_response({"status": "ok", "database": "ok", **channels})
 
 
 async def metrics(_request: web.Request) -> web.Response:
@@ -413,7 +426,7 @@ def openapi_document() -> dict[str, Any]:
 
 
 async def openapi(_request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
+    return json_response(openapi_document())
 
 
 async def get_weekly_report(request: web.Request) -> web.Response:
@@ -421,7 +434,7 @@ async def get_weekly_report(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     query = request.query
     report = await weekly_report(services, query.get("week") or None, query.get("unit") or None)
-    return web.json_response(report.as_json())
+    return json_response(report.as_json())
 
 
 def api_routes() -> list[web.RouteDef]:
