@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Table, event, func, select, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -70,9 +71,6 @@ def create_engine(database_url: str | URL, *, schema: str | None = None) -> Asyn
         url = url.difference_update_query(["search_path"])
     kwargs: dict[str, Any] = {}
     if url.get_backend_name() == "postgresql":
-        # A server restarted meanwhile leaves dead connections in the pool; a file does not,
-        # and on SQLite the ping would be one more thread hop in every transaction.
-        kwargs["pool_pre_ping"] = True
         settings = {"application_name": "sipas-bot"}
         if schema:
             settings["search_path"] = schema
@@ -82,11 +80,53 @@ def create_engine(database_url: str | URL, *, schema: str | None = None) -> Asyn
     elif url.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
     engine = create_async_engine(url, **kwargs)
+    if url.get_backend_name() == "postgresql":
+        _ping_when_idle(engine)
     if url.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         _WriterQueue(url.database).listen(engine)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
     return engine
+
+
+# A pooled PostgreSQL connection given back this recently is taken as alive without asking.
+TRUSTED_FOR_SECONDS = 2.0
+_LAST_USED = "sipas_last_used"
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Pings a pooled connection before use only when it sat idle, where SQLAlchemy's
+    `pool_pre_ping` pings before every transaction.
+
+    A server restarted meanwhile leaves dead connections in the pool, and the ping finds them
+    (the pool then opens a new one). But a ping is a round trip: one in every ten of an intake
+    group's, one in three of a message's send, paid under load when connections are back in
+    the pool within milliseconds. A connection that dies in the two seconds after its last use
+    fails its next transaction instead: SQLAlchemy then drops every connection of the pool,
+    intake runs the group again (`bot/http/api.py`, a replay is harmless) and the other
+    callers retry as after any database error.
+    """
+    dialect = engine.dialect
+
+    def used(_dbapi_connection: Any, record: Any, *_rest: Any) -> None:
+        record.info[_LAST_USED] = time.monotonic()
+
+    def checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        last = record.info.get(_LAST_USED)
+        if last is not None and time.monotonic() - last < TRUSTED_FOR_SECONDS:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            if dialect.is_disconnect(exc, dbapi_connection, None):
+                # The pool drops this connection and checks out another (a new one).
+                raise DisconnectionError("a pooled connection was closed by the server") from exc
+            raise
+
+    pool = engine.sync_engine.pool
+    event.listen(pool, "connect", used)
+    event.listen(pool, "checkin", used)
+    event.listen(pool, "checkout", checkout)
 
 
 class _WriterQueue:

@@ -207,13 +207,21 @@ async def _post_group(
 
 
 async def _retrying_races(work: Callable[[], Awaitable[T]]) -> T:
-    """Runs `work` again when its transaction lost a unique-key race with a concurrent one."""
+    """Runs `work` again when its transaction lost a unique-key race with a concurrent one, and
+    once when its connection turned out dead (the server restarted since it was last used,
+    storage/db.py): the pool has dropped it, and the next try gets a new one. Running intake
+    again is safe even if the commit went through: a case posted twice is a replay."""
+    reconnected = False
     for attempt in range(1, RACE_ATTEMPTS + 1):
         try:
             return await work()
         except IntegrityError:
             if attempt == RACE_ATTEMPTS:
                 raise
+        except DBAPIError as exc:
+            if reconnected or not exc.connection_invalidated:
+                raise
+            reconnected = True
     raise AssertionError("unreachable")
 
 
