@@ -8,7 +8,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Table, event, func, select, text
 from sqlalchemy.engine import URL, make_url
@@ -118,7 +118,8 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
         try:
             dialect.do_ping(dbapi_connection)
         except Exception as exc:
-            if dialect.is_disconnect(exc, dbapi_connection, None):
+            # The driver's own error (the DBAPI's, which SQLAlchemy has not wrapped yet).
+            if dialect.is_disconnect(cast(Any, exc), dbapi_connection, None):
                 # The pool drops this connection and checks out another (a new one).
                 raise DisconnectionError("a pooled connection was closed by the server") from exc
             raise
