@@ -183,12 +183,14 @@ async def case_views(
     if not ids:
         return views
     found = await case_repo.links_and_surveys_of(session, ids)
-    tokens = {case_id: token for case_id, (token, _survey) in found.items() if token}
-    surveys = {case_id: survey for case_id, (_token, survey) in found.items() if survey}
-    # A scheduled survey has no answers yet (most of what intake answers about).
+    tokens = {case_id: links.token for case_id, links in found.items() if links.token}
+    surveys = {case_id: links.survey for case_id, links in found.items() if links.survey}
+    # A scheduled survey has no answers yet (most of what intake answers about), and most
+    # cases have no escalation: neither is asked for then.
     asked = [s.id for s in surveys.values() if s.status != SurveyStatus.SCHEDULED]
     answers = await case_repo.answers_of_surveys(session, asked)
-    escalations = await case_repo.escalations_of_cases(session, ids)
+    escalated = [case_id for case_id, links in found.items() if links.escalated]
+    escalations = await case_repo.escalations_of_cases(session, escalated) if escalated else {}
     # The level of each unit on the way up from where each escalation started.
     origin_of = {e.id: e.origin_unit_id for found in escalations.values() for e, _code in found}
     levels: dict[int, dict[str, int]] = {}

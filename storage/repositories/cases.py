@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, bindparam, or_, select, update
+from sqlalchemy import Select, Table, bindparam, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -164,6 +164,7 @@ _UNITS = cast(Table, Unit.__table__)
 _LINK_TOKENS = cast(Table, LinkToken.__table__)
 _CASE_EVENTS = cast(Table, CaseEvent.__table__)
 _SURVEYS = cast(Table, Survey.__table__)
+_ESCALATIONS = cast(Table, Escalation.__table__)
 
 
 @dataclass
@@ -375,15 +376,27 @@ class SurveyState:
     completed_at: datetime | None
 
 
+@dataclass(frozen=True)
+class CaseLinks:
+    """What a case's view needs first: its link token and survey (either may be missing),
+    and whether it has escalations to read (most cases have none)."""
+
+    token: str | None
+    survey: SurveyState | None
+    escalated: bool
+
+
 async def links_and_surveys_of(
     session: AsyncSession, case_ids: Collection[int]
-) -> dict[int, tuple[str | None, SurveyState | None]]:
-    """Each case's link token and survey (either may be missing), in one query."""
+) -> dict[int, CaseLinks]:
+    """Each case's `CaseLinks`, in one query."""
     tokens, surveys = _LINK_TOKENS.c, _SURVEYS.c
+    escalated = exists().where(_ESCALATIONS.c.case_id == _CASES.c.id)
     query = (
         select(
             _CASES.c.id,
             tokens.token,
+            escalated,
             surveys.id,
             surveys.status,
             surveys.channel,
@@ -395,8 +408,10 @@ async def links_and_surveys_of(
         .where(_CASES.c.id.in_(case_ids))
     )
     return {
-        case_id: (token, SurveyState(*survey) if survey[0] is not None else None)
-        for case_id, token, *survey in (await session.execute(query)).all()
+        case_id: CaseLinks(
+            token, SurveyState(*survey) if survey[0] is not None else None, bool(has_escalations)
+        )
+        for case_id, token, has_escalations, *survey in (await session.execute(query)).all()
     }
 
 
