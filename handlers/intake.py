@@ -163,6 +163,7 @@ class _Person:
     erased_at: datetime | None
     age: tuple[int, int]  # stored ones by id, then new ones in order: "oldest" for phones
     changed: bool = False
+    reachable: bool = False  # had an active contact when read (a stored citizen)
 
 
 @dataclass
@@ -389,7 +390,7 @@ async def _store(
         ],
     )
     await _schedule_surveys(session, accepted, now, policy)
-    await _notify(session, accepted, now, policy, channels)
+    await _notify(session, accepted, people, now, policy, channels)
 
 
 async def _procedure_ids(
@@ -457,6 +458,11 @@ class _People:
     new: list[_Person]
     contacts: dict[tuple[str, str], _Contact]
 
+    @property
+    def contacts_changed(self) -> bool:
+        """Whether the group adds a contact or moves one to another citizen."""
+        return any(c.id is None or c.changed for c in self.contacts.values())
+
 
 async def _citizens_for(
     session: AsyncSession, accepted: list[_Accepted], policy: SurveyPolicy
@@ -484,7 +490,14 @@ async def _citizens_for(
     ids.update(contact.citizen_id for contact in stored_contacts)
     people: dict[int, _Person] = {
         row.id: _Person(
-            row.id, row.name, row.phone, row.locale, row.opted_out_at, row.erased_at, (0, row.id)
+            row.id,
+            row.name,
+            row.phone,
+            row.locale,
+            row.opted_out_at,
+            row.erased_at,
+            (0, row.id),
+            reachable=row.reachable,
         )
         for row in await citizen_repo.citizens_for_intake(session, ids, phones)
     }
@@ -549,7 +562,7 @@ async def _citizens_for(
                 contact = contacts.get((channel, address))
                 if contact is None:
                     contacts[(channel, address)] = _Contact(None, channel, address, person)
-                else:
+                elif contact.person is not person:
                     item.touched.add(id(contact.person))
                     contact.person, contact.changed = person, True
                 item.touched.add(id(person))
@@ -637,6 +650,7 @@ def _courtesy_template(procedure_name: str, field: str | None) -> str | None:
 async def _notify(
     session: AsyncSession,
     accepted: list[_Accepted],
+    people: _People,
     now: datetime,
     policy: SurveyPolicy,
     channels: Sequence[str],
@@ -656,10 +670,15 @@ async def _notify(
         if complaint:
             late.add(item.case_id)
     if courteous:
-        # Only a citizen with a chat to write to can be sent courtesy.
-        reachable = await citizen_repo.citizens_with_active_contact(
-            session, {item.person.id for item in accepted if item.person and item.person.id}
-        )
+        # Only a citizen with a chat to write to can be sent courtesy. What was read with the
+        # citizens still holds unless the group linked a chat (then ask again).
+        persons = {
+            item.person.id: item.person for item in accepted if item.person and item.person.id
+        }
+        if people.contacts_changed:
+            reachable = await citizen_repo.citizens_with_active_contact(session, set(persons))
+        else:
+            reachable = {person_id for person_id, p in persons.items() if p.reachable}
         courteous = {
             item.case_id
             for item in accepted

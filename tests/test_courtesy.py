@@ -9,12 +9,12 @@ import dataclasses
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from handlers import courtesy
 from handlers.courtesy import CourtesyRule, CourtesyRulesError, load_rules, parse_rules
 from handlers.texts import t
-from storage.models import OutboxMessage
+from storage.models import CitizenContact, ContactStatus, OutboxMessage
 from tests.fakes.telegram_api import FakeTelegramAPI, SentCall
 from tests.telegram_support import CASE, Rig, case_body, make_rig, rig
 
@@ -202,4 +202,28 @@ async def test_no_courtesy_without_a_rule_or_for_a_rejection(
 async def test_no_courtesy_without_a_chat(rig: Rig) -> None:
     await rig.post_case(case_body(**RESOLVED), 201)
     await rig.link(CHAT)
+    assert await courtesy_rows(rig) == 0
+
+
+async def phone_only_case_linked_in_chat(rig: Rig) -> None:
+    """A first case whose citizen (known by phone) then links their chat by the deep link."""
+    await rig.post_case(case_body(case_code="C-FIRST"), 201)
+    await rig.link(CHAT, "C-FIRST")
+
+
+async def test_courtesy_reaches_a_chat_linked_earlier_when_the_desk_gives_only_the_phone(
+    rig: Rig,
+) -> None:
+    await phone_only_case_linked_in_chat(rig)
+    mark = rig.api.mark()
+    await rig.post_case(case_body(case_code="C-BIRTH", procedure=BIRTH, **RESOLVED), 201)
+    congratulations = await rig.api.wait_for_message(CHAT, since=mark)
+    assert congratulations.text == t("courtesy.birth", "vi", unit_name=UNIT_NAME)
+
+
+async def test_no_courtesy_when_the_citizens_only_chat_is_unreachable(rig: Rig) -> None:
+    await phone_only_case_linked_in_chat(rig)
+    async with rig.services.sessions.begin() as session:
+        await session.execute(update(CitizenContact).values(status=ContactStatus.UNREACHABLE))
+    await rig.post_case(case_body(case_code="C-BIRTH", procedure=BIRTH, **RESOLVED), 201)
     assert await courtesy_rows(rig) == 0

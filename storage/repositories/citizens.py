@@ -7,7 +7,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.inserts import insert_many
@@ -168,6 +179,7 @@ class StoredCitizen:
     locale: str
     opted_out_at: datetime | None
     erased_at: datetime | None
+    reachable: bool  # has an active contact (a chat to write to)
 
 
 async def contacts_at(
@@ -189,7 +201,8 @@ async def contacts_at(
 async def citizens_for_intake(
     session: AsyncSession, ids: Collection[int], phones: Collection[str]
 ) -> list[StoredCitizen]:
-    """Citizens by id, and every citizen not erased who has one of the phones."""
+    """Citizens by id, and every citizen not erased who has one of the phones; whether each
+    has an active contact is read in the same query (intake's courtesy message needs it)."""
     if not ids and not phones:
         return []
     c = _CITIZENS.c
@@ -198,7 +211,13 @@ async def citizens_for_intake(
         wanted.append(c.id.in_(ids))
     if phones:
         wanted.append(and_(c.phone.in_(phones), c.erased_at.is_(None)))
-    query = select(c.id, c.name, c.phone, c.locale, c.opted_out_at, c.erased_at).where(or_(*wanted))
+    contact = _CONTACTS.c
+    reachable = exists().where(
+        contact.citizen_id == c.id, contact.status == ContactStatus.ACTIVE.value
+    )
+    query = select(c.id, c.name, c.phone, c.locale, c.opted_out_at, c.erased_at, reachable).where(
+        or_(*wanted)
+    )
     return [StoredCitizen(*row) for row in (await session.execute(query)).all()]
 
 
