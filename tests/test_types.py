@@ -36,6 +36,10 @@ def test_sqlite_text_is_what_the_dialect_itself_writes(moment: datetime) -> None
 
 
 def test_a_naive_datetime_is_refused() -> None:
+    write = UTCDateTime().dialect_impl(_SQLITE).bind_processor(_SQLITE)
+    assert write is not None
+    with pytest.raises(ValueError, match="naive"):
+        write(datetime(2026, 12, 1))
     with pytest.raises(ValueError, match="naive"):
         UTCDateTime().process_bind_param(datetime(2026, 12, 1), _SQLITE)
 
