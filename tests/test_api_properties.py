@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -191,3 +192,33 @@ async def test_text_no_database_can_store_is_refused_not_a_5xx(api: Api) -> None
             assert await assert_well_answered(api, body) == 422
         body = case_body("Z-3", citizen={"name": bad, "zalo_user_id": bad})
         assert await assert_well_answered(api, body) == 422
+
+
+@pytest.mark.parametrize("bad", ["A\x00B", "\ud800", "x\udfffy"], ids=["nul", "lone", "inner"])
+async def test_text_no_database_can_store_is_named_field_by_field(api: Api, bad: str) -> None:
+    body = case_body(
+        "Z-4",
+        procedure={"code": bad, "name": bad, "field": bad},
+        officer={"code": bad, "name": bad},
+        citizen={"name": bad, "zalo_user_id": bad},
+        status="delayed",
+        delay={"new_due_at": "2026-11-28T17:00:00+07:00", "reason": bad},
+    )
+    body["unit_code"] = bad
+    response = await api.post(body)
+    assert response.status == 422
+    fields = (await response.json())["error"]["fields"]
+    named = {
+        "unit_code",
+        "procedure.code",
+        "procedure.name",
+        "procedure.field",
+        "officer.code",
+        "officer.name",
+        "citizen.name",
+        "citizen.zalo_user_id",
+        "delay.reason",
+    }
+    assert {path: fields.get(path) for path in named} == dict.fromkeys(
+        named, "contains a NUL character or a lone surrogate"
+    )
