@@ -370,12 +370,10 @@ async def _store(
     await case_repo.update_cases(session, [{"id": i.case_id, **i.values} for i in updated])
     for item in new:
         item.token = new_token()
+    expires_at = now + policy.link_token_ttl
     await case_repo.insert_link_tokens(
         session,
-        [
-            {"token": i.token, "case_id": i.case_id, "expires_at": now + policy.link_token_ttl}
-            for i in new
-        ],
+        [{"token": i.token, "case_id": i.case_id, "expires_at": expires_at} for i in new],
     )
     await case_repo.insert_case_events(
         session,
