@@ -484,6 +484,10 @@ async def _citizens_for(
             phones.add(given.phone)
         if item.stored is not None and item.stored.citizen_id is not None:
             ids.add(item.stored.citizen_id)
+    # No key makes a phone unique (a citizen erased keeps none, a family may share one), so
+    # two transactions taking a new citizen's first cases at once (two processes) would each
+    # create them: the second waits here for the first to commit, then finds them.
+    await citizen_repo.lock_phones(session, phones)
     stored_contacts = await citizen_repo.contacts_at(session, addresses)
     ids.update(contact.citizen_id for contact in stored_contacts)
     people: dict[int, _Person] = {

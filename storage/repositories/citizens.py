@@ -17,6 +17,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -196,6 +197,23 @@ async def contacts_at(
         or_(*(and_(c.channel == ch, c.address.in_(found)) for ch, found in by_channel.items()))
     )
     return [StoredContact(*row) for row in (await session.execute(query)).all()]
+
+
+async def lock_phones(session: AsyncSession, phones: Collection[str]) -> None:
+    """On PostgreSQL, takes a transaction-level advisory lock per phone (keyed by the schema,
+    so deployments sharing a database do not wait for each other), in sorted order so that two
+    transactions locking overlapping sets cannot deadlock. SQLite's writers already take turns
+    (`BEGIN IMMEDIATE`)."""
+    if not phones or session.get_bind().dialect.name != "postgresql":
+        return
+    await session.execute(_LOCK_PHONES, {"phones": sorted(phones)})
+
+
+# A function scan takes the array's elements in order, and the locks with them.
+_LOCK_PHONES = text(
+    "SELECT pg_advisory_xact_lock(hashtextextended('sipas-phone:' || current_schema() || ':' "
+    "|| phone, 0)) FROM unnest(CAST(:phones AS text[])) AS phone"
+)
 
 
 async def citizens_for_intake(
