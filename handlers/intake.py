@@ -201,7 +201,12 @@ async def _post_group(
     known: ReferenceIds,
 ) -> list[Outcome]:
     units = await _unit_ids(session, {body.unit_code for body in bodies}, known)
-    stored = await case_repo.cases_by_code(session, [body.case_code for body in bodies])
+    # Two processes taking a new citizen's first cases at once: the second waits here for the
+    # first to commit, and then finds the citizen it created (`citizens.phones_locked`).
+    phones = {body.citizen.phone for body in bodies if body.citizen.phone}
+    stored = await case_repo.cases_by_code(
+        session, [body.case_code for body in bodies], phones=phones
+    )
     outcomes: list[Outcome | None] = []
     accepted: list[_Accepted] = []
     for index, body in enumerate(bodies):
@@ -484,10 +489,6 @@ async def _citizens_for(
             phones.add(given.phone)
         if item.stored is not None and item.stored.citizen_id is not None:
             ids.add(item.stored.citizen_id)
-    # No key makes a phone unique (a citizen erased keeps none, a family may share one), so
-    # two transactions taking a new citizen's first cases at once (two processes) would each
-    # create them: the second waits here for the first to commit, then finds them.
-    await citizen_repo.lock_phones(session, phones)
     stored_contacts = await citizen_repo.contacts_at(session, addresses)
     ids.update(contact.citizen_id for contact in stored_contacts)
     people: dict[int, _Person] = {

@@ -21,6 +21,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import TextClause
 
 from storage.inserts import insert_many
 from storage.models import (
@@ -199,21 +200,25 @@ async def contacts_at(
     return [StoredContact(*row) for row in (await session.execute(query)).all()]
 
 
-async def lock_phones(session: AsyncSession, phones: Collection[str]) -> None:
-    """On PostgreSQL, takes a transaction-level advisory lock per phone (keyed by the schema,
-    so deployments sharing a database do not wait for each other), in sorted order so that two
-    transactions locking overlapping sets cannot deadlock. SQLite's writers already take turns
-    (`BEGIN IMMEDIATE`)."""
-    if not phones or session.get_bind().dialect.name != "postgresql":
-        return
-    await session.execute(_LOCK_PHONES, {"phones": sorted(phones)})
+def phones_locked(phones: Collection[str]) -> TextClause:
+    """A condition that is always true and, on PostgreSQL, takes a transaction-level advisory
+    lock per phone before the statement reads any row: added to the first statement of an
+    intake transaction (`cases.cases_by_code`), it makes a second transaction with one of the
+    phones wait there until the first commits; its later statements then see the citizens the
+    first created (in READ COMMITTED each statement reads what was committed when it began).
 
-
-# A function scan takes the array's elements in order, and the locks with them.
-_LOCK_PHONES = text(
-    "SELECT pg_advisory_xact_lock(hashtextextended('sipas-phone:' || current_schema() || ':' "
-    "|| phone, 0)) FROM unnest(CAST(:phones AS text[])) AS phone"
-)
+    No key makes a phone unique (an erased citizen keeps none, a family may share one), so
+    without it two processes taking a new citizen's first cases at once would each create
+    them. Keyed by the schema, so deployments sharing a database do not wait for each other;
+    in sorted order (a function scan takes the array's elements in order), so that two
+    transactions locking overlapping sets cannot deadlock. PostgreSQL runs the subquery once,
+    before the scan, whether or not any row matches.
+    """
+    return text(
+        "(SELECT count(*) FROM (SELECT pg_advisory_xact_lock(hashtextextended("
+        "'sipas-phone:' || current_schema() || ':' || phone, 0)) "
+        "FROM unnest(CAST(:locked_phones AS text[])) AS phone) AS locked) >= 0"
+    ).bindparams(bindparam("locked_phones", sorted(phones)))
 
 
 async def citizens_for_intake(
