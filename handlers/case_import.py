@@ -229,33 +229,9 @@ def _rejection(line: int, exc: DomainError) -> Rejection:
     return Rejection(line, {"row": exc.message})
 
 
-@dataclass(frozen=True)
-class ParsedRows:
-    """A chunk of rows read as intake bodies (with their lines), and those refused already."""
-
-    bodies: list[tuple[int, CaseIn]]
-    rejected: list[Rejection]
-
-
-def rows_parsed(rows: Sequence[CsvRow], zone: tzinfo) -> ParsedRows:
-    """Each row as the body a `POST /api/v1/cases` would carry, validated alone; a row that
-    does not validate is refused with its line. Needs no database: `cases import` reads the
-    next chunk in a thread while the last one is written."""
-    bodies: list[tuple[int, CaseIn]] = []
-    rejected: list[Rejection] = []
-    for row in rows:
-        try:
-            if "__shape__" in row.values:
-                raise InvalidInput({"row": str(row.values["__shape__"])})
-            bodies.append((row.line, parse_case(row_to_body(row.values, zone))))
-        except DomainError as exc:
-            rejected.append(_rejection(row.line, exc))
-    return ParsedRows(bodies, rejected)
-
-
 async def rows_imported(
     session: AsyncSession,
-    parsed: ParsedRows,
+    rows: Sequence[CsvRow],
     now: datetime,
     policy: SurveyPolicy,
     report: ImportReport,
@@ -263,18 +239,26 @@ async def rows_imported(
     channels: Sequence[str] = (),
     references: ReferenceIds | None = None,
 ) -> None:
-    """Takes the parsed rows in, in file order, each judged alone exactly like a
-    `POST /api/v1/cases`: a rejected row leaves no trace behind and does not stop the others."""
-    rejected = list(parsed.rejected)
+    """Takes rows in, in file order, each judged alone exactly like a `POST /api/v1/cases`:
+    a rejected row leaves no trace behind and does not stop the others."""
+    bodies: list[tuple[int, CaseIn]] = []
+    rejected: list[Rejection] = []
+    for row in rows:
+        try:
+            if "__shape__" in row.values:
+                raise InvalidInput({"row": str(row.values["__shape__"])})
+            bodies.append((row.line, parse_case(row_to_body(row.values, policy.timezone))))
+        except DomainError as exc:
+            rejected.append(_rejection(row.line, exc))
     outcomes = await cases_posted(
         session,
-        [body for _line, body in parsed.bodies],
+        [body for _line, body in bodies],
         now,
         policy,
         channels=channels,
         references=references,
     )
-    for (line, _body), outcome in zip(parsed.bodies, outcomes, strict=True):
+    for (line, _body), outcome in zip(bodies, outcomes, strict=True):
         if isinstance(outcome, DomainError):
             rejected.append(_rejection(line, outcome))
         elif outcome.created:

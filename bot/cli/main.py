@@ -106,14 +106,7 @@ def _demo_database_unless_chosen(settings: Settings) -> Settings:
 
 async def cmd_cases_import(settings: Settings, args: argparse.Namespace) -> int:
     from bot.serve import opened_services
-    from handlers.case_import import (
-        ImportReport,
-        ParsedRows,
-        decode,
-        read_rows,
-        rows_imported,
-        rows_parsed,
-    )
+    from handlers.case_import import ImportReport, decode, read_rows, rows_imported
     from handlers.intake import ReferenceIds
 
     path: Path = args.file
@@ -126,27 +119,13 @@ async def cmd_cases_import(settings: Settings, args: argparse.Namespace) -> int:
     report = ImportReport()
     references = ReferenceIds()
     async with opened_services(settings) as services:
-        zone = services.policy.timezone
         # One transaction per chunk keeps a large file from holding one huge transaction;
-        # each row is still judged alone, and a rejected one stores nothing. The next chunk
-        # is validated in a thread while this one is written: the thread runs while the
-        # process waits for the database.
-        chunks = _chunks(itertools.chain([first] if first else [], rows))
-
-        def parse_next() -> asyncio.Future[ParsedRows] | None:
-            chunk = next(chunks, None)
-            if chunk is None:
-                return None
-            return asyncio.ensure_future(asyncio.to_thread(rows_parsed, chunk, zone))
-
-        parsing = parse_next()
-        while parsing is not None:
-            parsed = await parsing
-            parsing = parse_next()
+        # each row is still judged alone, and a rejected one stores nothing.
+        for chunk in _chunks(itertools.chain([first] if first else [], rows)):
             async with services.sessions.begin() as session:
                 await rows_imported(
                     session,
-                    parsed,
+                    chunk,
                     services.clock.now(),
                     services.policy,
                     report,
@@ -171,8 +150,7 @@ async def cmd_digest(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _chunks(rows: Iterable[T], size: int | None = None) -> Iterator[list[T]]:
-    size = size or IMPORT_CHUNK_ROWS
+def _chunks(rows: Iterable[T], size: int = IMPORT_CHUNK_ROWS) -> Iterator[list[T]]:
     chunk: list[T] = []
     for row in rows:
         chunk.append(row)
