@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
+import bot.cli.main
 from handlers.case_import import COLUMNS, decode, read_rows, row_to_body
 from handlers.errors import InvalidInput
 from storage.models import Case, Citizen
@@ -118,6 +119,32 @@ async def test_bad_rows_are_rejected_with_line_and_column_and_the_others_kept(
         "000.00.12.H26-261120-0001",
         "000.00.12.H26-261120-0003",
     }
+
+
+async def test_a_file_of_many_chunks_is_reported_as_one_in_file_order(
+    cli_database: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two rows a transaction: the report and the rejections still follow the file.
+    monkeypatch.setattr(bot.cli.main, "IMPORT_CHUNK_ROWS", 2)
+    bad_phone = GOOD_ROWS[0].replace("0001", "0101").replace("0912 345 678", "12345")
+    unknown_unit = GOOD_ROWS[0].replace("0001", "0102").replace(",HN-LB,", ",HN-XX,")
+    first_resolved = (
+        GOOD_ROWS[0]
+        .replace(",received,", ",resolved,")
+        .replace("+07:00,,,", "+07:00,2026-11-21T10:00:00+07:00,,")
+    )
+    rows = [GOOD_ROWS[0], bad_phone, GOOD_ROWS[1], unknown_unit, GOOD_ROWS[2], first_resolved]
+    capsys.readouterr()
+    assert await import_file(tmp_path / "cases.csv", csv_text(*rows)) == 1
+    out = capsys.readouterr().out
+    assert "3 created, 1 updated, 0 unchanged, 2 rejected" in out
+    assert out.index("line 3: citizen_phone") < out.index("line 5: unit_code: unknown unit")
+    stored = await stored_cases(cli_database)
+    assert stored["000.00.12.H26-261120-0001"][0] == "resolved"  # the later chunk's update
+    assert len(stored) == 3
 
 
 async def test_an_impossible_status_change_is_rejected_on_its_line(

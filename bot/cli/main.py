@@ -150,7 +150,8 @@ async def cmd_digest(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _chunks(rows: Iterable[T], size: int = IMPORT_CHUNK_ROWS) -> Iterator[list[T]]:
+def _chunks(rows: Iterable[T], size: int | None = None) -> Iterator[list[T]]:
+    size = size or IMPORT_CHUNK_ROWS
     chunk: list[T] = []
     for row in rows:
         chunk.append(row)
