@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 import bot.http.api
 from bot.http.api import INTAKE
@@ -125,3 +126,26 @@ async def test_reference_ids_of_a_rolled_back_transaction_are_forgotten(
 
     await api.post_json(body, 201)  # so their ids must not be reused from memory
     assert await api.count(Procedure, Procedure.code == "9.999999") == 1
+
+
+class _DeadlockVictim(Exception):
+    sqlstate = "40P01"  # as the driver's error carries PostgreSQL's code
+
+
+async def test_a_transaction_rolled_back_as_a_deadlocks_victim_is_run_again(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two processes taking some of the same new cases in crossing orders: PostgreSQL rolls
+    # one transaction back to break the cycle and expects it to be run again.
+    real = case_repo.insert_link_tokens
+    victims = [DBAPIError("INSERT INTO cases ...", None, _DeadlockVictim("deadlock detected"))]
+
+    async def deadlocked_once(session: Any, rows: Any) -> None:
+        if victims:
+            raise victims.pop()
+        await real(session, rows)
+
+    monkeypatch.setattr(case_repo, "insert_link_tokens", deadlocked_once)
+    answer = await api.post_json(case_body("D-1"), 201)
+    assert answer["case_code"] == "D-1" and not victims
+    assert await api.count(Case, Case.case_code == "D-1") == 1

@@ -207,10 +207,11 @@ async def _post_group(
 
 
 async def _retrying_races(work: Callable[[], Awaitable[T]]) -> T:
-    """Runs `work` again when its transaction lost a unique-key race with a concurrent one, and
-    once when its connection turned out dead (the server restarted since it was last used,
-    storage/db.py): the pool has dropped it, and the next try gets a new one. Running intake
-    again is safe even if the commit went through: a case posted twice is a replay."""
+    """Runs `work` again when its transaction lost a unique-key race with a concurrent one (or
+    was chosen as a deadlock's victim), and once when its connection turned out dead (the
+    server restarted since it was last used, storage/db.py): the pool has dropped it, and the
+    next try gets a new one. Running intake again is safe even if the commit went through: a
+    case posted twice is a replay."""
     reconnected = False
     for attempt in range(1, RACE_ATTEMPTS + 1):
         try:
@@ -219,10 +220,23 @@ async def _retrying_races(work: Callable[[], Awaitable[T]]) -> T:
             if attempt == RACE_ATTEMPTS:
                 raise
         except DBAPIError as exc:
+            if _rolled_back_to_retry(exc):
+                if attempt == RACE_ATTEMPTS:
+                    raise
+                continue
             if reconnected or not exc.connection_invalidated:
                 raise
             reconnected = True
     raise AssertionError("unreachable")
+
+
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction was rolled back
+# for another's sake and is meant to be run again.
+_RETRY_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def _rolled_back_to_retry(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES
 
 
 class IntakeQueue:
