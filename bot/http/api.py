@@ -216,17 +216,14 @@ async def _retrying_races(work: Callable[[], Awaitable[T]]) -> T:
     for attempt in range(1, RACE_ATTEMPTS + 1):
         try:
             return await work()
-        except IntegrityError:
-            if attempt == RACE_ATTEMPTS:
-                raise
         except DBAPIError as exc:
-            if _rolled_back_to_retry(exc):
+            if _lost_to_another(exc):
                 if attempt == RACE_ATTEMPTS:
                     raise
-                continue
-            if reconnected or not exc.connection_invalidated:
+            elif exc.connection_invalidated and not reconnected:
+                reconnected = True
+            else:
                 raise
-            reconnected = True
     raise AssertionError("unreachable")
 
 
@@ -235,8 +232,11 @@ async def _retrying_races(work: Callable[[], Awaitable[T]]) -> T:
 _RETRY_SQLSTATES = frozenset({"40P01", "40001"})
 
 
-def _rolled_back_to_retry(exc: DBAPIError) -> bool:
-    return getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES
+def _lost_to_another(exc: DBAPIError) -> bool:
+    """A unique key another transaction took first, or a rollback to let another go on."""
+    return isinstance(exc, IntegrityError) or getattr(exc.orig, "sqlstate", None) in (
+        _RETRY_SQLSTATES
+    )
 
 
 class IntakeQueue:
