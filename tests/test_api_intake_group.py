@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 import bot.http.api
 from bot.http.api import INTAKE
@@ -132,13 +132,23 @@ class _DeadlockVictim(Exception):
     sqlstate = "40P01"  # as the driver's error carries PostgreSQL's code
 
 
-async def test_a_transaction_rolled_back_as_a_deadlocks_victim_is_run_again(
-    api: Api, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "lost",
+    [
+        # Two processes taking some of the same new cases in crossing orders: PostgreSQL
+        # rolls one transaction back to break the cycle and expects it to be run again.
+        DBAPIError("INSERT INTO cases ...", None, _DeadlockVictim("deadlock detected")),
+        # The same new case (or procedure, officer, chat) inserted by another transaction
+        # first: run again, this one finds that row.
+        IntegrityError("INSERT INTO cases ...", None, Exception("duplicate key value")),
+    ],
+    ids=["deadlock", "unique-key"],
+)
+async def test_a_transaction_that_lost_to_another_is_run_again(
+    api: Api, monkeypatch: pytest.MonkeyPatch, lost: DBAPIError
 ) -> None:
-    # Two processes taking some of the same new cases in crossing orders: PostgreSQL rolls
-    # one transaction back to break the cycle and expects it to be run again.
     real = case_repo.insert_link_tokens
-    victims = [DBAPIError("INSERT INTO cases ...", None, _DeadlockVictim("deadlock detected"))]
+    victims = [lost]
 
     async def deadlocked_once(session: Any, rows: Any) -> None:
         if victims:
