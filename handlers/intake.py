@@ -163,7 +163,8 @@ class _Person:
     erased_at: datetime | None
     age: tuple[int, int]  # stored ones by id, then new ones in order: "oldest" for phones
     changed: bool = False
-    reachable: bool = False  # had an active contact when read (a stored citizen)
+    # Had an active contact when read (a stored citizen; read only when courtesy is due).
+    reachable: bool = False
 
 
 @dataclass
@@ -502,7 +503,9 @@ async def _citizens_for(
             (0, row.id),
             reachable=row.reachable,
         )
-        for row in await citizen_repo.citizens_for_intake(session, ids, phones)
+        for row in await citizen_repo.citizens_for_intake(
+            session, ids, phones, reachable=any(_notices(item)[1] for item in accepted)
+        )
     }
     contacts = {
         (row.channel, row.address): _Contact(

@@ -52,9 +52,9 @@ async def test_the_same_new_citizen_posted_by_two_processes_at_once_is_one_citiz
     read = citizen_repo.citizens_for_intake
 
     async def citizens_for_intake(
-        session: AsyncSession, ids: Collection[int], phones: Collection[str]
+        session: AsyncSession, ids: Collection[int], phones: Collection[str], **options: Any
     ) -> Any:
-        found = await read(session, ids, phones)
+        found = await read(session, ids, phones, **options)
         me = int(session.info["process"])
         arrived[me].set()
         # A timeout means the other is waiting for this transaction: go on and commit.

@@ -14,6 +14,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     exists,
+    false,
     insert,
     or_,
     select,
@@ -222,10 +223,11 @@ def phones_locked(phones: Collection[str]) -> TextClause:
 
 
 async def citizens_for_intake(
-    session: AsyncSession, ids: Collection[int], phones: Collection[str]
+    session: AsyncSession, ids: Collection[int], phones: Collection[str], *, reachable: bool
 ) -> list[StoredCitizen]:
-    """Citizens by id, and every citizen not erased who has one of the phones; whether each
-    has an active contact is read in the same query (intake's courtesy message needs it)."""
+    """Citizens by id, and every citizen not erased who has one of the phones. With
+    `reachable`, whether each has an active contact is read in the same query (intake's
+    courtesy message needs it); without, it is given as False."""
     if not ids and not phones:
         return []
     c = _CITIZENS.c
@@ -235,10 +237,11 @@ async def citizens_for_intake(
     if phones:
         wanted.append(and_(c.phone.in_(phones), c.erased_at.is_(None)))
     contact = _CONTACTS.c
-    reachable = exists().where(
+    active = exists().where(
         contact.citizen_id == c.id, contact.status == ContactStatus.ACTIVE.value
     )
-    query = select(c.id, c.name, c.phone, c.locale, c.opted_out_at, c.erased_at, reachable).where(
+    shown = active if reachable else false()
+    query = select(c.id, c.name, c.phone, c.locale, c.opted_out_at, c.erased_at, shown).where(
         or_(*wanted)
     )
     return [StoredCitizen(*row) for row in (await session.execute(query)).all()]
