@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import signal
 import time
@@ -348,6 +349,26 @@ def per_chat_most(calls: list[SentCall]) -> int:
     for call in calls:
         by_chat.setdefault(call.chat_id, []).append(arrival(call))
     return max((most_in_a_window(times) for times in by_chat.values()), default=0)
+
+
+def closest_in_a_chat(calls: list[SentCall]) -> str:
+    """The two calls to one chat that arrived closest together, told for a failing check:
+    which methods, how far apart they arrived and were answered."""
+    by_chat: dict[Any, list[SentCall]] = {}
+    for call in calls:
+        by_chat.setdefault(call.chat_id, []).append(call)
+    pairs = [
+        (arrival(b) - arrival(a), a, b)
+        for chat_calls in by_chat.values()
+        for a, b in itertools.pairwise(sorted(chat_calls, key=arrival))
+    ]
+    if not pairs:
+        return "no chat had two calls"
+    gap, first, second = min(pairs, key=lambda pair: pair[0])
+    return (
+        f"chat {first.chat_id}: {first.method} then {second.method}, arrived {gap:.3f} s "
+        f"apart, answered {second.timestamp - first.timestamp:.3f} s apart"
+    )
 
 
 def is_invitation(call: SentCall) -> bool:

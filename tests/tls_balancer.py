@@ -7,18 +7,18 @@ clients trust that CA through `client_ssl()`, so nothing runs with verification 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import ssl
-import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from types import TracebackType
 
 import aiohttp
 import trustme
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from tests.threaded import in_a_thread
 
 # Headers that describe one connection, not the message (RFC 9110 7.6.1): a proxy drops
 # them; Host and Content-Length are set anew for the hop to the backend and back.
@@ -186,21 +186,5 @@ async def balancer_in_a_thread() -> AsyncIterator[TlsBalancer]:
     API stamps each call's arrival (in one loop, they moved stamps by tens of milliseconds,
     enough to put 11 calls into a second that the platform saw as 10). Set `backends` from
     the caller's thread; the balancer reads it on each request."""
-    balancer = TlsBalancer()
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="tls-balancer", daemon=True)
-    thread.start()
-
-    async def on_its_loop(step: Callable[[], Awaitable[None]]) -> None:
-        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(step(), loop))
-
-    try:
-        await on_its_loop(balancer.start)
+    async with in_a_thread(TlsBalancer(), "tls-balancer") as balancer:
         yield balancer
-    finally:
-        try:
-            await on_its_loop(balancer.stop)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            await asyncio.to_thread(thread.join)
-            loop.close()

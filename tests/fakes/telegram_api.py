@@ -58,6 +58,14 @@ JSONDict = dict[str, Any]
 # When the request being answered had been read (SentCall.arrived).
 _ARRIVED: contextvars.ContextVar[float | None] = contextvars.ContextVar("arrived", default=None)
 
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 DEFAULT_TOKEN: Final = "123456:TEST-TOKEN"
 DEFAULT_BOT_ID: Final = 123456
 DEFAULT_BOT_USERNAME: Final = "sipas_test_bot"
@@ -285,7 +293,7 @@ class FakeTelegramAPI:
         self._callback_queries: dict[str, int | str] = {}
         self._callback_ids = itertools.count(1)
         self._failures: list[_FailureRule] = []
-        self._changed: asyncio.Event | None = None
+        self._changed: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}
         self._closing = False
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -721,14 +729,21 @@ class FakeTelegramAPI:
     # ------------------------------------------------------------------ HTTP plumbing
 
     def _event(self) -> asyncio.Event:
-        if self._changed is None:
-            self._changed = asyncio.Event()
-        return self._changed
+        # One event per waiting loop: the server may run on a thread of its own
+        # (tests/threaded.py) while a test waits on its main loop.
+        loop = asyncio.get_running_loop()
+        event = self._changed.get(loop)
+        if event is None:
+            event = self._changed[loop] = asyncio.Event()
+        return event
 
     def _notify(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
+        changed, self._changed = self._changed, {}
+        for loop, event in changed.items():
+            if loop is _running_loop():
+                event.set()
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(event.set)
 
     async def _handle_file(self, request: web.Request) -> web.Response:
         return web.json_response(_error_body(404, "Not Found"), status=404)
