@@ -13,13 +13,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.config import Settings
 from bot.health import ChannelStates
-from bot.outbox import Sender
 from handlers.clock import Clock, SystemClock
 from handlers.errors import InvalidInput
 from handlers.policy import EscalationPolicy, SurveyPolicy
@@ -28,6 +27,11 @@ from handlers.web_survey import survey_link
 from handlers.working_time import make_calendar
 from storage.db import SessionFactory, create_engine, create_session_factory, ping
 from storage.migrate import upgrade
+
+if TYPE_CHECKING:  # the HTTP server and the outbox are not needed to build the services
+    from aiohttp import web
+
+    from bot.outbox import Sender
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +88,6 @@ class Services:
         from bot.channels import configured_channels
 
         return configured_channels(self.settings)
-
-
-# How a request reaches the services: the aiohttp application holds them under this key
-# (set in bot/http/api.py's `create_web_app`; read by every route, the dashboard's included).
-SERVICES = web.AppKey("services", Services)
 
 
 def escalation_policy(settings: Settings) -> EscalationPolicy:

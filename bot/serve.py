@@ -9,19 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
 
-from bot.app import Services, Startable, build_services, prepare_database, run_services
+from bot.app import Services, Startable, run_services
 from bot.channels import CHANNELS, channel_parts
 from bot.config import Settings, SettingsError
 from bot.http.api import create_web_app
 from bot.jobs.registry import scheduler_part
-from storage.db import ping
+from bot.startup import StartupError, open_services
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +29,6 @@ HTTP_SHUTDOWN_SECONDS = 5.0
 OnListening = Callable[[str], None]
 
 
-class StartupError(Exception):
-    """The service cannot start; the message says why and what to do (exit code 1)."""
-
-
-def masked_url(database_url: str) -> str:
-    """The URL as it may be shown to people: the password replaced by ***."""
-    return make_url(database_url).render_as_string(hide_password=True)
-
-
-def _reason(exc: BaseException) -> str:
-    # SQLAlchemy wraps the driver's error and appends a link to its docs; the driver's own
-    # words say what is wrong (refused, unknown host, bad password, missing directory).
-    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    text = str(cause).strip() or type(cause).__name__
-    return f"{type(cause).__name__}: {text}"
-
-
 def require_api_tokens(settings: Settings) -> None:
     """Without a token the API would accept no one; starting anyway would only confuse."""
     if not settings.api_tokens:
@@ -57,38 +37,6 @@ def require_api_tokens(settings: Settings) -> None:
             "Set one or more comma-separated tokens, e.g. "
             "SIPAS_API_TOKENS=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
-
-
-async def open_services(settings: Settings) -> Services:
-    """Builds the services and readies the database (reachable, migrated, units loaded).
-
-    Fails fast with a `StartupError` naming the database (password masked) when it cannot be
-    reached; the engine is disposed on every failure so nothing is left open.
-    """
-    services = build_services(settings)
-    try:
-        try:
-            await ping(services.engine)
-        except Exception as exc:
-            raise StartupError(
-                f"cannot reach the database at {masked_url(settings.database_url)}: {_reason(exc)}"
-            ) from None
-        await prepare_database(services)
-    except BaseException:
-        await services.engine.dispose()
-        raise
-    log.info("database ready at %s", masked_url(settings.database_url))
-    return services
-
-
-@asynccontextmanager
-async def opened_services(settings: Settings) -> AsyncIterator[Services]:
-    """`open_services` for a one-off command: the engine is disposed when the block ends."""
-    services = await open_services(settings)
-    try:
-        yield services
-    finally:
-        await services.engine.dispose()
 
 
 def http_part(on_listening: OnListening | None = None) -> Startable:

@@ -26,7 +26,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import aliased
 
 from bot.config import Settings
-from bot.serve import masked_url, open_services, run_until_stopped
+from bot.serve import run_until_stopped
+from bot.startup import masked_url, open_services
 from demo import data as demo_data
 from demo.context import DemoContext, StoryCase
 from handlers.errors import DomainError

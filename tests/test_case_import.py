@@ -15,7 +15,7 @@ from handlers.case_import import COLUMNS, decode, read_rows, row_to_body
 from handlers.errors import InvalidInput
 from storage.models import Case, Citizen
 from storage.models import OutboxMessage as Outbox
-from tests.cli_support import REPO, run_main
+from tests.cli_support import PYTHON, REPO, run_main, subprocess_env
 from tests.conftest import engine_for
 
 HEADER = ",".join(COLUMNS)
@@ -246,3 +246,32 @@ async def test_rejections_say_what_is_allowed_in_the_projects_words(
     )
     assert "line 3: resolved_at: 2031-11-20T10:30:00+07:00 is in the future" in out
     assert "should" not in out.lower()
+
+
+async def test_an_import_starts_without_the_server_the_channels_or_alembic(
+    cli_database: str, tmp_path: Path
+) -> None:
+    """A one-off command on an up-to-date database loads only the database and the domain:
+    the HTTP server, the chat platforms, the scheduler, the digest's files and Alembic were
+    about two thirds of a second of its start (README, "Speed")."""
+    path = tmp_path / "cases.csv"
+    path.write_text(csv_text(*GOOD_ROWS), encoding="utf-8")
+    heavy = ["aiohttp.web", "telegram", "apscheduler", "alembic", "matplotlib", "jinja2"]
+    script = (
+        "import sys\n"
+        "from bot.__main__ import main\n"
+        f"code = main(['cases', 'import', {str(path)!r}])\n"
+        f"print(code, [name for name in {heavy!r} if name in sys.modules])\n"
+    )
+    child = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-c",
+        script,
+        env=subprocess_env(SIPAS_DATABASE_URL=cli_database),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await child.communicate()
+    assert child.returncode == 0, err.decode()
+    assert "3 created" in out.decode()
+    assert out.decode().splitlines()[-1] == "0 []"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.migrate import current_revision, upgrade
+from storage.migrate import HEAD, alembic_config, current_revision, stored_revision, upgrade
 from storage.models import Base
 from tests.conftest import engine_for
 
@@ -29,6 +31,30 @@ async def test_upgrade_from_empty_creates_every_table(database_url: str) -> None
         await upgrade(engine)  # a second run is a no-op, not an error
     finally:
         await engine.dispose()
+
+
+def test_head_names_the_newest_migration() -> None:
+    """`upgrade` trusts `HEAD` to skip Alembic on an up-to-date database: a new migration must
+    move it, or databases would stay behind it."""
+    newest = ScriptDirectory.from_config(alembic_config()).get_heads()
+    assert newest == [HEAD], f"set storage.migrate.HEAD to {newest}"
+
+
+async def test_a_database_at_head_is_not_handed_to_alembic(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from alembic import command
+
+    assert await stored_revision(engine) == HEAD
+    upgraded: list[str] = []
+    monkeypatch.setattr(command, "upgrade", lambda _config, revision: upgraded.append(revision))
+    await upgrade(engine)
+    assert upgraded == []
+    async with engine.begin() as connection:  # one step behind: Alembic is asked again
+        await connection.execute(text("UPDATE alembic_version SET version_num = 'older'"))
+    assert await stored_revision(engine) == "older"
+    await upgrade(engine)
+    assert upgraded == ["head"]
 
 
 async def test_models_and_migrations_agree(engine: AsyncEngine) -> None:

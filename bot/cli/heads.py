@@ -8,10 +8,11 @@ from telegram.error import InvalidToken, TelegramError
 from bot.app import Services
 from bot.config import SettingsError, telegram_token_rejected
 from bot.logging_setup import mask
+from bot.startup import StartupError
 from handlers.heads import invite_head
 
 
-class TelegramUnreachable(Exception):
+class TelegramUnreachable(StartupError):
     """The Bot API could not be asked for the bot's name (exit code 1)."""
 
 

@@ -43,7 +43,7 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
-    from bot.serve import masked_url, opened_services
+    from bot.startup import masked_url, opened_services
     from storage.migrate import current_revision
 
     async with opened_services(settings) as services:  # pings, then migrates
@@ -54,7 +54,7 @@ async def cmd_db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
 
 async def cmd_units_load(settings: Settings, args: argparse.Namespace) -> int:
     from bot.app import load_units_file
-    from bot.serve import opened_services
+    from bot.startup import opened_services
 
     async with opened_services(settings) as services:
         report = await load_units_file(services, args.file)
@@ -64,7 +64,7 @@ async def cmd_units_load(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_heads_invite(settings: Settings, args: argparse.Namespace) -> int:
     from bot.cli.heads import heads_invite
-    from bot.serve import opened_services
+    from bot.startup import opened_services
 
     async with opened_services(settings) as services:
         link = await heads_invite(services, args.unit_code)
@@ -74,7 +74,7 @@ async def cmd_heads_invite(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_dashboard_link(settings: Settings, args: argparse.Namespace) -> int:
     from bot.cli.dashboard import dashboard_link
-    from bot.serve import opened_services
+    from bot.startup import opened_services
 
     settings = _demo_database_unless_chosen(settings)
     async with opened_services(settings) as services:
@@ -105,7 +105,7 @@ def _demo_database_unless_chosen(settings: Settings) -> Settings:
 
 
 async def cmd_cases_import(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.serve import opened_services
+    from bot.startup import opened_services
     from handlers.case_import import ImportReport, decode, read_rows, rows_imported
     from handlers.intake import ReferenceIds
 
@@ -142,7 +142,7 @@ async def cmd_cases_import(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_digest(settings: Settings, args: argparse.Namespace) -> int:
     from bot.cli.digest import print_lines, run_digest
-    from bot.serve import opened_services
+    from bot.startup import opened_services
 
     async with opened_services(settings) as services:
         lines = await run_digest(services, args)
@@ -287,8 +287,7 @@ def _print_error(message: str, stream: TextIO) -> None:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Parses `argv`, builds the settings, runs the command; returns the exit code."""
-    from bot.cli.heads import TelegramUnreachable
-    from bot.serve import StartupError
+    from bot.startup import StartupError
 
     args = build_parser().parse_args(argv)
     try:
@@ -304,7 +303,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         for name, reason in exc.fields.items():
             print(f"  {name}: {reason}", file=sys.stderr)
         return EXIT_FAILED
-    except (DomainError, StartupError, TelegramUnreachable) as exc:
+    except (DomainError, StartupError) as exc:
         _print_error(str(exc), sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -30,9 +30,10 @@ from sqlalchemy.exc import (
     OperationalError,
 )
 
-from bot.app import SERVICES, Services
+from bot.app import Services
 from bot.digest.report import weekly_report
 from bot.http.dashboard import dashboard_routes
+from bot.http.keys import SERVICES
 from bot.http.web_survey import web_survey_routes
 from handlers.case_view import case_view_by_code, case_views, shown_code
 from handlers.errors import Conflict, DomainError, InvalidInput, NotFound

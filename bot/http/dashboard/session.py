@@ -23,7 +23,8 @@ from jinja2 import Environment
 from markupsafe import Markup
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
-from bot.app import SERVICES, Services
+from bot.app import Services
+from bot.http.keys import SERVICES
 from bot.http.templating import template_environment
 from handlers.dashboard_access import LINK_TTL, SESSION_TTL, session_found
 from handlers.texts import t
