@@ -222,6 +222,12 @@ def phones_locked(phones: Collection[str]) -> TextClause:
     ).bindparams(bindparam("locked_phones", sorted(phones)))
 
 
+def _is_active(contacts: Table) -> ColumnElement[bool]:
+    """A contact the citizen can still be written at (not marked unreachable after the
+    platform refused it). Intake's two ways of asking who can be reached share it."""
+    return contacts.c.status == ContactStatus.ACTIVE.value
+
+
 async def citizens_for_intake(
     session: AsyncSession, ids: Collection[int], phones: Collection[str], *, reachable: bool
 ) -> list[StoredCitizen]:
@@ -236,10 +242,7 @@ async def citizens_for_intake(
         wanted.append(c.id.in_(ids))
     if phones:
         wanted.append(and_(c.phone.in_(phones), c.erased_at.is_(None)))
-    contact = _CONTACTS.c
-    active = exists().where(
-        contact.citizen_id == c.id, contact.status == ContactStatus.ACTIVE.value
-    )
+    active = exists().where(_CONTACTS.c.citizen_id == c.id, _is_active(_CONTACTS))
     shown = active if reachable else false()
     query = select(c.id, c.name, c.phone, c.locale, c.opted_out_at, c.erased_at, shown).where(
         or_(*wanted)
@@ -300,8 +303,6 @@ async def citizens_with_active_contact(
         return set()
     c = _CONTACTS.c
     query = (
-        select(c.citizen_id)
-        .where(c.citizen_id.in_(citizen_ids), c.status == ContactStatus.ACTIVE.value)
-        .distinct()
+        select(c.citizen_id).where(c.citizen_id.in_(citizen_ids), _is_active(_CONTACTS)).distinct()
     )
     return set((await session.execute(query)).scalars())
