@@ -1,15 +1,42 @@
 """Bulk statements fill Python-side defaults row by row (storage/inserts.py) and refuse a SQL
-default, which only the database can evaluate per row."""
+default, which only the database can evaluate per row; on SQLite, rows bound by the project
+are stored exactly as SQLAlchemy's executemany stores them."""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, func
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Enum,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    func,
+    insert,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.inserts import _with_defaults
+from storage.db import create_engine, create_session_factory
+from storage.inserts import _with_defaults, insert_many
+from storage.models import OutboxStatus
+from storage.types import UTCDateTime
 
 
 def test_python_defaults_are_filled_and_given_values_kept() -> None:
@@ -52,3 +79,75 @@ def test_a_sql_default_is_refused_rather_than_copied_as_a_value() -> None:
     )
     with pytest.raises(TypeError, match=r"stamped\.at"):
         _with_defaults(table, [{"id": 1}])
+
+
+# --- SQLite: rows bound by insert_many, stored as SQLAlchemy's executemany stores them ------
+
+_KINDS = MetaData()
+
+
+def _columns() -> list[Column[Any]]:
+    return [
+        Column("id", Integer, primary_key=True),
+        Column("name", String),
+        Column("note", Text),
+        Column("count", BigInteger),
+        Column("ratio", Float),
+        Column("done", Boolean),
+        Column("at", UTCDateTime),
+        Column("on_day", Date),
+        Column("detail", JSON),
+        Column("status", Enum(OutboxStatus, native_enum=False)),
+    ]
+
+
+_VIA_BOUND = Table("via_bound", _KINDS, *_columns())
+_VIA_SQLALCHEMY = Table("via_sqlalchemy", _KINDS, *_columns())
+
+_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)  # sqlite3 refuses Cs
+_ROW = st.fixed_dictionaries(
+    {
+        "name": st.none() | _TEXT,
+        "note": st.none() | _TEXT,
+        "count": st.none() | st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        "ratio": st.none() | st.floats(allow_nan=False, allow_infinity=False),
+        "done": st.none() | st.booleans(),
+        "at": st.none() | st.datetimes(timezones=st.just(UTC), min_value=datetime(1, 1, 2)),
+        "on_day": st.none() | st.dates(),
+        "detail": st.none() | st.dictionaries(_TEXT, st.none() | st.integers() | _TEXT, max_size=3),
+        "status": st.none() | st.sampled_from(OutboxStatus),
+    }
+)
+
+
+@pytest.fixture
+async def sqlite_kinds(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'kinds.db'}")
+    async with engine.begin() as connection:
+        await connection.run_sync(_KINDS.create_all)
+    yield engine
+    await engine.dispose()
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(_ROW, min_size=1, max_size=8))
+async def test_sqlite_rows_bound_by_hand_are_stored_as_sqlalchemy_stores_them(
+    sqlite_kinds: AsyncEngine, rows: list[dict[str, Any]]
+) -> None:
+    numbered = [{"id": number, **row} for number, row in enumerate(rows, start=1)]
+    sessions = create_session_factory(sqlite_kinds)
+    async with sessions.begin() as session:
+        await session.execute(delete(_VIA_BOUND))
+        await session.execute(delete(_VIA_SQLALCHEMY))
+        await insert_many(session, _VIA_BOUND, numbered)
+        await session.execute(insert(_VIA_SQLALCHEMY), numbered)
+
+    def stored(table: Table) -> str:
+        # Each value with its SQLite storage class: 1 and 1.0, or '1' and 1, are not alike.
+        columns = ", ".join(f'"{c.name}", typeof("{c.name}")' for c in table.columns)
+        return f"SELECT {columns} FROM {table.name} ORDER BY id"
+
+    async with sqlite_kinds.connect() as connection:
+        bound = (await connection.exec_driver_sql(stored(_VIA_BOUND))).all()
+        by_sqlalchemy = (await connection.exec_driver_sql(stored(_VIA_SQLALCHEMY))).all()
+    assert bound == by_sqlalchemy
