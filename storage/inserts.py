@@ -79,9 +79,9 @@ def _insert_from_arrays(table: Table, names: tuple[str, ...], ignoring: str | No
 
 # SQLite: the driver's own executemany, the rows bound here. Each value is converted as the
 # column's type would bind it (times as text, booleans as 0 and 1, JSON columns as their text),
-# by the same processors SQLAlchemy would use; what SQLAlchemy adds on top of that (each row's
-# parameters built from the compiled statement, one by one) was about 25 µs a row, a third of
-# the CPU of a `cases import`.
+# by the same processors SQLAlchemy would use. What SQLAlchemy adds on top of that (each row's
+# parameters built from the compiled statement, one by one) was most of an insert's CPU: batch
+# intake ran 19 % faster without it (docs/performance.md).
 _Processors = tuple[Callable[[Any], Any] | None, ...]
 
 

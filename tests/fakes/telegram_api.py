@@ -738,6 +738,9 @@ class FakeTelegramAPI:
         return event
 
     def _notify(self) -> None:
+        # An event made on another thread just as this swaps the map may miss this one wake:
+        # `wait_until` looks again within 20 ms, a long poll answers at its timeout. Only a
+        # server on its own thread meets this (the multi-process test, which uses the webhook).
         changed, self._changed = self._changed, {}
         for loop, event in changed.items():
             if loop is _running_loop():
