@@ -191,6 +191,8 @@ class _Accepted:
     token: str | None = None  # the citizen's link, minted when the case is created
     touched: set[int] = field(default_factory=set)  # `id()` of persons whose data it changes
     values: dict[str, Any] = field(default_factory=dict)
+    # (apology, courtesy, complaint) the case calls for: `_notices`, once its values are set.
+    notices: tuple[bool, bool, bool] = (False, False, False)
 
 
 async def _post_group(
@@ -244,6 +246,7 @@ async def _post_group(
         outcomes.append(None)
         item = _Accepted(index, body, unit_id, fingerprint, case, old_status)
         item.values = _case_values(item, now)
+        item.notices = _notices(item)
         accepted.append(item)
     if accepted:
         people = await _citizens_for(session, accepted, policy)
@@ -323,7 +326,7 @@ def _first_to_notify_before_changes(accepted: list[_Accepted]) -> int | None:
         unsafe_names[position] = bool(seen - {(procedure.name, procedure.field)})
         seen.add((procedure.name, procedure.field))
     for position, item in enumerate(accepted[:-1]):
-        if not any(_notices(item)):
+        if not any(item.notices):
             continue
         touched_later = last_touch.get(id(item.person), -1) > position
         if touched_later or unsafe_names[position]:
@@ -504,7 +507,7 @@ async def _citizens_for(
             reachable=row.reachable,
         )
         for row in await citizen_repo.citizens_for_intake(
-            session, ids, phones, reachable=any(_notices(item)[1] for item in accepted)
+            session, ids, phones, reachable=any(item.notices[1] for item in accepted)
         )
     }
     contacts = {
@@ -668,7 +671,7 @@ async def _notify(
     courteous: set[int] = set()
     late: set[int] = set()
     for item in accepted:
-        apology, polite, complaint = _notices(item)
+        apology, polite, complaint = item.notices
         if apology:
             delayed.add(item.case_id)
         if polite:
