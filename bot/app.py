@@ -25,7 +25,7 @@ from handlers.policy import EscalationPolicy, SurveyPolicy
 from handlers.units import LoadReport, load_units, parse_units_file
 from handlers.web_survey import survey_link
 from handlers.working_time import make_calendar
-from storage.db import SessionFactory, create_engine, create_session_factory, ping
+from storage.db import SessionFactory, create_engine, create_session_factory
 from storage.migrate import upgrade
 
 if TYPE_CHECKING:  # the HTTP server and the outbox are not needed to build the services
@@ -133,8 +133,9 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
 
 
 async def prepare_database(services: Services) -> None:
-    """Fails fast when the database is unreachable, then applies migrations."""
-    await ping(services.engine)
+    """Applies migrations and loads the units file. Reaching the database is the caller's
+    first step (`bot/startup.py` pings it, to say clearly when it cannot): asking again here
+    cost every start a second round trip."""
     await upgrade(services.engine)
     if services.settings.units_file is not None:
         report = await load_units_file(services, services.settings.units_file)
