@@ -52,14 +52,13 @@ async def insert_many(
     if not rows:
         return
     filled = _with_defaults(table, rows)
+    names = tuple(filled[0])
     dialect = session.get_bind().dialect
     if dialect.name == "sqlite":
-        names = tuple(filled[0])
         rows_bound = _bound(names, _bind_processors(table, names, dialect), filled)
         connection = await session.connection()
         await connection.exec_driver_sql(_insert_sql(table, names, ignoring, dialect), rows_bound)
         return
-    names = tuple(filled[0])
     statement = _insert_from_arrays(table, names, ignoring)
     await session.execute(statement, {f"a_{name}": [row[name] for row in filled] for name in names})
 
