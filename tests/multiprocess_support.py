@@ -344,22 +344,26 @@ def arrival(call: SentCall) -> float:
     return call.arrived if call.arrived is not None else call.timestamp
 
 
-def per_chat_most(calls: list[SentCall]) -> int:
-    by_chat: dict[Any, list[float]] = {}
+def by_chat(calls: list[SentCall]) -> dict[Any, list[SentCall]]:
+    grouped: dict[Any, list[SentCall]] = {}
     for call in calls:
-        by_chat.setdefault(call.chat_id, []).append(arrival(call))
-    return max((most_in_a_window(times) for times in by_chat.values()), default=0)
+        grouped.setdefault(call.chat_id, []).append(call)
+    return grouped
+
+
+def per_chat_most(calls: list[SentCall]) -> int:
+    return max(
+        (most_in_a_window(map(arrival, chat_calls)) for chat_calls in by_chat(calls).values()),
+        default=0,
+    )
 
 
 def closest_in_a_chat(calls: list[SentCall]) -> str:
     """The two calls to one chat that arrived closest together, told for a failing check:
     which methods, how far apart they arrived and were answered."""
-    by_chat: dict[Any, list[SentCall]] = {}
-    for call in calls:
-        by_chat.setdefault(call.chat_id, []).append(call)
     pairs = [
         (arrival(b) - arrival(a), a, b)
-        for chat_calls in by_chat.values()
+        for chat_calls in by_chat(calls).values()
         for a, b in itertools.pairwise(sorted(chat_calls, key=arrival))
     ]
     if not pairs:
