@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import compileall
+import contextlib
 import csv
 import json
 import os
@@ -105,7 +106,12 @@ async def _serve(kind: str, database_url: str) -> None:
     await site.start()
     port = runner.addresses[0][1]
     print(f"PORT {port}", flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
+    with contextlib.ExitStack() as started:
+        if kind != "bare":
+            from bot.heap import frozen_heap
+
+            started.enter_context(frozen_heap())  # as `serve` does once it has started
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
     await runner.cleanup()
     if kind != "bare":
         await services.engine.dispose()

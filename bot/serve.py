@@ -16,6 +16,7 @@ from aiohttp import web
 from bot.app import Services, Startable, run_services
 from bot.channels import CHANNELS, channel_parts
 from bot.config import Settings, SettingsError
+from bot.heap import heap_part
 from bot.http.api import create_web_app
 from bot.jobs.registry import scheduler_part
 from bot.startup import StartupError, open_services
@@ -112,8 +113,9 @@ async def run_until_stopped(
         "SIPAS_ZALO_TOKEN)",
     )
     # Channels first: they may add webhook routes and citizen links the HTTP app serves. The
-    # scheduler last, so no sweep runs before everything it may need is up.
-    parts = [*channel_parts(services), http_part(on_listening), scheduler_part()]
+    # scheduler last, so no sweep runs before everything it may need is up. The heap is
+    # frozen once all of them hold what they keep (bot/heap.py).
+    parts = [*channel_parts(services), http_part(on_listening), scheduler_part(), heap_part()]
     try:
         await run_services(services, parts, stop)
     finally:
