@@ -866,6 +866,31 @@ async def test_keeps_running_when_the_database_is_briefly_away(
     assert "outbox claim failed" in caplog.text
 
 
+async def test_a_claim_gives_its_rows_as_claimed_even_to_a_session_that_held_them(
+    sessions: SessionFactory, clock: FakeClock
+) -> None:
+    """The claimed rows come back from the claim's UPDATE: an object the session had loaded
+    before is brought up to date, not given back as it was."""
+    async with sessions.begin() as session:
+        queued = await outbox.enqueue(
+            session,
+            channel=CHANNEL,
+            address="4242",
+            payload={"text": "hello"},
+            not_before=clock.now(),
+        )
+        assert queued is not None
+    async with sessions.begin() as session:
+        loaded = await session.get(OutboxMessage, queued.id)
+        assert loaded is not None and loaded.claim_token is None
+        claim = await outbox.claim_due(session, clock.now(), 5, timedelta(seconds=60))
+        [message] = claim.messages
+        assert message is loaded
+        assert message.claim_token == claim.token
+        assert message.claimed_until == clock.now() + timedelta(seconds=60)
+        assert message.announced_at is None
+
+
 async def test_one_busy_address_does_not_starve_the_others(
     sessions: SessionFactory, clock: FakeClock, pacing: FakePacing
 ) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 
 from sqlalchemy import and_, case, delete, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import set_committed_value
 
 from storage.inserts import insert_for
 from storage.models import (
@@ -262,6 +261,8 @@ async def claim_due(
     if not heads:
         return Claim([], token, more_behind)
     until = now + lease
+    # The claimed rows come back whole from the UPDATE itself (one statement where an UPDATE
+    # of ids and a SELECT of those rows were two; a claim follows every resolution).
     claimed = (
         await session.scalars(
             update(OutboxMessage)
@@ -271,25 +272,14 @@ async def claim_due(
                 free,
             )
             .values(claimed_until=until, claim_token=token, announced_at=None)
-            .returning(OutboxMessage.id)
-            .execution_options(synchronize_session=False)
+            .returning(OutboxMessage)
+            .execution_options(synchronize_session=False, populate_existing=True)
         )
     ).all()
     if not claimed:
         return Claim([], token, more_behind)
-    messages = (
-        await session.scalars(
-            select(OutboxMessage)
-            .where(OutboxMessage.id.in_(claimed))
-            .order_by(OutboxMessage.priority, OutboxMessage.id)
-        )
-    ).all()
-    for message in messages:
-        # The identity map may hold the row from before the UPDATE.
-        set_committed_value(message, "claimed_until", until)
-        set_committed_value(message, "claim_token", token)
-        set_committed_value(message, "announced_at", None)
-    return Claim(list(messages), token, more_behind)
+    messages = sorted(claimed, key=lambda message: (message.priority, message.id))
+    return Claim(messages, token, more_behind)
 
 
 def _held_by(message_id: int, token: str) -> list[Any]:
