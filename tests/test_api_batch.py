@@ -130,3 +130,19 @@ async def test_a_batch_that_is_not_a_list_is_refused(api: Api) -> None:
     assert response.status == 422
     assert set((await response.json())["error"]["fields"]) == {"body"}
     assert await api.count(Case) == 0
+
+
+async def test_json_only_the_standard_reader_takes_is_still_judged_item_by_item(api: Api) -> None:
+    """The fast JSON reader refuses a lone surrogate and an integer beyond 64 bits; such a
+    batch is still read whole, and only the item whose field cannot be stored is refused."""
+    big_chat = case_body("B-BIG")
+    big_chat["citizen"] = {"telegram_chat_id": 99999999999999999999}  # 20 digits, > 2**64
+    lone = case_body("B-LONE")
+    lone["citizen"] = {"name": "\ud800"}
+    payload = await post_batch(api, [big_chat, lone, case_body("B-PLAIN")])
+
+    assert [r["status"] for r in payload["results"]] == [201, 422, 201]
+    assert payload["results"][1]["error"]["fields"] == {
+        "citizen.name": "contains a NUL character or a lone surrogate"
+    }
+    assert await stored_codes(api) == {"B-BIG", "B-PLAIN"}

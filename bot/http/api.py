@@ -161,6 +161,13 @@ async def _json_body(request: web.Request) -> object:
     except web.HTTPRequestEntityTooLarge:
         raise InvalidInput({"body": f"larger than {MAX_BODY_BYTES} bytes"}) from None
     try:
+        # orjson reads a batch in a third of the time; what it refuses (a lone surrogate, an
+        # integer beyond 64 bits, UTF-16, NaN) goes to the standard library's reader, which
+        # takes all of it as before, so each field is still judged (and named) on its own.
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInput({"body": f"not valid JSON: {exc}"}) from None
