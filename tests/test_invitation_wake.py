@@ -160,3 +160,32 @@ async def test_a_failing_woken_invitation_is_logged_and_the_next_goes_out(
     ]
     assert (await rig.get_case("BAD"))["survey"]["status"] == "scheduled"  # the sweep's, later
     assert (await rig.get_case("GOOD"))["survey"]["status"] == "invited"
+
+
+async def test_a_failing_invitation_woken_alone_is_rolled_back_and_logged(
+    make_rig: RigFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A case woken by itself is invited without a savepoint: its transaction is its own."""
+    rig = await make_rig()
+    await rig.post_case(resolved("ALONE", CHAT), 201)
+    async with rig.services.sessions() as session:
+        alone = (await session.execute(select(Case.id))).scalar_one()
+    real = survey_flow.invite_for_case
+
+    async def poisoned(session: AsyncSession, case_id: int, *args: Any) -> bool:
+        await real(session, case_id, *args)
+        raise KeyError("a text key went missing")  # after its writes: they go back
+
+    monkeypatch.setattr(survey_flow, "invite_for_case", poisoned)
+    waker = InvitationWaker(rig.services, workers=1)
+    with caplog.at_level(logging.ERROR, logger="bot.jobs.sweeps"):
+        assert await waker.invite_all([alone]) == [None]
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        f"invitation for case {alone} failed at once"
+    ]
+    assert (await rig.get_case("ALONE"))["survey"]["status"] == "scheduled"
+    async with rig.services.sessions() as session:
+        queued = (
+            await session.execute(select(func.count()).select_from(OutboxMessage))
+        ).scalar_one()
+    assert queued == 0
