@@ -245,3 +245,22 @@ async def test_a_letter_posted_at_night_waits_for_the_morning(make_rig: RigFacto
     assert letter is not None
     assert letter.not_before == datetime(2026, 11, 24, 0, 0, tzinfo=UTC)  # 07:00 local
     assert [r.kind for r in await apologies_of(rig)] == [DELAYED]  # recorded at once
+
+
+async def test_a_post_wakes_the_dispatcher_only_when_it_queued_a_letter(rig: Rig) -> None:
+    """A post that queues nothing costs the dispatcher no claim; one that queues a letter
+    wakes it once its transaction has committed, and the letter goes out."""
+    woken: list[str] = []
+    wake = rig.services.wake_dispatcher
+
+    def counted_wake() -> None:
+        woken.append("woken")
+        wake()
+
+    rig.services.wake_dispatcher = counted_wake
+    citizen = {**CASE["citizen"], "telegram_chat_id": CHAT}  # linked at the desk
+    await rig.post_case({**building_case(), "citizen": citizen}, 201)
+    assert woken == []
+    await rig.post_case({**delayed(FIRST_DELAY), "citizen": citizen}, 200)
+    assert woken == ["woken"]
+    assert "vào ngày 02/12/2026." in (await rig.api.wait_for_message(CHAT, count=1)).text

@@ -41,6 +41,7 @@ from handlers.intake import SURVEYED, Posted, ReferenceIds, cases_posted, withou
 from handlers.intake_schema import CaseIn, parse_case, storable_text
 from storage.db import ping
 from storage.repositories import cases as case_repo
+from storage.repositories import outbox
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -179,10 +180,11 @@ Answer = tuple[Posted, dict[str, Any]] | DomainError
 
 async def _post_group(
     services: Services, bodies: list[CaseIn], references: ReferenceIds
-) -> list[Answer]:
-    """Takes the cases in one transaction and answers each once it is committed."""
+) -> tuple[list[Answer], bool]:
+    """Takes the cases in one transaction and answers each once it is committed; also says
+    whether the transaction queued messages (an apology, a courtesy message, a complaint)."""
 
-    async def post() -> list[Answer]:
+    async def post() -> tuple[list[Answer], bool]:
         try:
             answers: list[Answer] = []
             async with services.sessions.begin() as session:
@@ -209,7 +211,7 @@ async def _post_group(
         except Exception:
             references.clear()  # ids of rows the rollback took back may be among them
             raise
-        return answers
+        return answers, outbox.queued_any(session)
 
     return await _retrying_races(post)
 
@@ -293,7 +295,7 @@ class IntakeQueue:
         bodies = [body for submitted, _future in group for body in submitted]
         INTAKE_GROUP.observe(len(bodies))
         try:
-            answers = await _post_group(self.services, bodies, self.references)
+            answers, queued = await _post_group(self.services, bodies, self.references)
         except asyncio.CancelledError:
             for _bodies, future in group:
                 future.cancel()
@@ -307,7 +309,10 @@ class IntakeQueue:
                 if not future.done():
                     future.set_exception(exc)
             return
-        self.services.wake_dispatcher()
+        if queued:
+            # Only then: a wake after every post was a claim after every resolution that
+            # found nothing (its invitation is queued later, by the waker, which wakes too).
+            self.services.wake_dispatcher()
         # Committed: a survey that became due now is invited now (the sweep is the safety net).
         surveyed = [
             answer[0].case_id

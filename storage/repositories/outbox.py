@@ -73,8 +73,18 @@ async def enqueue(
     result = await session.scalars(statement.returning(OutboxMessage))
     row = result.one_or_none()
     if row is not None:
+        session.info[_QUEUED] = True
         await notify_dispatcher(session)
     return row
+
+
+_QUEUED = "sipas_outbox_queued"
+
+
+def queued_any(session: AsyncSession) -> bool:
+    """Whether `enqueue` added a message in this session: after its commit, the dispatcher has
+    something new to claim (only then is waking it worth a claim)."""
+    return bool(session.info.get(_QUEUED))
 
 
 NOTIFY_CHANNEL = "sipas_outbox"
