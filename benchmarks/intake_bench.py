@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import compileall
-import contextlib
 import csv
 import json
 import os
@@ -106,12 +105,11 @@ async def _serve(kind: str, database_url: str) -> None:
     await site.start()
     port = runner.addresses[0][1]
     print(f"PORT {port}", flush=True)
-    with contextlib.ExitStack() as started:
-        if kind != "bare":
-            from bot.heap import frozen_heap
+    if kind != "bare":
+        from bot.heap import exempt_from_collection
 
-            started.enter_context(frozen_heap())  # as `serve` does once it has started
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
+        exempt_from_collection()  # as `serve` does once it has started
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
     await runner.cleanup()
     if kind != "bare":
         await services.engine.dispose()

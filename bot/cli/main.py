@@ -105,7 +105,7 @@ def _demo_database_unless_chosen(settings: Settings) -> Settings:
 
 
 async def cmd_cases_import(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.heap import frozen_heap
+    from bot.heap import exempt_from_collection
     from bot.startup import opened_services
     from handlers.case_import import ImportReport, decode, read_rows, rows_imported
     from handlers.intake import ReferenceIds
@@ -120,21 +120,21 @@ async def cmd_cases_import(settings: Settings, args: argparse.Namespace) -> int:
     report = ImportReport()
     references = ReferenceIds()
     async with opened_services(settings) as services:
-        with frozen_heap():  # the start-up's objects (bot/heap.py)
-            # One transaction per chunk keeps a large file from holding one huge transaction;
-            # each row is still judged alone, and a rejected one stores nothing.
-            for chunk in _chunks(itertools.chain([first] if first else [], rows)):
-                async with services.sessions.begin() as session:
-                    await rows_imported(
-                        session,
-                        chunk,
-                        services.clock.now(),
-                        services.policy,
-                        report,
-                        channels=services.invitation_channels,
-                        references=references,
-                    )
-                services.wake_dispatcher()
+        exempt_from_collection()  # what the start built (bot/heap.py)
+        # One transaction per chunk keeps a large file from holding one huge transaction;
+        # each row is still judged alone, and a rejected one stores nothing.
+        for chunk in _chunks(itertools.chain([first] if first else [], rows)):
+            async with services.sessions.begin() as session:
+                await rows_imported(
+                    session,
+                    chunk,
+                    services.clock.now(),
+                    services.policy,
+                    report,
+                    channels=services.invitation_channels,
+                    references=references,
+                )
+            services.wake_dispatcher()
     print(f"{path}: {report.summary()}")
     for rejection in report.rejected:
         for line in rejection.lines():

@@ -8,7 +8,6 @@ each on a connection of its own, and stores them.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import secrets
 from collections import OrderedDict
@@ -16,6 +15,7 @@ from collections.abc import Collection, Sequence
 from zoneinfo import ZoneInfo
 
 from bot.app import Services
+from bot.heap import exempt_from_collection
 from handlers.clock import Clock
 from handlers.digest import (
     CASE_PART,
@@ -60,22 +60,10 @@ def _hold(key: tuple[str, str, str, str], counts: dict[int, Counts]) -> dict[int
     while len(_decoded) > HELD_PARTS:
         _decoded.popitem(last=False)
     if new:
-        _exempt_from_collection()
+        # A few hundred thousand objects for eight weeks of 700 units (bot/heap.py): the
+        # collection this costs runs when a part is decoded, not on the warm path.
+        exempt_from_collection()
     return counts
-
-
-def _exempt_from_collection() -> None:
-    """Takes what the process holds now out of the cyclic collector's full passes.
-
-    Eight decoded weeks of 700 units are a few hundred thousand small objects that live as
-    long as their token; each full pass of the collector walks them all (about 100 ms), and a
-    page of 700 rows allocates enough to start one every other request: the overview took
-    100 or 200 ms by turns. Frozen, they are skipped (still freed by reference counting when
-    dropped: counts hold no cycles). Collected first, so no cyclic garbage is frozen with
-    them; that pass runs only when a part is decoded, not on the warm path.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 class StoredWeeks:
