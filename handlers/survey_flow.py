@@ -170,8 +170,11 @@ async def invite_for_case(
     """Invites the case's survey at once if it is due now (a resolution was just committed)."""
     if policy.sendable_at(now) != now:
         return False
-    survey = await survey_repo.claim_scheduled_for_case(session, case_id)
-    return await _invite_claimed(session, survey, now, policy, channels)
+    claimed = await survey_repo.claim_scheduled_for_case(session, case_id)
+    if claimed is None:
+        return False
+    survey, case = claimed
+    return await _invite_claimed(session, survey, now, policy, channels, case=case)
 
 
 async def _invite_claimed(
@@ -180,10 +183,13 @@ async def _invite_claimed(
     now: datetime,
     policy: SurveyPolicy,
     channels: Sequence[str],
+    *,
+    case: Case | None = None,
 ) -> bool:
+    """`case`: the survey's, as `case_for_invitation` loads it, when the claim brought it."""
     if survey is None or survey.status != SurveyStatus.SCHEDULED or survey.due_at > now:
         return False
-    case = await survey_repo.case_for_invitation(session, survey.case_id)
+    case = case or await survey_repo.case_for_invitation(session, survey.case_id)
     citizen = case.citizen if case else None
     if case is None or citizen is None or citizen.erased_at is not None:
         return False

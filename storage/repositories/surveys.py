@@ -85,27 +85,36 @@ async def claim(session: AsyncSession, survey_id: int) -> Survey | None:
     return (await session.execute(_claim(query))).scalar_one_or_none()
 
 
-async def claim_scheduled_for_case(session: AsyncSession, case_id: int) -> Survey | None:
-    """`claim` of the case's survey while it waits to be invited, in one query."""
-    query = select(Survey).where(Survey.case_id == case_id, Survey.status == SurveyStatus.SCHEDULED)
-    return (await session.execute(_claim(query))).scalar_one_or_none()
+async def claim_scheduled_for_case(
+    session: AsyncSession, case_id: int
+) -> tuple[Survey, Case] | None:
+    """`claim` of the case's survey while it waits to be invited, with the case as an
+    invitation shows it (`case_for_invitation`), in one query: the invitation woken after
+    intake is on the path to the citizen's chat, and each statement counts there. Only the
+    survey's row is locked (and skipped when another process holds it)."""
+    query = (
+        _with_invitation_details(select(Survey, Case).join(Case, Case.id == Survey.case_id))
+        .where(Survey.case_id == case_id, Survey.status == SurveyStatus.SCHEDULED)
+        .with_for_update(skip_locked=True, of=Survey)
+    )
+    row = (await session.execute(query)).unique().one_or_none()
+    return (row[0], row[1]) if row is not None else None
 
 
 async def case_for_invitation(session: AsyncSession, case_id: int) -> Case | None:
     """The case with everything an invitation shows (unit, procedure, officer, citizen) in one
-    joined query: the invitation woken after intake is on the path to the citizen's chat, and
-    each round trip counts there."""
-    query = (
-        select(Case)
-        .where(Case.id == case_id)
-        .options(
-            joinedload(Case.unit),
-            joinedload(Case.procedure),
-            joinedload(Case.officer),
-            joinedload(Case.citizen),
-        )
-    )
+    joined query."""
+    query = _with_invitation_details(select(Case)).where(Case.id == case_id)
     return (await session.execute(query)).unique().scalar_one_or_none()
+
+
+def _with_invitation_details(query: Any) -> Any:
+    return query.options(
+        joinedload(Case.unit),
+        joinedload(Case.procedure),
+        joinedload(Case.officer),
+        joinedload(Case.citizen),
+    )
 
 
 def _not_in(ids: Collection[int]) -> Any:
