@@ -30,8 +30,9 @@ _OPEN = (SurveyStatus.INVITED, SurveyStatus.IN_PROGRESS)
 
 
 def _claim(query: Any) -> Any:
-    # SQLite ignores FOR UPDATE; it serialises writers with BEGIN IMMEDIATE instead.
-    return query.with_for_update(skip_locked=True)
+    # SQLite ignores FOR UPDATE; it serialises writers with BEGIN IMMEDIATE instead. Only the
+    # survey's row is locked, whatever the query joins.
+    return query.with_for_update(skip_locked=True, of=Survey)
 
 
 async def by_ref(session: AsyncSession, ref: str, *, for_update: bool = False) -> Survey | None:
@@ -92,12 +93,10 @@ async def claim_scheduled_for_case(
     invitation shows it (`case_for_invitation`), in one query: the invitation woken after
     intake is on the path to the citizen's chat, and each statement counts there. Only the
     survey's row is locked (and skipped when another process holds it)."""
-    query = (
-        _with_invitation_details(select(Survey, Case).join(Case, Case.id == Survey.case_id))
-        .where(Survey.case_id == case_id, Survey.status == SurveyStatus.SCHEDULED)
-        .with_for_update(skip_locked=True, of=Survey)
-    )
-    row = (await session.execute(query)).unique().one_or_none()
+    query = _with_invitation_details(
+        select(Survey, Case).join(Case, Case.id == Survey.case_id)
+    ).where(Survey.case_id == case_id, Survey.status == SurveyStatus.SCHEDULED)
+    row = (await session.execute(_claim(query))).unique().one_or_none()
     return (row[0], row[1]) if row is not None else None
 
 
