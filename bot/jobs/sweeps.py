@@ -247,7 +247,7 @@ class InvitationWaker:
             try:
                 return [await self.invite_now(case_ids[0])]
             except Exception as exc:
-                log.error("invitation for case %d failed at once: %s", case_ids[0], _where(exc))
+                _failed_at_once(case_ids[0], exc)
                 return [None]
         results: list[bool | None] = []
         async with services.sessions.begin() as session:
@@ -264,8 +264,7 @@ class InvitationWaker:
                             )
                         )
                 except Exception as exc:
-                    # The sweep tries it again (and keeps the backoff); one line is enough.
-                    log.error("invitation for case %d failed at once: %s", case_id, _where(exc))
+                    _failed_at_once(case_id, exc)
                     results.append(None)
         if any(results):
             services.wake_dispatcher()
@@ -300,6 +299,12 @@ class InvitationWaker:
             finally:
                 for _ in group:
                     self._queue.task_done()
+
+
+def _failed_at_once(case_id: int, exc: Exception) -> None:
+    """A woken invitation that failed (rolled back alone): the sweep tries it again, and keeps
+    the backoff; one line is enough."""
+    log.error("invitation for case %d failed at once: %s", case_id, _where(exc))
 
 
 def invitation_waker_part(
