@@ -21,6 +21,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.util import await_only
 
+from storage.sqlite_driver import one_trip_dbapi
+
 SessionFactory = async_sessionmaker[AsyncSession]
 
 # How long a SQLite transaction waits for another one's write lock before it gives up (and
@@ -79,6 +81,8 @@ def create_engine(database_url: str | URL, *, schema: str | None = None) -> Asyn
         kwargs["pool_size"] = 10
     elif url.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
+        if url.get_driver_name() == "aiosqlite":
+            kwargs["module"] = one_trip_dbapi()  # one trip to its thread a statement, not four
     engine = create_async_engine(url, **kwargs)
     if url.get_backend_name() == "postgresql":
         _ping_when_idle(engine)
