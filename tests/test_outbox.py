@@ -891,6 +891,60 @@ async def test_a_claim_gives_its_rows_as_claimed_even_to_a_session_that_held_the
         assert message.announced_at is None
 
 
+async def test_a_claim_takes_its_own_values_though_its_statements_are_built_once(
+    sessions: SessionFactory, clock: FakeClock
+) -> None:
+    """The claim's statements are built once per shape (storage/repositories/outbox.py):
+    two claims of one shape with different channels, exclusions, urgency and times each get
+    what their own values select, never what the first one's did."""
+    rows = [
+        ("telegram", "1", Priority.REPLY, timedelta(0)),
+        ("telegram", "2", Priority.INVITATION, timedelta(0)),
+        ("zalo", "3", Priority.REPLY, timedelta(0)),
+        ("zalo", "4", Priority.INVITATION, timedelta(minutes=5)),
+    ]
+    async with sessions.begin() as session:
+        await session.execute(
+            insert(OutboxMessage),
+            [
+                {
+                    "channel": channel,
+                    "address": address,
+                    "priority": priority,
+                    "payload": {"text": address},
+                    "status": OutboxStatus.PENDING,
+                    "attempts": 0,
+                    "not_before": clock.now() + later,
+                }
+                for channel, address, priority, later in rows
+            ],
+        )
+        ids = {
+            address: id_
+            for id_, address in await session.execute(
+                select(OutboxMessage.id, OutboxMessage.address)
+            )
+        }
+    lease = timedelta(seconds=60)
+
+    async def claimed(now: datetime, **kwargs: Any) -> list[str]:
+        async with sessions.begin() as session:
+            claim = await outbox.claim_due(session, now, 10, lease, **kwargs)
+            await outbox.release_claims(session, [m.id for m in claim.messages])
+        return [m.address for m in claim.messages]
+
+    now = clock.now()
+    assert await claimed(now, channels=["telegram"]) == ["1", "2"]
+    assert await claimed(now, channels=["zalo"]) == ["3"]
+    assert await claimed(now + timedelta(minutes=5), channels=["zalo"]) == ["3", "4"]
+    assert await claimed(now, channels=["telegram"], exclude=[ids["1"]]) == ["2"]
+    assert await claimed(now, channels=["telegram"], exclude=[ids["2"]]) == ["1"]
+    urgent = Priority.INVITATION
+    assert await claimed(now, more_urgent_than=urgent) == ["1", "3"]
+    assert await claimed(now, more_urgent_than=urgent + 1) == ["1", "3", "2"]
+    assert await claimed(now, channels=["zalo"], exclude=[ids["3"]], more_urgent_than=urgent) == []
+
+
 async def test_one_busy_address_does_not_starve_the_others(
     sessions: SessionFactory, clock: FakeClock, pacing: FakePacing
 ) -> None:
