@@ -13,7 +13,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Literal
 
-from sqlalchemy import ColumnDefault, Table, bindparam, func, select, update
+from sqlalchemy import ColumnDefault, FromClause, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
@@ -25,12 +25,27 @@ _Defaults = tuple[tuple[str, ColumnDefault], ...]
 
 def insert_for(session: AsyncSession, model: type[Any] | Table) -> Any:
     """The backend's own `insert(model)`, which has `on_conflict_do_nothing`."""
-    dialect = session.get_bind().dialect.name
+    return insert_for_backend(session.get_bind().dialect.name, model)
+
+
+def insert_for_backend(dialect: str, model: type[Any] | Table) -> Any:
+    """`insert_for` by the backend's name: for statements built once per backend."""
     if dialect == "postgresql":
         return postgresql.insert(model)
     if dialect == "sqlite":
         return sqlite.insert(model)
     raise RuntimeError(f"unsupported database backend {dialect!r}")  # pragma: no cover
+
+
+def value_parameters(table: FromClause, columns: Sequence[str]) -> dict[str, Any]:
+    """The VALUES of an insert built once, each column's value a parameter (`v_<column>`:
+    SQLAlchemy keeps the columns' own names for itself), typed as its column."""
+    return {name: bindparam(f"v_{name}", type_=table.c[name].type) for name in columns}
+
+
+def as_value_parameters(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of one row, for a statement made with `value_parameters`."""
+    return {f"v_{name}": value for name, value in values.items()}
 
 
 async def insert_many(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.inserts import insert_for
+from storage.inserts import as_value_parameters, insert_for_backend, value_parameters
 from storage.models import OpenPrompt
 
 
@@ -30,12 +31,22 @@ async def open_prompt(
         "payload": dict(payload),
         "opened_at": now,
     }
-    statement = insert_for(session, OpenPrompt).values(values)
-    statement = statement.on_conflict_do_update(
+    statement = _upsert_statement(session.get_bind().dialect.name)
+    await session.execute(statement, as_value_parameters(values))
+
+
+@functools.cache
+def _upsert_statement(backend: str) -> Any:
+    """Built once per backend: each invitation and question sent opens a prompt."""
+    statement = insert_for_backend(backend, OpenPrompt).values(
+        value_parameters(
+            OpenPrompt.__table__, ("channel", "address", "outbox_id", "payload", "opened_at")
+        )
+    )
+    return statement.on_conflict_do_update(
         index_elements=[OpenPrompt.channel, OpenPrompt.address],
         set_={key: statement.excluded[key] for key in ("outbox_id", "payload", "opened_at")},
     )
-    await session.execute(statement)
 
 
 async def open_at(session: AsyncSession, channel: str, address: str) -> OpenPrompt | None:
