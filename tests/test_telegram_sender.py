@@ -10,10 +10,9 @@ import pytest
 from sqlalchemy import select
 from telegram import Bot
 from telegram import error as tg
-from telegram.request import HTTPXRequest
 
+from bot.channels.telegram.request import AiohttpRequest
 from bot.channels.telegram.sender import (
-    HTTPX_KWARGS,
     TelegramSender,
     retry_after_seconds,
     translate_error,
@@ -212,7 +211,7 @@ def test_other_ptb_errors_map_to_transient() -> None:
 
 async def test_timeout_is_transient(api: FakeTelegramAPI) -> None:
     api.latency = 0.5
-    request = HTTPXRequest(read_timeout=0.1)
+    request = AiohttpRequest(read_timeout=0.1)
     async with Bot(api.token, base_url=api.base_url, request=request) as slow_bot:
         with pytest.raises(TransientSendError):
             await TelegramSender(slow_bot).send(str(CHAT), {"text": "hi"}, clear_buttons_of=None)
@@ -302,10 +301,10 @@ async def test_dispatcher_over_real_http(
 async def test_the_http_client_tells_the_dispatcher_when_each_call_reaches_the_wire(
     api: FakeTelegramAPI,
 ) -> None:
-    """Through the Bot the channel builds (HTTPXRequest with the sender's hooks), a send
+    """Through the Bot the channel builds (AiohttpRequest telling the wire), a send
     marks the moment its request is written, once per call: the dispatcher's pacing counts
     it from then (bot/outbox/wire.py)."""
-    request = HTTPXRequest(httpx_kwargs=dict(HTTPX_KWARGS))
+    request = AiohttpRequest(tell_the_wire=True)
     marks: list[int] = []
     async with Bot(api.token, base_url=api.base_url, request=request) as traced:
         sender = TelegramSender(traced)

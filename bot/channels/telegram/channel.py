@@ -33,11 +33,11 @@ from telegram.ext import (
     MessageHandler,
     filters,
 )
-from telegram.request import HTTPXRequest
 
 from bot.app import Services
 from bot.channels.base import ChannelBase, Incoming, Step
-from bot.channels.telegram.sender import HTTPX_KWARGS, TelegramSender
+from bot.channels.telegram.request import AiohttpRequest
+from bot.channels.telegram.sender import TelegramSender
 from bot.config import telegram_token_rejected
 from bot.health import ChannelState
 from bot.logging_setup import mask
@@ -126,8 +126,9 @@ class TelegramChannel(ChannelBase):
             base_url=settings.telegram_api_url,
             base_file_url=settings.telegram_api_url.removesuffix("/bot") + "/file/bot",
             # The pool sizes python-telegram-bot's ApplicationBuilder would choose.
-            request=HTTPXRequest(connection_pool_size=256, httpx_kwargs=dict(HTTPX_KWARGS)),
-            get_updates_request=HTTPXRequest(connection_pool_size=1),
+            # The sender's calls tell the outbox when they reach the wire (bot/outbox/wire.py).
+            request=AiohttpRequest(connection_pool_size=256, tell_the_wire=True),
+            get_updates_request=AiohttpRequest(connection_pool_size=1),
         )
         builder = Application.builder().bot(bot)
         if self.webhook:

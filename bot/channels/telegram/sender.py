@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-import httpx
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, LinkPreviewOptions
 from telegram import error as tg
 from telegram.warnings import PTBDeprecationWarning
@@ -27,7 +26,6 @@ from bot.outbox import (
     Unreachable,
     mask_address,
 )
-from bot.outbox.wire import on_the_wire
 
 logger = logging.getLogger(__name__)
 
@@ -44,21 +42,6 @@ _NOTHING_TO_CLEAR = (
 _GONE = ("chat not found", "user not found")
 # A payload with `no_preview`: Telegram's previewer fetching a one-time link would use it up.
 _NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
-
-
-async def _trace(event: str, info: Mapping[str, Any]) -> None:
-    # httpcore's trace events; the headers' write is the request reaching the wire.
-    if event.endswith("send_request_headers.started"):
-        on_the_wire()
-
-
-async def _traced(request: httpx.Request) -> None:
-    request.extensions["trace"] = _trace
-
-
-# For the HTTPXRequest the sender's Bot calls through: the dispatcher counts each call from the
-# moment its request is written (bot/outbox/wire.py), not from when it decided to send.
-HTTPX_KWARGS: Mapping[str, Any] = {"event_hooks": {"request": [_traced]}}
 
 
 def translate_error(error: tg.TelegramError) -> SendError:
