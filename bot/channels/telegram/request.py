@@ -86,6 +86,8 @@ class AiohttpRequest(BaseRequest):
                 connector=aiohttp.TCPConnector(limit=self._pool_size),
                 trace_configs=tracing,
                 headers={"User-Agent": self.USER_AGENT},
+                # A proxy named in HTTPS_PROXY (and NO_PROXY) is used, as httpx did for PTB.
+                trust_env=True,
             )
         return self._session
 
