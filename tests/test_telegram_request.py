@@ -100,6 +100,8 @@ async def test_the_connections_open_again_after_a_shutdown(api: FakeTelegramAPI)
     for text in ("một", "hai"):
         async with Bot(api.token, base_url=api.base_url, request=request) as bot:
             await bot.send_message(CHAT, text)
+        with pytest.raises(NetworkError, match="not initialized"):
+            await request.post(f"{api.base_url}{api.token}/sendMessage")  # between the two
     assert [c.text for c in api.calls("sendMessage", chat_id=CHAT)] == ["một", "hai"]
 
 

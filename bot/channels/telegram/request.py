@@ -66,29 +66,36 @@ class AiohttpRequest(BaseRequest):
         return self._read_timeout
 
     async def initialize(self) -> None:
-        self._client()
+        # Again after a shutdown: PTB restarts a bot's requests when its application restarts.
+        if self._session is None or self._session.closed:
+            self._session = self._new_session()
 
     async def shutdown(self) -> None:
         if self._session is not None:
             await self._session.close()
-            self._session = None
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        # Made within the running loop: an aiohttp session belongs to one.
+        tracing = []
+        if self._tell_the_wire:
+            trace = aiohttp.TraceConfig()
+            trace.on_request_headers_sent.append(_on_the_wire)
+            tracing.append(trace)
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._pool_size),
+            trace_configs=tracing,
+            headers={"User-Agent": self.USER_AGENT},
+            # A proxy named in HTTPS_PROXY (and NO_PROXY) is used, as httpx did for PTB.
+            trust_env=True,
+        )
 
     def _client(self) -> aiohttp.ClientSession:
-        # Made within the running loop (aiohttp's session belongs to one), again after a
-        # shutdown: PTB restarts a bot's requests when the application restarts.
-        if self._session is None or self._session.closed:
-            tracing = []
-            if self._tell_the_wire:
-                trace = aiohttp.TraceConfig()
-                trace.on_request_headers_sent.append(_on_the_wire)
-                tracing.append(trace)
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._pool_size),
-                trace_configs=tracing,
-                headers={"User-Agent": self.USER_AGENT},
-                # A proxy named in HTTPS_PROXY (and NO_PROXY) is used, as httpx did for PTB.
-                trust_env=True,
-            )
+        if self._session is None:
+            # Used before `initialize`, as HTTPXRequest allows (its client is made at once).
+            self._session = self._new_session()
+        elif self._session.closed:
+            # As HTTPXRequest: no call after a shutdown (nothing would close a new session).
+            raise RuntimeError("This AiohttpRequest is not initialized!")
         return self._session
 
     async def do_request(
