@@ -144,13 +144,14 @@ async def run_with_platform(args: argparse.Namespace, sessions: Any) -> None:
         return
 
     from telegram import Bot
-    from telegram.request import HTTPXRequest
 
+    from bot.channels.telegram.request import AiohttpRequest
     from bot.channels.telegram.sender import TelegramSender
 
-    # A bare Bot has one HTTP connection (PTB's default), which caps sending at one request
+    # The service's request class, telling the dispatcher when each call reaches the wire. A
+    # bare Bot has one HTTP connection (PTB's default), which caps sending at one request
     # per round trip; the service's Application gets PTB's application default of 256.
-    request = HTTPXRequest(connection_pool_size=16)
+    request = AiohttpRequest(connection_pool_size=16, tell_the_wire=True)
     async with (
         fake_api_in_thread(args.latency) as api,
         Bot(api.token, base_url=api.base_url, request=request) as bot,
