@@ -891,6 +891,55 @@ async def test_a_claim_gives_its_rows_as_claimed_even_to_a_session_that_held_the
         assert message.announced_at is None
 
 
+async def test_no_empty_claim_follows_one_that_saw_every_claimable_row(
+    sessions: SessionFactory,
+    sender: FakeSender,
+    clock: FakeClock,
+    pacing: FakePacing,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A claim that looked at every claimable row and took fewer than it could is not
+    followed by another at once (that one found nothing: an empty claim after every
+    invitation). A claim that may have left due rows behind (the backlog's front was full)
+    is followed at once, and a wake while rows are held (a claim of only what would go
+    before them, which finds nothing here) does not stop that. The idle interval is an
+    hour: any claim within the test's fake minute is one the dispatcher chose to make."""
+    claims: list[int] = []
+    real_claim_due = outbox.claim_due
+
+    async def claim_due(*args: Any, **kwargs: Any) -> outbox.Claim:
+        claimed = await real_claim_due(*args, **kwargs)
+        claims.append(len(claimed.messages))
+        return claimed
+
+    monkeypatch.setattr(outbox, "claim_due", claim_due)
+    await put(sessions, clock, "41000", "the only one")
+    dispatcher = make_dispatcher(
+        sessions, sender, clock, idle_interval=3600.0, batch_size=2, global_rate=4.0, pacing=pacing
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(dispatcher.run(stop))
+    try:
+        async with asyncio.timeout(60):
+            await pacing.run(lambda: len(sender.deliveries) == 1)
+            settled_at = pacing.now
+            await pacing.run(lambda: pacing.now - settled_at >= 5.0)
+            assert claims == [1]
+
+            # Ten due rows, two a claim (a batch of two): a claim's front of eight rows is
+            # full, so the next claim follows without waiting for the idle hour; each row
+            # queued with a wake, as a handler queues, while the bot's pace holds rows back.
+            for i in range(10):
+                await put(sessions, clock, str(42_000 + i), f"backlog {i}")
+                dispatcher.wake()
+                await pacing.run(lambda start=pacing.now: pacing.now - start >= 0.1)
+            await pacing.run(lambda: len(sender.deliveries) == 11, limit=60.0)
+    finally:
+        stop.set()
+        await pacing.complete(running)
+    assert sum(claims) == 11
+
+
 async def test_a_claim_takes_its_own_values_though_its_statements_are_built_once(
     sessions: SessionFactory, clock: FakeClock
 ) -> None:

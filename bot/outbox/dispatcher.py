@@ -530,8 +530,16 @@ class Dispatcher:
             len(announced),
             holding,
         )
-        # Whatever came back, there may be more: the next refill finds out (cheaply).
-        self._more_due = bool(claims)
+        if urgent_only:
+            # A claim of only what goes first says nothing of the rest: it must not clear what
+            # the last full claim said (an empty one did, and the next refill then waited for
+            # the idle interval, found by tests/test_outbox.py with an interval of an hour).
+            self._more_due = self._more_due or bool(claims)
+        else:
+            # Whatever came back, there may be more: the next refill finds out (cheaply),
+            # unless this claim saw every claimable row (that next claim would find nothing:
+            # it was one empty claim after every invitation).
+            self._more_due = bool(claims) and not result.complete
         self._held.add(claims)
         if claims:
             earliest = min(claim.claimed_until for claim in claims) - self._lease_margin

@@ -157,6 +157,9 @@ class Claim:
     # Addresses with further rows behind the one claimed (or behind a row we hold already):
     # the claimant comes back for them after sending what it holds.
     more_behind: set[tuple[str, str]]
+    # Every row claimable when it ran was looked at and fewer than the limit were: a claim
+    # made at once after it would find nothing new (only rows queued or come due since).
+    complete: bool = False
 
 
 async def fill_in(
@@ -248,7 +251,7 @@ async def claim_due(
         await session.execute(_front_statement(shape), {**params, "front_size": front_size})
     ).all()
     if not front:
-        return Claim([], token, set())
+        return Claim([], token, set(), complete=True)
     addresses = {address for _, address in front}
     by_address = len(front) < front_size or len(addresses) >= limit
     found = (
@@ -259,8 +262,11 @@ async def claim_due(
     ).all()
     heads = [row for row in found if not row.held][:limit]
     more_behind = {(row.channel, row.address) for row in found if row.length > 1}
+    # The front held every due row that is free (it was not full), and the heads of all
+    # their queues were ranked: fewer heads than the limit means none is left.
+    complete = len(front) < front_size and len(heads) < limit
     if not heads:
-        return Claim([], token, more_behind)
+        return Claim([], token, more_behind, complete=complete)
     # The claimed rows come back whole from the UPDATE itself (one statement where an UPDATE
     # of ids and a SELECT of those rows were two; a claim follows every resolution).
     claimed = (
@@ -272,7 +278,7 @@ async def claim_due(
     if not claimed:
         return Claim([], token, more_behind)
     messages = sorted(claimed, key=lambda message: (message.priority, message.id))
-    return Claim(messages, token, more_behind)
+    return Claim(messages, token, more_behind, complete=complete)
 
 
 # The statements of a claim, of settling and of announcing are built once, their values
