@@ -8,6 +8,7 @@ cannot be reached the PostgreSQL half is skipped, except under CI=true, where it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -19,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_mock_engine
+from sqlalchemy import MetaData, create_mock_engine
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -135,6 +136,19 @@ def engine_for(url: str) -> AsyncEngine:
         base, schema = url.split("?search_path=", 1)
         return create_engine(base, schema=schema)
     return create_engine(url)
+
+
+@contextlib.asynccontextmanager
+async def sqlite_with_tables(path: Path, metadata: MetaData) -> AsyncIterator[AsyncEngine]:
+    """The project's engine on a SQLite file holding `metadata`'s tables (tests of the storage
+    layer's own mechanics, on tables of their own)."""
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    async with engine.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture

@@ -33,10 +33,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.db import create_engine, create_session_factory
+from storage.db import create_session_factory
 from storage.inserts import _with_defaults, insert_many
 from storage.models import OutboxStatus
 from storage.types import UTCDateTime
+from tests.conftest import sqlite_with_tables
 
 
 def test_python_defaults_are_filled_and_given_values_kept() -> None:
@@ -121,11 +122,8 @@ _ROW = st.fixed_dictionaries(_ROW_VALUES)
 
 @pytest.fixture
 async def sqlite_kinds(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'kinds.db'}")
-    async with engine.begin() as connection:
-        await connection.run_sync(_KINDS.create_all)
-    yield engine
-    await engine.dispose()
+    async with sqlite_with_tables(tmp_path / "kinds.db", _KINDS) as engine:
+        yield engine
 
 
 @settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -14,8 +14,9 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, delete, insert,
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.db import create_engine, create_session_factory
+from storage.db import create_session_factory
 from storage.sqlite_driver import OneTripCursor
+from tests.conftest import sqlite_with_tables
 
 metadata = MetaData()
 notes = Table(
@@ -28,11 +29,8 @@ notes = Table(
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'driver.db'}")
-    async with engine.begin() as connection:
-        await connection.run_sync(metadata.create_all)
-    yield engine
-    await engine.dispose()
+    async with sqlite_with_tables(tmp_path / "driver.db", metadata) as engine:
+        yield engine
 
 
 @pytest.fixture
